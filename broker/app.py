@@ -1,0 +1,69 @@
+"""Composition root: the one place that picks concrete classes and wires a dispatcher process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Callable
+
+import structlog
+from nats.aio.client import Client as NATS
+
+from broker import natsutil, settings, store
+from broker.backends import base, local
+from broker.dispatcher import service
+
+log = structlog.get_logger("jobq.app")
+
+
+def make_backend(config: settings.Settings, nc: NATS) -> base.ClusterBackend:
+    if config.backend.kind == "kubernetes":
+        from broker.backends import (
+            kubernetes,  # optional dependency, imported on demand
+        )
+
+        return kubernetes.KubernetesBackend(config.backend, nc=nc,
+                                            node_timeout_s=config.dispatcher.node_timeout_s)  # type: ignore[no-any-return]
+    return local.LocalBackend(nc, node_timeout_s=config.dispatcher.node_timeout_s)
+
+
+def install_signal_handlers(stop: asyncio.Event) -> None:
+    """First SIGTERM/SIGINT: graceful stop. Second: exit at once."""
+    loop = asyncio.get_running_loop()
+
+    def handle() -> None:
+        if stop.is_set():
+            os._exit(130)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, handle)
+
+
+async def run_dispatcher(config: settings.Settings, stop: asyncio.Event, *,
+                         ready: Callable[[str], None] | None = None) -> None:
+    """Run one dispatcher (leader or standby) with its HTTP endpoint until ``stop``."""
+    from broker.http import server as http_server
+
+    async with contextlib.AsyncExitStack() as stack:
+        nc = await natsutil.connect(config.nats.url, name="jobq-dispatcher")
+        stack.push_async_callback(_drain, nc)
+        st = await store.Store.open(nc, replicas=config.nats.replicas,
+                                    lease_ttl_s=config.dispatcher.lease_ttl_s)
+        backend = await stack.enter_async_context(make_backend(config, nc))
+        observer = http_server.metrics_observer()
+        dispatcher = service.Dispatcher(st=st, backend=backend, config=config, observer=observer)
+        address = await stack.enter_async_context(http_server.serve(dispatcher, config.http))
+        log.info("dispatcher_started", http=address, nats=config.nats.url, backend=backend.name)
+        if ready is not None:
+            ready(address)
+        await dispatcher.run(stop)
+    log.info("dispatcher_stopped")
+
+
+async def _drain(nc: NATS) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(nc.drain(), 5)

@@ -1,0 +1,1 @@
+"""Cluster backends: the seam between the dispatcher and whatever runs pods."""

@@ -1,0 +1,100 @@
+"""The cluster backend protocol and the types that cross it.
+
+Error tree (every backend raises only these, chaining the client's exception)::
+
+    BackendError                 the backend failed; the dispatcher retries with backoff
+    ├── BackendUnavailable       the backend could not be reached (API server or NATS down)
+    ├── Unschedulable            no Ready node fits the pod now; wait for capacity
+    ├── PlacementUncertain       the chosen node never answered: the pod may or may not run there
+    └── PodRejected              the backend will never run this pod (invalid spec)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import AsyncIterator
+from typing import Protocol, Self
+
+from broker import contract
+
+
+class BackendError(Exception):
+    """A cluster backend operation failed."""
+
+
+class BackendUnavailable(BackendError):
+    """The backend could not be reached."""
+
+
+class Unschedulable(BackendError):
+    """No Ready node can take the pod right now."""
+
+
+class PlacementUncertain(BackendError):
+    """A node was asked to run the pod and did not answer."""
+
+    def __init__(self, message: str, *, node: str) -> None:
+        super().__init__(message)
+        self.node = node
+
+
+class PodRejected(BackendError):
+    """The backend refuses this pod for good."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PodState:
+    """One pod as the backend observes it."""
+
+    name: str
+    job_id: str
+    attempt: int
+    phase: contract.PodPhase
+    node: str | None
+    node_ready: bool
+    """False once the pod's node is NotReady, unreachable or gone."""
+    exit_code: int | None = None
+    reason: str = ""
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+
+    @property
+    def is_finished(self) -> bool:
+        return self.phase in (contract.PodPhase.SUCCEEDED, contract.PodPhase.FAILED)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NodeState:
+    name: str
+    ready: bool
+    capacity: contract.Resources
+    allocated_cpu: float
+    allocated_memory: int
+    pods: int
+    last_heartbeat: dt.datetime | None
+    not_ready_since: dt.datetime | None = None
+
+
+class ClusterBackend(Protocol):
+    name: str
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    async def wait_synced(self) -> None:
+        """Return once list_pods reflects the cluster (after a restart, all nodes reported)."""
+
+    async def create_pod(self, spec: contract.PodSpec) -> None:
+        """Run the pod; creating a pod that exists already succeeds."""
+
+    async def delete_pod(self, name: str) -> None:
+        """Kill and forget the pod; deleting a missing pod succeeds."""
+
+    async def list_pods(self, *, job_id: str | None = None) -> list[PodState]: ...
+
+    async def list_nodes(self) -> list[NodeState]: ...
+
+    def watch(self) -> AsyncIterator[str]:
+        """Yield job ids whose pods or nodes changed: wake-ups only, no state."""

@@ -1,0 +1,1 @@
+"""The dispatcher: a level-triggered reconcile loop from job records to pods."""

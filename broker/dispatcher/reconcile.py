@@ -1,0 +1,163 @@
+"""One reconcile pass for one job: read desired and observed state, decide, apply.
+
+Apply order is the fence: the dead-letter record (idempotent by msg id) first, then the job
+record by compare-and-set, then events, then pod side effects. A crash anywhere leaves a state
+the next pass heals: a record that names an attempt whose pod does not exist yet gets the pod
+created (idempotently, same name); a pod that no record names any more is deleted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import random
+import time
+import uuid
+from collections.abc import Callable
+
+import structlog
+
+from broker import contract, store
+from broker.backends import base
+from broker.dispatcher import decide as decisions
+from broker.dispatcher.index import JobIndex
+
+log = structlog.get_logger("jobq.dispatcher")
+
+Clock = Callable[[], dt.datetime]
+
+
+@dataclasses.dataclass(slots=True)
+class Heartbeats:
+    """Latest heartbeat per (job, attempt), stamped with *our* receive time (no clock skew)."""
+
+    seen: dict[tuple[str, int], contract.AttemptHeartbeat] = dataclasses.field(default_factory=dict)
+    received: dict[tuple[str, int], dt.datetime] = dataclasses.field(default_factory=dict)
+
+    def record(self, beat: contract.AttemptHeartbeat, *, now: dt.datetime) -> None:
+        key = (beat.job_id, beat.attempt)
+        self.seen[key] = beat
+        self.received[key] = now
+
+    def last(self, job_id: str, attempt: int) -> dt.datetime | None:
+        return self.received.get((job_id, attempt))
+
+    def forget(self, job_id: str) -> None:
+        for key in [k for k in self.received if k[0] == job_id]:
+            self.received.pop(key, None)
+            self.seen.pop(key, None)
+
+
+class Observer:
+    """Hooks for metrics; the default does nothing."""
+
+    def transition(self, before: contract.JobRecord, after: contract.JobRecord,
+                   action: decisions.Action) -> None:
+        pass
+
+    def unschedulable(self, job_id: str) -> None:
+        pass
+
+
+class Reconciler:
+    def __init__(self, *, store: store.Store, backend: base.ClusterBackend, index: JobIndex,
+                 heartbeats: Heartbeats, limits: decisions.Limits, queue_limits: dict[str, int],
+                 observer: Observer | None = None, clock: Clock = contract.utcnow,
+                 rng: random.Random | None = None) -> None:
+        self._store = store
+        self._backend = backend
+        self._index = index
+        self._heartbeats = heartbeats
+        self._limits = limits
+        self._queue_limits = queue_limits
+        self._observer = observer or Observer()
+        self._clock = clock
+        self._rng = rng or random.Random()
+
+    async def reconcile(self, job_id: str) -> float | None:
+        """One pass; returns seconds until the job wants another look (None: only on events)."""
+        started = time.perf_counter()
+        reconcile_id = uuid.uuid4().hex[:8]
+        got = await self._store.get(job_id)
+        if got is None:
+            return None
+        record, revision = got
+        self._index.put(record, revision)
+        pods = tuple(await self._backend.list_pods(job_id=job_id))
+        seen = await self._observe(record, pods)
+        action = decisions.decide(record, seen, now=self._clock(), rng=self._rng, limits=self._limits)
+        requeue = await self._apply(record, revision, action)
+        current = (action.record or record).current
+        if action.summary not in ("noop", "watching", "backoff"):
+            log.info("job_reconciled", job_id=job_id, reconcile_id=reconcile_id,
+                     action=action.summary, phase=(action.record or record).phase,
+                     attempt=current.number if current else None,
+                     node=current.node if current else None,
+                     reason=action.record.reason if action.record else None,
+                     requeue_after_s=requeue,
+                     duration_ms=round((time.perf_counter() - started) * 1000, 1))
+        return requeue
+
+    async def _observe(self, record: contract.JobRecord, pods: tuple[base.PodState, ...]) -> decisions.Observed:
+        current = record.current
+        result_exists = False
+        last_heartbeat = None
+        if current is not None:
+            last_heartbeat = self._heartbeats.last(record.spec.id, current.number)
+            pod = next((p for p in pods if p.name == current.pod), None)
+            if pod is not None and pod.phase == contract.PodPhase.SUCCEEDED and record.spec.task:
+                result_exists = await self._store.get_result(record.spec.id, current.number) is not None
+        limit = self._queue_limits.get(record.spec.queue)
+        queue_full = (record.phase == contract.JobPhase.QUEUED and limit is not None
+                      and self._index.running_in(record.spec.queue) >= limit)
+        return decisions.Observed(pods=pods, last_heartbeat=last_heartbeat,
+                                  result_exists=result_exists, queue_full=queue_full)
+
+    async def _apply(self, record: contract.JobRecord, revision: int,
+                     action: decisions.Action) -> float | None:
+        job_id = record.spec.id
+        if action.dead_letter is not None:
+            await self._store.publish_dead_letter(
+                action.dead_letter, msg_id=f"dead-{job_id}-{len(record.attempts)}")
+        if action.record is not None:
+            try:
+                revision = await self._store.update(action.record, revision=revision)
+            except store.Conflict:
+                log.info("job_conflict", job_id=job_id)
+                return 0.0
+            self._index.put(action.record, revision)
+            self._observer.transition(record, action.record, action)
+            if action.record.phase.is_terminal:
+                self._heartbeats.forget(job_id)
+        for event in action.events:
+            try:
+                await self._store.publish_event(event)
+            except Exception as exc:  # events are an audit trail; the record is the truth
+                log.error("event_lost", job_id=job_id, type=event.type, error=repr(exc))
+        for name in action.delete:
+            await self._backend.delete_pod(name)
+        if action.create is not None:
+            return await self._create(action.record or record, revision, action.create, action)
+        return action.requeue_after
+
+    async def _create(self, record: contract.JobRecord, revision: int, spec: contract.PodSpec,
+                      action: decisions.Action) -> float | None:
+        try:
+            await self._backend.create_pod(spec)
+        except base.Unschedulable as exc:
+            self._observer.unschedulable(record.spec.id)
+            log.debug("pod_unschedulable", job_id=record.spec.id, attempt=spec.attempt, error=str(exc))
+            return 0.5
+        except base.PlacementUncertain as exc:
+            current = record.current
+            assert current is not None
+            failed = record.model_copy(update={"attempts": (*record.attempts[:-1],
+                                                            current.model_copy(update={"node": exc.node}))})
+            return await self._apply(failed, revision, decisions.fail_current(
+                failed, contract.FailureReason.NODE_LOST, now=self._clock(), rng=self._rng,
+                limits=self._limits, message=str(exc), delete=(spec.name,)))
+        except base.PodRejected as exc:
+            return await self._apply(record, revision, decisions.fail_current(
+                record, contract.FailureReason.DISPATCH_ERROR, now=self._clock(), rng=self._rng,
+                limits=self._limits, message=str(exc)))
+        return action.requeue_after

@@ -1,0 +1,160 @@
+"""The dispatcher service: leader election, intake, the reconcile workers and their wake-ups.
+
+Wake-ups come from submissions, the backend's pod/node watch, timers that ``decide`` asks for,
+and a resync of every unfinished job every ``resync_interval_s`` (the level-triggered safety
+net). A standby dispatcher keeps its index warm and serves the API, and takes over within one
+lease TTL of the leader's death.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+
+import structlog
+from nats.aio.msg import Msg
+from pydantic import ValidationError
+
+from broker import contract, settings, store
+from broker.backends import base
+from broker.dispatcher import decide, intake, lease, reconcile
+from broker.dispatcher.index import JobIndex
+from broker.dispatcher.workqueue import WorkQueue
+
+log = structlog.get_logger("jobq.dispatcher")
+
+
+@dataclasses.dataclass(slots=True)
+class Status:
+    leader: bool = False
+    synced: bool = False
+    reconciles: int = 0
+    errors: int = 0
+
+
+class Dispatcher:
+    def __init__(self, *, st: store.Store, backend: base.ClusterBackend, config: settings.Settings,
+                 observer: reconcile.Observer | None = None, identity: str | None = None) -> None:
+        d = config.dispatcher
+        self.store = st
+        self.backend = backend
+        self.settings = config
+        self.index = JobIndex()
+        self.heartbeats = reconcile.Heartbeats()
+        self.status = Status()
+        self.lease = lease.Lease(st.leader, ttl_s=d.lease_ttl_s, identity=identity)
+        self.queue = WorkQueue(priority_of=self._priority)
+        self.observer = observer or reconcile.Observer()
+        self.limits = decide.Limits(heartbeat_timeout_s=d.heartbeat_timeout_s,
+                                    nats_url=config.nats.url, image=config.backend.image,
+                                    reschedule_on_node_loss=d.reschedule_on_node_loss)
+        self.reconciler = reconcile.Reconciler(
+            store=st, backend=backend, index=self.index, heartbeats=self.heartbeats,
+            limits=self.limits, queue_limits=dict(d.queue_limits), observer=self.observer)
+        self.intake = intake.Intake(st, on_job=self.queue.add)
+        self.index_ready = asyncio.Event()
+        self.index.subscribe(self._on_external_change)
+
+    def _on_external_change(self, before: contract.JobRecord | None, after: contract.JobRecord) -> None:
+        """Wake a job that someone else changed: a cancellation, or a dead job re-driven."""
+        if not self.status.leader or before is None:
+            return
+        if (after.cancel_requested and not before.cancel_requested) or (
+                before.phase.is_terminal and not after.phase.is_terminal):
+            self.queue.add(after.spec.id)
+
+    def _priority(self, job_id: str) -> float:
+        record = self.index.get(job_id)
+        return float(record.spec.priority) if record else 0.0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop``: follow the index always, do the work while we are leader."""
+        heartbeat_sub = await self.store.nc.subscribe(contract.HEARTBEAT_WILDCARD, cb=self._on_heartbeat)
+        watcher = asyncio.create_task(self.store.watch_jobs(self.index.put, self.index_ready),
+                                      name="index-watch")
+        try:
+            await self.index_ready.wait()
+            while not stop.is_set():
+                if not await self.lease.acquire(stop):
+                    break
+                self.status.leader = True
+                try:
+                    await self._lead(stop)
+                except* lease.LeaseLost as group:
+                    log.error("lease_lost", error=str(group.exceptions[0]))
+                finally:
+                    self.status.leader = False
+                    self.status.synced = False
+            await self.lease.release()
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await heartbeat_sub.unsubscribe()
+            self.queue.close()
+
+    async def _lead(self, stop: asyncio.Event) -> None:
+        work_stop = asyncio.Event()
+        async with asyncio.TaskGroup() as tg:
+            keeper = tg.create_task(self.lease.keep(work_stop), name="lease")
+            await self.backend.wait_synced()
+            self.status.synced = True
+            for job_id in self.index.active_ids():
+                self.queue.add(job_id)
+            log.info("dispatcher_leading", holder=self.lease.identity,
+                     active_jobs=len(self.index.active_ids()), backend=self.backend.name)
+            intake_task = tg.create_task(self.intake.run(work_stop), name="intake")
+            loops = [tg.create_task(self._watch_backend(), name="backend-watch"),
+                     tg.create_task(self._resync(work_stop), name="resync")]
+            workers = [tg.create_task(self._worker(n), name=f"reconcile-{n}")
+                       for n in range(self.settings.dispatcher.workers)]
+            stopper = tg.create_task(stop.wait(), name="stop")
+            await asyncio.wait({stopper, keeper}, return_when=asyncio.FIRST_COMPLETED)
+            # Shutting down (or lost the lease): stop taking work, let passes in flight finish.
+            work_stop.set()
+            await asyncio.wait({intake_task}, timeout=self.settings.dispatcher.shutdown_grace_s)
+            deadline = asyncio.get_running_loop().time() + self.settings.dispatcher.shutdown_grace_s
+            while self.queue.in_flight and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.05)
+            for task in [*loops, *workers, intake_task, stopper]:
+                task.cancel()
+            if keeper.done() and keeper.exception() is not None:
+                raise keeper.exception()  # type: ignore[misc]
+            keeper.cancel()
+
+    async def _worker(self, n: int) -> None:
+        while True:
+            job_id = await self.queue.get()
+            try:
+                requeue = await self.reconciler.reconcile(job_id)
+                self.status.reconciles += 1
+            except asyncio.CancelledError:
+                self.queue.done(job_id)
+                raise
+            except Exception as exc:
+                self.status.errors += 1
+                log.warning("reconcile_failed", job_id=job_id, error=repr(exc), worker=n)
+                requeue = 1.0
+            self.queue.done(job_id)
+            if requeue is not None:
+                self.queue.add_after(job_id, requeue)
+
+    async def _watch_backend(self) -> None:
+        async for job_id in self.backend.watch():
+            self.queue.add(job_id)
+
+    async def _resync(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.dispatcher.resync_interval_s)
+            for job_id in self.index.active_ids():
+                self.queue.add(job_id)
+
+    async def _on_heartbeat(self, msg: Msg) -> None:
+        try:
+            beat = contract.AttemptHeartbeat.model_validate_json(msg.data)
+        except ValidationError:
+            log.warning("heartbeat_invalid", subject=msg.subject)
+            return
+        self.heartbeats.record(beat, now=contract.utcnow())

@@ -1,0 +1,1 @@
+"""The embedded default: a real nats-server plus a local cluster of node-agent processes."""

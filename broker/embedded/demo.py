@@ -1,0 +1,226 @@
+"""`jobq demo`: the embedded stack plus a real ML workload, optionally with a node killed mid-run.
+
+Everything the summary reports is read back from what the system recorded (job records and the
+event stream), not from what the demo believes it did: ``lost`` counts submitted jobs without a
+finished record, ``duplicate_results`` counts jobs with more than one ``succeeded`` event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import shutil
+import signal
+import statistics
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import click
+
+from broker import contract
+from broker.embedded.stack import Stack, StackConfig, StackError
+from submitter.client import JobqClient
+
+DATASETS = ("digits", "iris", "wine", "breast_cancer")
+MODELS = ("logreg", "random_forest", "knn", "svc")
+
+
+def workload(n: int, *, run_id: str) -> tuple[list[dict[str, Any]], int]:
+    """``n`` job specs: training, evaluation and sweeps first, then batch predictions that use
+    the first trained models. Returns the specs and how many of them are predictions."""
+    predictions = max(1, n // 6)
+    specs: list[dict[str, Any]] = []
+    for i in range(n - predictions):
+        dataset, model = DATASETS[i % len(DATASETS)], MODELS[(i // len(DATASETS)) % len(MODELS)]
+        kind = ("sklearn.train", "sklearn.train", "sklearn.evaluate", "sklearn.sweep")[i % 4]
+        args: dict[str, Any] = {"dataset": dataset, "model": model}
+        specs.append({"id": f"{run_id}-{i:03d}", "task": kind, "args": args, "profile": "small",
+                      "labels": {"demo": run_id}})
+    trains = [s for s in specs if s["task"] == "sklearn.train"]
+    for j in range(predictions):
+        source = trains[j % len(trains)]
+        specs.append({"id": f"{run_id}-p{j:02d}", "task": "sklearn.predict", "profile": "small",
+                      "args": {"model_job": source["id"], "dataset": source["args"]["dataset"]},
+                      "labels": {"demo": run_id}})
+    return specs, predictions
+
+
+def say(message: str) -> None:
+    click.echo(f"jobq demo: {message}", err=True)
+
+
+async def run_demo(*, jobs: int, nodes: int, kill_node: bool, data_dir: Path | None, nats_url: str | None,
+                   timeout_s: float, as_json: bool) -> dict[str, Any]:
+    started = time.monotonic()
+    data_dir = data_dir or Path(".jobq/demo")
+    if data_dir.exists() and nats_url is None:
+        shutil.rmtree(data_dir)
+    run_id = "d" + dt.datetime.now(dt.UTC).strftime("%H%M%S")
+    stack = Stack(StackConfig(data_dir=data_dir, nodes=nodes, nats_url=nats_url, nats_port=-1, http_port=0,
+                              log_format="json"), progress=say)
+    try:
+        await stack.start()
+    except StackError as exc:
+        await stack.stop()
+        raise click.ClickException(str(exc)) from None
+    say(f"stack up in {time.monotonic() - started:.1f}s; dashboard {stack.http_url}")
+    try:
+        summary = await _drive(stack, jobs=jobs, kill_node=kill_node, timeout_s=timeout_s, run_id=run_id)
+    finally:
+        say("stopping the stack")
+        await stack.stop()
+    summary["wall_seconds"] = round(time.monotonic() - started, 2)
+    _print_summary(summary, as_json=as_json, logs=stack.logs)
+    return summary
+
+
+async def _drive(stack: Stack, *, jobs: int, kill_node: bool, timeout_s: float, run_id: str) -> dict[str, Any]:
+    specs, n_predict = workload(jobs, run_id=run_id)
+    first, second = specs[:-n_predict], specs[-n_predict:]
+    counts: Counter[str] = Counter()
+    phases: dict[str, str] = {}
+    killed: tuple[str, dt.datetime] | None = None
+    t0 = time.monotonic()
+    async with JobqClient(stack.nats_url, name="jobq-demo") as client:
+        work_started = time.monotonic()
+        for spec in first:
+            await client.submit(spec)
+        say(f"submitted {len(first)} training/evaluation/sweep jobs")
+
+        def seen(record: contract.JobRecord) -> None:
+            phases[record.spec.id] = record.phase.value
+
+        async def report() -> None:
+            while True:
+                await asyncio.sleep(2)
+                tally = Counter(phases.values())
+                say(f"{sum(tally[p] for p in ('succeeded', 'dead', 'cancelled'))}/{len(specs)} finished "
+                    f"(running {tally['running']}, queued {tally['queued']}, dead {tally['dead']}) "
+                    f"after {time.monotonic() - t0:.0f}s")
+
+        reporter = asyncio.create_task(report())
+        try:
+            waiter = asyncio.create_task(client.wait([s["id"] for s in first], timeout=timeout_s, on_update=seen))
+            if kill_node:
+                killed = await _kill_busiest_node(stack, phases, client)
+            await waiter
+            for spec in second:
+                await client.submit(spec)
+            say(f"submitted {len(second)} batch-prediction jobs using the trained models")
+            await client.wait([s["id"] for s in second], timeout=timeout_s, on_update=seen)
+        finally:
+            reporter.cancel()
+        work_seconds = time.monotonic() - work_started
+        records = {s["id"]: await client.get(s["id"]) for s in specs}
+        events = await _all_events(client)
+    return summarize(records, events, killed=killed, work_seconds=work_seconds, counts=counts)
+
+
+async def _kill_busiest_node(stack: Stack, phases: dict[str, str],
+                             client: JobqClient) -> tuple[str, dt.datetime] | None:
+    """Wait until jobs run, then SIGKILL the node agent running the most of them."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        running = [r for r in await client.list() if r.phase == contract.JobPhase.RUNNING
+                   and r.current and r.current.state == contract.AttemptState.RUNNING and r.current.node]
+        if len(running) >= 3:
+            by_node = Counter(r.current.node for r in running if r.current)
+            node = by_node.most_common(1)[0][0]
+            assert node is not None
+            at = contract.utcnow()
+            stack.signal_node(node, signal.SIGKILL)
+            say(f"SIGKILLed node agent {node} with {by_node[node]} running attempt(s)")
+            return node, at
+        await asyncio.sleep(0.2)
+    say("no running jobs to disrupt; the node kill was skipped")
+    return None
+
+
+async def _all_events(client: JobqClient) -> list[contract.JobEvent]:
+    sub = await client.js.subscribe(contract.EVENTS_WILDCARD, ordered_consumer=True)
+    info = await client.js.stream_info(contract.STREAM_EVENTS)
+    events: list[contract.JobEvent] = []
+    try:
+        for _ in range(info.state.messages):
+            msg = await sub.next_msg(timeout=5)
+            events.append(contract.JobEvent.model_validate_json(msg.data))
+    finally:
+        await sub.unsubscribe()
+    return events
+
+
+def summarize(records: dict[str, contract.JobRecord | None], events: list[contract.JobEvent], *,
+              killed: tuple[str, dt.datetime] | None, work_seconds: float,
+              counts: Counter[str] | None = None) -> dict[str, Any]:
+    done = [r for r in records.values() if r is not None and r.phase.is_terminal]
+    by_phase = Counter(r.phase.value for r in done)
+    successes = Counter(e.job_id for e in events if e.type == contract.EventType.SUCCEEDED)
+    retries: Counter[str] = Counter()
+    for r in done:
+        retries.update(r.retries)
+    summary: dict[str, Any] = {
+        "submitted": len(records),
+        "succeeded": by_phase["succeeded"],
+        "failed": by_phase["dead"] + by_phase["cancelled"],
+        "dead": by_phase["dead"],
+        "cancelled": by_phase["cancelled"],
+        "lost": len(records) - len(done),
+        "duplicate_results": sum(1 for n in successes.values() if n > 1),
+        "retries": dict(sorted(retries.items())),
+        "work_seconds": round(work_seconds, 2),
+        "jobs_per_second": round(len(done) / work_seconds, 2) if work_seconds else 0.0,
+        "attempts": {job_id: len(r.attempts) for job_id, r in records.items() if r is not None},
+    }
+    if killed is not None:
+        node, at = killed
+        recoveries = recovery_seconds(done, node=node, killed_at=at)
+        summary["killed_node"] = node
+        summary["affected_jobs"] = len(recoveries)
+        summary["recovery_seconds"] = ({"max": round(max(recoveries), 2),
+                                        "p50": round(statistics.median(recoveries), 2)}
+                                       if recoveries else {"max": None, "p50": None})
+    return summary
+
+
+def recovery_seconds(records: list[contract.JobRecord], *, node: str, killed_at: dt.datetime) -> list[float]:
+    """Per job that lost an attempt on ``node``: from the kill to its replacement running."""
+    found = []
+    for record in records:
+        for i, attempt in enumerate(record.attempts):
+            if attempt.node == node and attempt.reason == contract.FailureReason.NODE_LOST:
+                following = record.attempts[i + 1] if i + 1 < len(record.attempts) else None
+                if following is not None and following.started_at is not None:
+                    found.append((following.started_at - killed_at).total_seconds())
+                break
+    return found
+
+
+def _print_summary(summary: dict[str, Any], *, as_json: bool, logs: Path) -> None:
+    out = sys.stderr if as_json else sys.stdout
+    lines = [
+        "",
+        f"jobs        submitted {summary['submitted']}  succeeded {summary['succeeded']}  "
+        f"failed {summary['failed']}  dead {summary['dead']}  lost {summary['lost']}  "
+        f"duplicate results {summary['duplicate_results']}",
+        f"retries     {', '.join(f'{k}={v}' for k, v in summary['retries'].items()) or 'none'}",
+        f"time        {summary['wall_seconds']}s wall, {summary['work_seconds']}s of work, "
+        f"{summary['jobs_per_second']} jobs/s",
+    ]
+    if "killed_node" in summary:
+        rec = summary["recovery_seconds"]
+        lines.append(f"node kill   {summary['killed_node']}: {summary['affected_jobs']} job(s) moved, "
+                     f"recovery p50 {rec['p50']}s max {rec['max']}s (kill -> replacement running)")
+    multi = {k: v for k, v in summary["attempts"].items() if v > 1}
+    lines.append(f"attempts    {len(summary['attempts']) - len(multi)} job(s) in one attempt"
+                 + (f"; more: {', '.join(f'{k}={v}' for k, v in sorted(multi.items()))}" if multi else ""))
+    lines.append(f"logs        {logs}/")
+    click.echo("\n".join(lines), file=out)
+    if as_json:
+        click.echo(json.dumps(summary, sort_keys=True))
+    with contextlib.suppress(Exception):
+        out.flush()

@@ -1,0 +1,59 @@
+"""`jobq up`: run the embedded stack in the foreground until Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import click
+
+from broker.app import install_signal_handlers
+from broker.embedded.stack import Stack, StackConfig, StackError
+
+
+def stack_config(*, data_dir: Path, nodes: int, node_cpu: float, node_memory: str, nats_url: str | None,
+                 nats_port: int, http_port: int, dispatchers: int) -> StackConfig:
+    import os
+
+    return StackConfig(data_dir=data_dir, nodes=nodes, node_cpu=node_cpu, node_memory=node_memory,
+                       nats_url=nats_url, nats_port=nats_port, http_port=http_port,
+                       dispatchers=dispatchers, log_format=os.environ.get("JOBQ_LOG_FORMAT", "json"))
+
+
+def say(message: str) -> None:
+    click.echo(f"jobq: {message}", err=True)
+
+
+async def run_up(config: StackConfig) -> None:
+    stop = asyncio.Event()
+    install_signal_handlers(stop)
+    stack = Stack(config, progress=say)
+    try:
+        await stack.start()
+    except StackError as exc:
+        await stack.stop()
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"jobq is up\n"
+               f"  dashboard  {stack.http_url}\n"
+               f"  nats       {stack.nats_url}\n"
+               f"  nodes      {', '.join(stack.nodes)}\n"
+               f"  logs       {stack.logs}/\n"
+               f"Submit with: jobq submit --task sklearn.train --args '{{\"dataset\": \"wine\"}}' --wait\n"
+               f"Ctrl-C stops (jobs in flight are kept and finish after the next `jobq up`).")
+    sys.stdout.flush()
+    watcher = asyncio.create_task(_watch_children(stack, stop))
+    await stop.wait()
+    watcher.cancel()
+    say("stopping: dispatcher, then nodes, then NATS")
+    await stack.stop()
+    say("stopped")
+
+
+async def _watch_children(stack: Stack, stop: asyncio.Event) -> None:
+    """Stop the stack if a dispatcher dies unexpectedly (nodes may die: that is chaos)."""
+    while not stop.is_set():
+        await asyncio.sleep(1)
+        for index, process in stack.dispatchers.items():
+            if process.returncode is not None and process.returncode not in (0, -9, 137):
+                say(f"dispatcher {index} exited with {process.returncode}; see {stack.logs}")

@@ -1,0 +1,1 @@
+"""The dispatcher's HTTP endpoint: JSON API, dashboard, health and Prometheus metrics."""

@@ -1,0 +1,64 @@
+"""The thin NATS layer every jobq process shares: connecting, and publishing through failovers.
+
+A leaf module (it imports only nats and the wire contract), so the submitter and the workers can
+use it without depending on the broker's internals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+import nats
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.client import Client as NATS
+
+from broker import contract
+
+log = structlog.get_logger("jobq.nats")
+
+T = TypeVar("T")
+
+TRANSIENT = (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError,
+             nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError)
+"""Errors seen while a JetStream leader is elected or a server reconnects: worth retrying."""
+
+
+async def connect(url: str, *, name: str, environ: Mapping[str, str] | None = None,
+                  reconnect_forever: bool = True, connect_timeout_s: float = 5.0,
+                  on_closed: Callable[[], None] | None = None) -> NATS:
+    """Connect with credentials from the environment (see contract.nats_auth_options)."""
+
+    async def error_cb(exc: Exception) -> None:
+        log.warning("nats_error", error=repr(exc))
+
+    async def closed_cb() -> None:
+        if on_closed is not None:
+            on_closed()
+
+    options: dict[str, Any] = contract.nats_auth_options(os.environ if environ is None else environ)
+    try:
+        return await nats.connect(
+            servers=url.split(","), name=name, connect_timeout=connect_timeout_s,
+            max_reconnect_attempts=-1 if reconnect_forever else 3, reconnect_time_wait=0.5,
+            allow_reconnect=True, error_cb=error_cb, closed_cb=closed_cb, **options)
+    except (nats.errors.NoServersError, OSError) as exc:
+        raise ConnectionError(f"cannot reach NATS at {url}: {exc}. Is the jobq stack running "
+                              "(jobq up), or is --nats / JOBQ_NATS_URL right?") from exc
+
+
+async def retry(call: Callable[[], Awaitable[T]], *, attempts: int = 20, delay_s: float = 0.25) -> T:
+    """Retry ``call`` through transient JetStream errors (publishes keep their Nats-Msg-Id)."""
+    for n in range(1, attempts + 1):
+        try:
+            return await call()
+        except TRANSIENT as exc:
+            if n == attempts:
+                raise
+            log.warning("nats_call_retried", error=type(exc).__name__, attempt=n)
+            await asyncio.sleep(delay_s)
+    raise AssertionError("unreachable")

@@ -1,0 +1,133 @@
+"""Dispatcher settings: frozen groups, read once from the environment, passed to each component.
+
+Every field maps 1:1 to an environment variable (``JOBQ_<FIELD>``) and to a Helm value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Literal
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot work; the message names the variable."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NatsSettings:
+    url: str = "nats://127.0.0.1:4222"
+    """Comma-separated NATS server URLs (JOBQ_NATS_URL)."""
+    replicas: int = 1
+    """Replicas of jobq's streams and buckets: 1, or 3 on a clustered NATS (JOBQ_NATS_REPLICAS)."""
+
+    def __post_init__(self) -> None:
+        if self.replicas not in (1, 3, 5):
+            raise SettingsError(f"JOBQ_NATS_REPLICAS must be 1, 3 or 5, not {self.replicas}")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DispatcherSettings:
+    workers: int = 16
+    """Reconciles running at once (JOBQ_WORKERS)."""
+    resync_interval_s: float = 5.0
+    """Every non-terminal job is reconciled at least this often, events or not."""
+    heartbeat_timeout_s: float = 10.0
+    """A running attempt whose worker is silent this long is lost (heartbeat_lost)."""
+    node_timeout_s: float = 3.0
+    """A node silent this long is NotReady and its attempts are rescheduled (local backend)."""
+    lease_ttl_s: float = 5.0
+    """The leader lease expires this long after the leader's last renewal."""
+    reschedule_on_node_loss: bool = True
+    """Switch off only to prove that a chaos experiment can fail (negative control)."""
+    queue_limits: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    """Most running attempts per queue, e.g. JOBQ_QUEUE_LIMITS="gpu=2,default=50"."""
+    shutdown_grace_s: float = 5.0
+    """On SIGTERM, reconciles in flight get this long to finish."""
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise SettingsError("JOBQ_WORKERS must be at least 1")
+        if self.node_timeout_s <= 0 or self.heartbeat_timeout_s <= 0:
+            raise SettingsError("JOBQ_NODE_TIMEOUT_S and JOBQ_HEARTBEAT_TIMEOUT_S must be positive")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HttpSettings:
+    host: str = "127.0.0.1"
+    port: int = 8222
+    """Dashboard, API and /metrics port; 0 picks a free one (JOBQ_HTTP_PORT)."""
+    token: str = ""
+    """Bearer token required by mutating endpoints when set (JOBQ_HTTP_TOKEN)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BackendSettings:
+    kind: Literal["local", "kubernetes"] = "local"
+    kubeconfig: str = ""
+    """Path of a kubeconfig; empty means in-cluster service account (kubernetes backend)."""
+    namespace: str = "jobq-jobs"
+    image: str = "jobq:latest"
+    """Image of task pods on Kubernetes."""
+    allow_privileged: bool = False
+    """Operators may allow privileged pods and host mounts; jobs never can by themselves."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settings:
+    nats: NatsSettings = NatsSettings()
+    dispatcher: DispatcherSettings = DispatcherSettings()
+    http: HttpSettings = HttpSettings()
+    backend: BackendSettings = BackendSettings()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        def get(name: str, default: str) -> str:
+            return environ.get(f"JOBQ_{name}", default)
+
+        def number(name: str, default: float) -> float:
+            raw = get(name, str(default))
+            try:
+                return float(raw)
+            except ValueError:
+                raise SettingsError(f"JOBQ_{name}={raw!r} is not a number") from None
+
+        def flag(name: str, default: bool) -> bool:
+            raw = get(name, "1" if default else "0").lower()
+            if raw not in ("1", "0", "true", "false", "yes", "no"):
+                raise SettingsError(f"JOBQ_{name}={raw!r} must be true or false")
+            return raw in ("1", "true", "yes")
+
+        kind = get("BACKEND", "local")
+        if kind not in ("local", "kubernetes"):
+            raise SettingsError(f"JOBQ_BACKEND must be local or kubernetes, not {kind!r}")
+        return cls(
+            nats=NatsSettings(url=get("NATS_URL", NatsSettings.url),
+                              replicas=int(number("NATS_REPLICAS", 1))),
+            dispatcher=DispatcherSettings(
+                workers=int(number("WORKERS", 16)),
+                resync_interval_s=number("RESYNC_INTERVAL_S", 5.0),
+                heartbeat_timeout_s=number("HEARTBEAT_TIMEOUT_S", 10.0),
+                node_timeout_s=number("NODE_TIMEOUT_S", 3.0),
+                lease_ttl_s=number("LEASE_TTL_S", 5.0),
+                reschedule_on_node_loss=flag("RESCHEDULE_ON_NODE_LOSS", True),
+                queue_limits=parse_queue_limits(get("QUEUE_LIMITS", "")),
+                shutdown_grace_s=number("SHUTDOWN_GRACE_S", 5.0)),
+            http=HttpSettings(host=get("HTTP_HOST", "127.0.0.1"), port=int(number("HTTP_PORT", 8222)),
+                              token=get("HTTP_TOKEN", "")),
+            backend=BackendSettings(kind="kubernetes" if kind == "kubernetes" else "local",
+                                    kubeconfig=get("KUBECONFIG", ""),
+                                    namespace=get("NAMESPACE", "jobq-jobs"),
+                                    image=get("IMAGE", "jobq:latest"),
+                                    allow_privileged=flag("ALLOW_PRIVILEGED", False)),
+        )
+
+
+def parse_queue_limits(raw: str) -> dict[str, int]:
+    limits: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        queue, sep, value = part.partition("=")
+        if not sep or not value.strip().isdigit():
+            raise SettingsError(f"JOBQ_QUEUE_LIMITS entry {part!r} is not queue=number")
+        limits[queue.strip()] = int(value)
+    return limits

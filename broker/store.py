@@ -1,0 +1,174 @@
+"""Everything the broker keeps in JetStream: streams, buckets, job records, events, dead letters.
+
+The layout is created idempotently at start (``Store.open``). Job records are written with
+compare-and-set on the KV revision, so two dispatchers (or a dispatcher and ``jobq cancel``) can
+never overwrite each other's transition. Publishes are retried on the brief "no responders"
+windows of a JetStream leader election.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import nats.js.errors
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+from nats.js.kv import KeyValue
+
+from broker import contract, natsutil
+
+log = structlog.get_logger("jobq.store")
+
+
+class Conflict(Exception):
+    """The record changed since it was read (compare-and-set lost)."""
+
+
+class Store:
+    def __init__(self, nc: NATS, js: JetStreamContext, *, jobs: KeyValue, results: KeyValue,
+                 leader: KeyValue, idempotency: KeyValue) -> None:
+        self.nc = nc
+        self.js = js
+        self.jobs = jobs
+        self.results = results
+        self.leader = leader
+        self.idempotency = idempotency
+
+    @classmethod
+    async def open(cls, nc: NATS, *, replicas: int = 1, lease_ttl_s: float = 5.0) -> Store:
+        js = nc.jetstream(timeout=10)
+        storage = api.StorageType.FILE
+        await _ensure_stream(js, api.StreamConfig(
+            name=contract.STREAM_SUBMIT, subjects=[contract.SUBMIT_WILDCARD],
+            retention=api.RetentionPolicy.WORK_QUEUE, storage=storage, num_replicas=replicas,
+            duplicate_window=contract.DUPLICATE_WINDOW_S, max_msg_size=4 * contract.MAX_SUBMISSION_BYTES))
+        await _ensure_stream(js, api.StreamConfig(
+            name=contract.STREAM_EVENTS, subjects=[contract.EVENTS_WILDCARD], storage=storage,
+            num_replicas=replicas, max_age=7 * 86400, duplicate_window=120))
+        await _ensure_stream(js, api.StreamConfig(
+            name=contract.STREAM_DEAD, subjects=[contract.DEAD_WILDCARD], storage=storage,
+            num_replicas=replicas, max_age=30 * 86400, duplicate_window=120))
+        await js.add_consumer(contract.STREAM_SUBMIT, api.ConsumerConfig(
+            durable_name=contract.CONSUMER_DISPATCHER, name=contract.CONSUMER_DISPATCHER,
+            ack_policy=api.AckPolicy.EXPLICIT, ack_wait=30, max_ack_pending=1000,
+            filter_subject=contract.SUBMIT_WILDCARD, num_replicas=replicas))
+        jobs = await _ensure_kv(js, api.KeyValueConfig(bucket=contract.BUCKET_JOBS, history=1,
+                                                       replicas=replicas, storage=storage))
+        results = await _ensure_kv(js, api.KeyValueConfig(bucket=contract.BUCKET_RESULTS, history=1,
+                                                          replicas=replicas, storage=storage))
+        idempotency = await _ensure_kv(js, api.KeyValueConfig(
+            bucket=contract.BUCKET_IDEMPOTENCY, history=1, replicas=replicas, storage=storage))
+        leader = await _ensure_kv(js, api.KeyValueConfig(
+            bucket=contract.BUCKET_LEADER, history=1, ttl=lease_ttl_s, replicas=replicas,
+            storage=storage))
+        with contextlib.suppress(nats.js.errors.BadRequestError):
+            await js.create_object_store(contract.OBJECT_STORE_ARTIFACTS,
+                                         config=api.ObjectStoreConfig(
+                                             bucket=contract.OBJECT_STORE_ARTIFACTS,
+                                             replicas=replicas, storage=storage))
+        return cls(nc, js, jobs=jobs, results=results, leader=leader, idempotency=idempotency)
+
+    # --- job records ---------------------------------------------------------------------
+
+    async def get(self, job_id: str) -> tuple[contract.JobRecord, int] | None:
+        try:
+            entry = await self.jobs.get(job_id)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        assert entry.value is not None and entry.revision is not None
+        return contract.JobRecord.model_validate_json(entry.value), entry.revision
+
+    async def create(self, record: contract.JobRecord) -> int | None:
+        """Store a new record; None when one with this id exists already."""
+        try:
+            return await self.jobs.create(record.spec.id, record.model_dump_json().encode())
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return None
+
+    async def update(self, record: contract.JobRecord, *, revision: int) -> int:
+        try:
+            return await self.jobs.update(record.spec.id, record.model_dump_json().encode(),
+                                          last=revision)
+        except nats.js.errors.KeyWrongLastSequenceError as exc:
+            raise Conflict(record.spec.id) from exc
+
+    async def claim_idempotency_key(self, key: str, *, job_id: str) -> str:
+        """Bind ``key`` to ``job_id`` unless it is bound already; return the job id it binds."""
+        digest = contract.idempotency_digest(key)
+        try:
+            await self.idempotency.create(digest, job_id.encode())
+            return job_id
+        except nats.js.errors.KeyWrongLastSequenceError:
+            entry = await self.idempotency.get(digest)
+            return (entry.value or b"").decode() or job_id
+
+    async def watch_jobs(self, on_record: Callable[[contract.JobRecord, int], None],
+                         ready: asyncio.Event) -> None:
+        """Call ``on_record`` for every record now and for every later change (forever)."""
+        watcher = await self.jobs.watchall()
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    ready.set()
+                    continue
+                if entry.value and entry.revision is not None:
+                    on_record(contract.JobRecord.model_validate_json(entry.value), entry.revision)
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()
+
+    # --- results --------------------------------------------------------------------------
+
+    async def get_result(self, job_id: str, attempt: int) -> contract.TaskResult | None:
+        try:
+            entry = await self.results.get(contract.result_key(job_id, attempt))
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        return contract.TaskResult.model_validate_json(entry.value or b"{}")
+
+    # --- events and dead letters ----------------------------------------------------------
+
+    async def publish(self, subject: str, payload: bytes, *, msg_id: str | None = None,
+                      headers: dict[str, str] | None = None) -> api.PubAck:
+        hdrs = dict(headers or {})
+        if msg_id is not None:
+            hdrs[contract.HEADER_MSG_ID] = msg_id
+        return await natsutil.retry(lambda: self.js.publish(subject, payload, headers=hdrs or None))
+
+    async def publish_event(self, event: contract.JobEvent) -> None:
+        await self.publish(contract.event_subject(event.job_id), event.model_dump_json().encode())
+
+    async def publish_dead_letter(self, letter: contract.DeadLetter, *, msg_id: str) -> None:
+        await self.publish(contract.dead_subject(letter.reason.value),
+                           letter.model_dump_json().encode(), msg_id=msg_id)
+
+    async def submissions(self) -> JetStreamContext.PullSubscription:
+        return await self.js.pull_subscribe_bind(contract.CONSUMER_DISPATCHER,
+                                                 stream=contract.STREAM_SUBMIT)
+
+    async def queue_depth(self) -> int:
+        info = await self.js.consumer_info(contract.STREAM_SUBMIT, contract.CONSUMER_DISPATCHER)
+        return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+
+
+async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
+    try:
+        await js.add_stream(config)
+    except nats.js.errors.BadRequestError:
+        await js.update_stream(config)
+
+
+async def _ensure_kv(js: JetStreamContext, config: api.KeyValueConfig) -> KeyValue:
+    try:
+        return await js.create_key_value(config)
+    except nats.js.errors.BadRequestError:
+        return await js.key_value(config.bucket)
+
+
+def parse_headers(msg: Msg) -> dict[str, Any]:
+    return dict(msg.headers or {})

@@ -1,0 +1,1 @@
+"""jobq submitter: the Python SDK (``submitter.client.JobqClient``) and the ``jobq`` CLI."""

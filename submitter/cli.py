@@ -1,0 +1,193 @@
+"""``jobq``: the one command line for submitting, running and operating jobq.
+
+Subcommands import what they need when they run, so ``jobq submit`` stays quick to start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from broker import contract
+
+T = TypeVar("T")
+
+DEFAULT_NATS = "nats://127.0.0.1:4222"
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(coro)
+    except ConnectionError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def resolve_nats(explicit: str | None, data_dir: Path = Path(".jobq")) -> str:
+    """--nats, else JOBQ_NATS_URL, else the running `jobq up` in ./.jobq, else the default."""
+    if explicit:
+        return explicit
+    if os.environ.get("JOBQ_NATS_URL"):
+        return os.environ["JOBQ_NATS_URL"]
+    from broker.embedded.stack import read_state
+
+    state = read_state(data_dir)
+    if state and isinstance(state.get("nats_url"), str):
+        return str(state["nats_url"])
+    return DEFAULT_NATS
+
+
+nats_option = click.option("--nats", "nats_url", default=None, metavar="URL",
+                           help="NATS server URL(s). Default: $JOBQ_NATS_URL, else the stack started "
+                                f"by `jobq up` in ./.jobq, else {DEFAULT_NATS}.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--log-format", type=click.Choice(["console", "json"]), default=None,
+              help="Log format on stderr (default: $JOBQ_LOG_FORMAT or console on a terminal, else json).")
+@click.option("--log-level", default="INFO", show_default=True, help="DEBUG, INFO, WARNING or ERROR.")
+@click.pass_context
+def cli(ctx: click.Context, log_format: str | None, log_level: str) -> None:
+    """jobq: a job queue for ML workloads. Jobs go in through NATS JetStream, run as pods on a
+    cluster (an embedded local one, or Kubernetes), are retried with backoff and moved off dead
+    nodes within seconds.
+
+    \b
+    Quick start:
+      jobq demo                 run the embedded stack and 24 real ML jobs, print a summary
+      jobq up                   run the embedded stack in the foreground (Ctrl-C stops it)
+      jobq submit --task sklearn.train --args '{"dataset": "wine"}' --wait
+    """
+    from broker import logsetup
+
+    fmt = log_format or os.environ.get("JOBQ_LOG_FORMAT") or ("console" if sys.stderr.isatty() else "json")
+    os.environ["JOBQ_LOG_FORMAT"] = fmt
+    logsetup.configure(fmt="console" if fmt == "console" else "json", level=log_level,
+                       component=ctx.invoked_subcommand)
+
+
+# --- running the system ---------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--nodes", default=3, show_default=True, help="Node agents (separate processes).")
+@click.option("--node-cpu", default=2.0, show_default=True, help="CPU cores each node offers.")
+@click.option("--node-memory", default="4Gi", show_default=True, help="Memory each node offers.")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=Path(".jobq"), show_default=True,
+              help="NATS store, logs and stack.json.")
+@click.option("--nats", "nats_url", default=None, metavar="URL",
+              help="Use this NATS server instead of starting one.")
+@click.option("--nats-port", default=4222, show_default=True, help="Port of the NATS we start (-1: free).")
+@click.option("--http-port", default=8222, show_default=True, help="Dashboard/API port (0: free).")
+@click.option("--dispatchers", default=1, show_default=True, help="Dispatchers (one leads, others stand by).")
+def up(nodes: int, node_cpu: float, node_memory: str, data_dir: Path, nats_url: str | None,
+       nats_port: int, http_port: int, dispatchers: int) -> None:
+    """Run the embedded stack in the foreground until Ctrl-C.
+
+    Starts a real nats-server with JetStream (unless --nats is given), the dispatcher and NODES
+    node agents. Ctrl-C stops it gracefully: queued and running jobs are kept and finish after
+    the next `jobq up`.
+    """
+    from broker.embedded import runner
+
+    config = runner.stack_config(data_dir=data_dir, nodes=nodes, node_cpu=node_cpu,
+                                 node_memory=node_memory, nats_url=nats_url, nats_port=nats_port,
+                                 http_port=http_port, dispatchers=dispatchers)
+    _run(runner.run_up(config))
+
+
+@cli.command()
+@click.option("--jobs", default=24, show_default=True, help="Jobs in the workload (at least 4).")
+@click.option("--nodes", default=3, show_default=True, help="Node agents.")
+@click.option("--kill-node/--no-kill-node", default=False, show_default=True,
+              help="SIGKILL one node agent while jobs run, and report the recovery.")
+@click.option("--json", "as_json", is_flag=True, help="End with one JSON summary line on stdout.")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="Where the demo keeps its stack (default: a fresh .jobq/demo-<time>).")
+@click.option("--nats", "nats_url", default=None, metavar="URL",
+              help="Use this NATS server instead of starting one.")
+@click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait for the workload.")
+def demo(jobs: int, nodes: int, kill_node: bool, as_json: bool, data_dir: Path | None,
+         nats_url: str | None, timeout: float) -> None:
+    """Start the embedded stack, run a workload of real ML jobs, print a summary, stop.
+
+    The workload trains, evaluates and sweeps scikit-learn classifiers on bundled data sets, then
+    batch-predicts with the trained models. Exits non-zero if any job was lost or failed.
+    """
+    from broker.embedded import demo as demo_mod
+
+    if jobs < 4:
+        raise click.BadParameter("at least 4 jobs", param_hint="--jobs")
+    summary = _run(demo_mod.run_demo(jobs=jobs, nodes=nodes, kill_node=kill_node, data_dir=data_dir,
+                                     nats_url=nats_url, timeout_s=timeout, as_json=as_json))
+    if summary["lost"] or summary["succeeded"] != summary["submitted"] or summary["duplicate_results"]:
+        sys.exit(1)
+
+
+@cli.command()
+def dispatcher() -> None:
+    """Run one dispatcher (settings from JOBQ_* environment variables; see docs/configuration.md)."""
+    from broker import app, settings
+
+    try:
+        config = settings.Settings.from_env(os.environ)
+    except settings.SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        app.install_signal_handlers(stop)
+        await app.run_dispatcher(config, stop)
+
+    _run(main())
+
+
+@cli.command("node-agent")
+@click.option("--name", required=True, help="Node name (unique in the cluster).")
+@click.option("--cpu", default=2.0, show_default=True, help="CPU cores offered.")
+@click.option("--memory", default="4Gi", show_default=True, help="Memory offered.")
+@click.option("--gpu", default=0, show_default=True, help="GPUs offered.")
+@click.option("--interval", default=1.0, show_default=True, help="Seconds between heartbeats.")
+@click.option("--work-dir", type=click.Path(path_type=Path), default=Path(".jobq/nodes"), show_default=True,
+              help="Pod logs go under here.")
+@nats_option
+def node_agent(name: str, cpu: float, memory: str, gpu: int, interval: float, work_dir: Path,
+               nats_url: str | None) -> None:
+    """Be one node of the embedded cluster: run pods as local processes."""
+    from broker.app import install_signal_handlers
+    from workers import node_agent as agent
+
+    try:
+        capacity = contract.Resources(cpu=cpu, memory=memory, gpu=gpu)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    config = agent.AgentSettings(name=name, capacity=capacity, interval_s=interval, work_dir=work_dir,
+                                 nats_url=resolve_nats(nats_url))
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        install_signal_handlers(stop)
+        await agent.run_agent(config, stop)
+
+    _run(main())
+
+
+# --- submitting and inspecting ---------------------------------------------------------------
+
+from submitter import commands  # noqa: E402  (the client-side commands live in their own module)
+
+commands.register(cli, nats_option=nats_option, resolve_nats=resolve_nats, run=_run)
+
+
+def main() -> None:
+    cli(prog_name="jobq")
+
+
+if __name__ == "__main__":
+    main()

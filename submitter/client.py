@@ -1,0 +1,259 @@
+"""The Python SDK: submit jobs, follow them, read their results.
+
+    async with JobqClient("nats://127.0.0.1:4222") as client:
+        handle = await client.submit(task="sklearn.train", args={"dataset": "digits"})
+        result = await handle.result(timeout=120)
+        print(result.output["accuracy"])
+
+Submissions are JetStream publishes with ``Nats-Msg-Id`` set to the idempotency key (or the job
+id), retried through leader elections; the dispatcher runs a key once however often it is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any, Self
+
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from broker import contract, natsutil
+
+
+class JobqError(Exception):
+    """Base of the SDK's errors."""
+
+
+class JobFailed(JobqError):
+    """The job ended without a result (dead or cancelled); ``record`` says why."""
+
+    def __init__(self, record: contract.JobRecord) -> None:
+        super().__init__(f"job {record.spec.id} ended {record.phase}: {record.reason} {record.message}")
+        self.record = record
+
+
+class JobNotFound(JobqError):
+    pass
+
+
+def new_job_id(idempotency_key: str | None = None) -> str:
+    """A fresh id, or one derived from the idempotency key (same key, same id)."""
+    if idempotency_key is not None:
+        return "k-" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:24]
+    return "j-" + uuid.uuid4().hex[:20]
+
+
+class JobHandle:
+    def __init__(self, client: JobqClient, job_id: str) -> None:
+        self.client = client
+        self.id = job_id
+
+    def __repr__(self) -> str:
+        return f"JobHandle({self.id!r})"
+
+    async def status(self) -> contract.JobRecord | None:
+        return await self.client.get(self.id)
+
+    async def wait(self, *, timeout: float | None = None) -> contract.JobRecord:
+        records = await self.client.wait([self.id], timeout=timeout)
+        return records[self.id]
+
+    async def result(self, *, timeout: float | None = None) -> contract.TaskResult:
+        record = await self.wait(timeout=timeout)
+        return await self.client.result_of(record)
+
+
+class JobqClient:
+    def __init__(self, url: str = "nats://127.0.0.1:4222", *, name: str = "jobq-client") -> None:
+        self.url = url
+        self.name = name
+        self._nc: NATS | None = None
+        self._js: JetStreamContext | None = None
+
+    async def __aenter__(self) -> Self:
+        self._nc = await natsutil.connect(self.url, name=self.name, reconnect_forever=False)
+        self._js = self._nc.jetstream(timeout=10)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.drain()
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            raise JobqError("use the client inside 'async with JobqClient(url) as client'")
+        return self._js
+
+    @property
+    def nc(self) -> NATS:
+        assert self._nc is not None
+        return self._nc
+
+    # --- submitting -----------------------------------------------------------------------
+
+    def build_spec(self, spec: contract.JobSpec | dict[str, Any] | None = None, **fields: Any) -> contract.JobSpec:
+        """A validated JobSpec from a spec, a dict, or keyword fields; fills in the id."""
+        if isinstance(spec, contract.JobSpec):
+            return spec
+        data = {**(spec or {}), **fields}
+        data.setdefault("id", new_job_id(data.get("idempotency_key")))
+        return contract.JobSpec.model_validate(data)
+
+    async def submit(self, spec: contract.JobSpec | dict[str, Any] | None = None, **fields: Any) -> JobHandle:
+        job = self.build_spec(spec, **fields)
+        headers = {contract.HEADER_MSG_ID: job.dedupe_key,
+                   contract.HEADER_CONTRACT: str(contract.CONTRACT_VERSION)}
+        payload = job.model_dump_json(exclude_defaults=True).encode()
+        await natsutil.retry(lambda: self.js.publish(contract.submit_subject(job.queue), payload,
+                                                     headers=dict(headers)))
+        return JobHandle(self, job.id)
+
+    async def submit_many(self, specs: Iterable[contract.JobSpec | dict[str, Any]]) -> list[JobHandle]:
+        return [await self.submit(spec) for spec in specs]
+
+    # --- reading --------------------------------------------------------------------------
+
+    async def _jobs(self) -> Any:
+        return await self.js.key_value(contract.BUCKET_JOBS)
+
+    async def get(self, job_id: str) -> contract.JobRecord | None:
+        try:
+            entry = await (await self._jobs()).get(job_id)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.BucketNotFoundError):
+            return None
+        return contract.JobRecord.model_validate_json(entry.value or b"{}")
+
+    async def list(self) -> list[contract.JobRecord]:
+        try:
+            kv = await self._jobs()
+            keys = await kv.keys()
+        except (nats.js.errors.NoKeysError, nats.js.errors.BucketNotFoundError):
+            return []
+        records = [await self.get(key) for key in keys]
+        return sorted((r for r in records if r is not None), key=lambda r: r.submitted_at)
+
+    async def wait(self, job_ids: Iterable[str], *, timeout: float | None = None,
+                   on_update: Callable[[contract.JobRecord], None] | None = None) -> dict[str, contract.JobRecord]:
+        """Wait until every job is finished; one KV watch serves any number of jobs."""
+        pending = set(job_ids)
+        done: dict[str, contract.JobRecord] = {}
+
+        async def follow() -> None:
+            kv = await self._jobs()
+            watcher = await kv.watchall()
+            try:
+                async for entry in watcher:
+                    if entry is None or not entry.value or entry.key not in pending:
+                        continue
+                    record = contract.JobRecord.model_validate_json(entry.value)
+                    if on_update is not None:
+                        on_update(record)
+                    if record.phase.is_terminal:
+                        done[entry.key] = record
+                        pending.discard(entry.key)
+                        if not pending:
+                            return
+            finally:
+                with contextlib.suppress(Exception):
+                    await watcher.stop()
+
+        if pending:
+            try:
+                await asyncio.wait_for(follow(), timeout)
+            except TimeoutError:
+                raise TimeoutError(f"{len(pending)} job(s) not finished after {timeout}s: "
+                                   f"{sorted(pending)[:5]}") from None
+        return done
+
+    async def result_of(self, record: contract.JobRecord) -> contract.TaskResult:
+        if record.phase != contract.JobPhase.SUCCEEDED or record.result_attempt is None:
+            raise JobFailed(record)
+        if record.spec.task is None:
+            attempt = record.attempts[record.result_attempt - 1]
+            return contract.TaskResult(job_id=record.spec.id, attempt=attempt.number, node=attempt.node,
+                                       started_at=attempt.started_at or attempt.created_at,
+                                       finished_at=attempt.finished_at or attempt.created_at)
+        kv = await self.js.key_value(contract.BUCKET_RESULTS)
+        entry = await kv.get(contract.result_key(record.spec.id, record.result_attempt))
+        return contract.TaskResult.model_validate_json(entry.value or b"{}")
+
+    async def result(self, job_id: str, *, timeout: float | None = None) -> contract.TaskResult:
+        return await JobHandle(self, job_id).result(timeout=timeout)
+
+    async def cancel(self, job_id: str) -> contract.JobRecord:
+        """Ask the dispatcher to stop the job; it ends ``cancelled`` (no effect once finished)."""
+        kv = await self._jobs()
+        for _ in range(20):
+            try:
+                entry = await kv.get(job_id)
+            except nats.js.errors.KeyNotFoundError:
+                raise JobNotFound(f"no job {job_id}") from None
+            record = contract.JobRecord.model_validate_json(entry.value or b"{}")
+            if record.phase.is_terminal or record.cancel_requested:
+                return record
+            updated = record.model_copy(update={"cancel_requested": True, "updated_at": contract.utcnow()})
+            try:
+                await kv.update(job_id, updated.model_dump_json().encode(), last=entry.revision)
+                return updated
+            except nats.js.errors.KeyWrongLastSequenceError:
+                await asyncio.sleep(0.05)
+        raise JobqError(f"could not record the cancellation of {job_id}: the record kept changing")
+
+    async def events(self, job_id: str) -> list[contract.JobEvent]:
+        """Every event recorded for the job, oldest first."""
+        sub = await self.js.subscribe(contract.event_subject(job_id), ordered_consumer=True,
+                                      deliver_policy=nats.js.api.DeliverPolicy.ALL)
+        events: list[contract.JobEvent] = []
+        try:
+            info = await self.js.stream_info(contract.STREAM_EVENTS, subjects_filter=contract.event_subject(job_id))
+            expected = (info.state.subjects or {}).get(contract.event_subject(job_id), 0)
+            while len(events) < expected:
+                msg = await sub.next_msg(timeout=5)
+                events.append(contract.JobEvent.model_validate_json(msg.data))
+        finally:
+            await sub.unsubscribe()
+        return events
+
+    async def dead_letters(self, *, limit: int = 100) -> list[tuple[int, contract.DeadLetter]]:
+        """Newest dead-letter records first, with their stream sequence."""
+        try:
+            info = await self.js.stream_info(contract.STREAM_DEAD)
+        except nats.js.errors.NotFoundError:
+            return []
+        found: list[tuple[int, contract.DeadLetter]] = []
+        seq = info.state.last_seq
+        while seq >= max(info.state.first_seq, 1) and len(found) < limit:
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                raw = await self.js.get_msg(contract.STREAM_DEAD, seq)
+                if raw.data:
+                    found.append((seq, contract.DeadLetter.model_validate_json(raw.data)))
+            seq -= 1
+        return found
+
+    async def retry_dead(self, job_id: str) -> contract.JobRecord:
+        """Re-drive a dead job: fresh budgets, same id, attempt history kept."""
+        kv = await self._jobs()
+        try:
+            entry = await kv.get(job_id)
+        except nats.js.errors.KeyNotFoundError:
+            raise JobNotFound(f"no job {job_id}; an invalid submission must be fixed and "
+                              "submitted again") from None
+        record = contract.JobRecord.model_validate_json(entry.value or b"{}")
+        if record.phase != contract.JobPhase.DEAD:
+            raise JobqError(f"job {job_id} is {record.phase}, not dead")
+        revived = record.model_copy(update={
+            "phase": contract.JobPhase.QUEUED, "app_failures": 0, "disruptions": 0, "avoid_nodes": (),
+            "reason": None, "message": "re-driven from the dead-letter queue", "finished_at": None,
+            "not_before": None, "updated_at": contract.utcnow()})
+        try:
+            await kv.update(job_id, revived.model_dump_json().encode(), last=entry.revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            raise JobqError(f"job {job_id} changed meanwhile; try again") from None
+        return revived

@@ -1,0 +1,189 @@
+"""Client-side subcommands: submit, status, list, result, cancel, schema, dlq."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import click
+from pydantic import ValidationError
+
+from broker import contract
+from submitter.client import JobFailed, JobqClient
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, default=str))
+
+
+def _record_line(record: contract.JobRecord) -> str:
+    current = record.current
+    where = f"{current.node or '-'}#{current.number}" if current else "-"
+    task = record.spec.task or " ".join(record.spec.command or ())
+    reason = f" ({record.reason})" if record.reason else ""
+    return f"{record.spec.id:<26} {record.phase.value:<10} {record.spec.queue:<10} {where:<12} {task}{reason}"
+
+
+def register(cli: click.Group, *, nats_option: Callable[..., Any], resolve_nats: Callable[[str | None], str],
+             run: Callable[[Coroutine[Any, Any, Any]], Any]) -> None:
+
+    @cli.command()
+    @click.option("--task", help="Built-in task (see `jobq schema`) or module:function.")
+    @click.option("--command", "command", multiple=True, help="Run a command instead (repeat per argument).")
+    @click.option("--args", "args_json", default="{}", show_default=True, help="Task arguments as JSON.")
+    @click.option("--queue", default="default", show_default=True)
+    @click.option("--profile", type=click.Choice(sorted(contract.PROFILES)), default=None,
+                  help="Named resources: small (scikit-learn), medium, large, gpu.")
+    @click.option("--cpu", type=float, default=None, help="CPU cores (instead of --profile).")
+    @click.option("--memory", default=None, help="Memory such as 512Mi (instead of --profile).")
+    @click.option("--gpu", type=int, default=None, help="GPUs (instead of --profile).")
+    @click.option("--timeout", type=float, default=None, help="Seconds each attempt may run.")
+    @click.option("--max-attempts", type=int, default=None, help="Application failures allowed.")
+    @click.option("--priority", type=int, default=0, show_default=True)
+    @click.option("--id", "job_id", default=None, help="Job id (default: generated).")
+    @click.option("--idempotency-key", default=None, help="Submissions with the same key run once.")
+    @click.option("--wait", is_flag=True, help="Wait for the job and print its result.")
+    @nats_option
+    def submit(task: str | None, command: tuple[str, ...], args_json: str, queue: str, profile: str | None,
+               cpu: float | None, memory: str | None, gpu: int | None, timeout: float | None,
+               max_attempts: int | None, priority: int, job_id: str | None, idempotency_key: str | None,
+               wait: bool, nats_url: str | None) -> None:
+        """Submit one job; prints its id (or, with --wait, its result)."""
+        try:
+            args = json.loads(args_json)
+        except ValueError as exc:
+            raise click.BadParameter(f"not JSON: {exc}", param_hint="--args") from None
+        fields: dict[str, Any] = {"queue": queue, "args": args, "priority": priority}
+        if task:
+            fields["task"] = task
+        if command:
+            fields["command"] = list(command)
+        if profile:
+            fields["profile"] = profile
+        if cpu is not None or memory is not None or gpu is not None:
+            defaults = contract.Resources()
+            fields["resources"] = {"cpu": cpu or defaults.cpu, "memory": memory or defaults.memory,
+                                   "gpu": gpu or 0}
+        if timeout is not None:
+            fields["timeout_s"] = timeout
+        if max_attempts is not None:
+            fields["retry"] = {"max_attempts": max_attempts}
+        if job_id:
+            fields["id"] = job_id
+        if idempotency_key:
+            fields["idempotency_key"] = idempotency_key
+
+        async def go() -> None:
+            async with JobqClient(resolve_nats(nats_url)) as client:
+                try:
+                    spec = client.build_spec(**fields)
+                except ValidationError as exc:
+                    raise click.ClickException(_problems(exc)) from None
+                handle = await client.submit(spec)
+                if not wait:
+                    click.echo(handle.id)
+                    return
+                click.echo(f"submitted {handle.id}; waiting", err=True)
+                try:
+                    result = await handle.result()
+                except JobFailed as exc:
+                    raise click.ClickException(str(exc)) from None
+                _echo_json(result.model_dump(mode="json"))
+
+        run(go())
+
+    @cli.command()
+    @click.argument("job_id")
+    @click.option("--json", "as_json", is_flag=True, help="Print the whole record as JSON.")
+    @nats_option
+    def status(job_id: str, as_json: bool, nats_url: str | None) -> None:
+        """Show a job: phase, attempts with node, state and failure reason."""
+
+        async def go() -> None:
+            async with JobqClient(resolve_nats(nats_url)) as client:
+                record = await client.get(job_id)
+            if record is None:
+                raise click.ClickException(f"no job {job_id} (not submitted, or not accepted yet)")
+            if as_json:
+                _echo_json(record.model_dump(mode="json"))
+                return
+            click.echo(f"{record.spec.id}: {record.phase}" + (f" ({record.reason}: {record.message})"
+                                                               if record.reason else ""))
+            for a in record.attempts:
+                click.echo(f"  attempt {a.number}: {a.state:<9} node={a.node or '-':<8} "
+                           f"reason={a.reason or '-'} exit={a.exit_code if a.exit_code is not None else '-'}"
+                           f" {a.message}")
+
+        run(go())
+
+    @cli.command("list")
+    @click.option("--state", type=click.Choice([p.value for p in contract.JobPhase]), default=None)
+    @click.option("--queue", default=None)
+    @nats_option
+    def list_(state: str | None, queue: str | None, nats_url: str | None) -> None:
+        """List jobs, oldest first."""
+
+        async def go() -> None:
+            async with JobqClient(resolve_nats(nats_url)) as client:
+                records = await client.list()
+            for record in records:
+                if (state is None or record.phase == state) and (queue is None or record.spec.queue == queue):
+                    click.echo(_record_line(record))
+
+        run(go())
+
+    @cli.command()
+    @click.argument("job_id")
+    @click.option("--wait", is_flag=True, help="Wait for the job to finish.")
+    @nats_option
+    def result(job_id: str, wait: bool, nats_url: str | None) -> None:
+        """Print a finished job's accepted result as JSON."""
+
+        async def go() -> None:
+            async with JobqClient(resolve_nats(nats_url)) as client:
+                record = await client.get(job_id)
+                if record is None:
+                    raise click.ClickException(f"no job {job_id}")
+                if not record.phase.is_terminal:
+                    if not wait:
+                        raise click.ClickException(f"job {job_id} is {record.phase}; use --wait")
+                    record = (await client.wait([job_id]))[job_id]
+                try:
+                    _echo_json((await client.result_of(record)).model_dump(mode="json"))
+                except JobFailed as exc:
+                    raise click.ClickException(str(exc)) from None
+
+        run(go())
+
+    @cli.command()
+    @click.argument("job_id")
+    @nats_option
+    def cancel(job_id: str, nats_url: str | None) -> None:
+        """Stop a queued or running job; it ends `cancelled`."""
+
+        async def go() -> None:
+            async with JobqClient(resolve_nats(nats_url)) as client:
+                record = await client.cancel(job_id)
+            if record.phase.is_terminal:
+                click.echo(f"{job_id} already finished: {record.phase}")
+            else:
+                click.echo(f"{job_id}: cancellation requested")
+
+        run(go())
+
+    @cli.command()
+    @click.option("--kind", type=click.Choice(["job", "event", "result", "dead-letter"]), default="job",
+                  show_default=True)
+    def schema(kind: str) -> None:
+        """Print the JSON Schema of a message (default: the job submission)."""
+        _echo_json(contract.json_schema(kind))  # type: ignore[arg-type]
+
+    from submitter import dlq_commands
+
+    dlq_commands.register(cli, nats_option=nats_option, resolve_nats=resolve_nats, run=run)
+
+
+def _problems(exc: ValidationError) -> str:
+    return "invalid job: " + "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'job'}: {err['msg']}" for err in exc.errors())

@@ -1,0 +1,49 @@
+"""`jobq dlq`: look at dead letters and re-drive dead jobs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import click
+
+from submitter.client import JobqClient, JobqError
+
+
+def register(cli: click.Group, *, nats_option: Callable[..., Any], resolve_nats: Callable[[str | None], str],
+             run: Callable[[Coroutine[Any, Any, Any]], Any]) -> None:
+    @cli.group()
+    def dlq() -> None:
+        """Dead letters: jobs that gave up, and submissions that could not be read."""
+
+    @dlq.command("list")
+    @click.option("--limit", default=50, show_default=True)
+    @nats_option
+    def list_(limit: int, nats_url: str | None) -> None:
+        """Newest dead letters first: sequence, job, reason, message."""
+
+        async def go() -> None:
+            async with JobqClient(resolve_nats(nats_url)) as client:
+                letters = await client.dead_letters(limit=limit)
+            if not letters:
+                click.echo("no dead letters")
+            for seq, letter in letters:
+                click.echo(f"{seq:>6} {letter.job_id or '-':<26} {letter.reason:<14} {letter.message[:100]}")
+
+        run(go())
+
+    @dlq.command("retry")
+    @click.argument("job_id")
+    @nats_option
+    def retry(job_id: str, nats_url: str | None) -> None:
+        """Give a dead job fresh retry budgets and queue it again (its history is kept)."""
+
+        async def go() -> None:
+            async with JobqClient(resolve_nats(nats_url)) as client:
+                try:
+                    await client.retry_dead(job_id)
+                except JobqError as exc:
+                    raise click.ClickException(str(exc)) from None
+            click.echo(f"{job_id}: queued again")
+
+        run(go())

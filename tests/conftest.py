@@ -1,0 +1,88 @@
+"""Shared fixtures: real nats-server, a real embedded stack, an SDK client."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client as NATS
+
+from broker import natsutil
+from broker.embedded.natsserver import NatsServer
+from broker.embedded.stack import Stack, StackConfig
+from submitter.client import JobqClient
+
+FAST_ENV = {
+    "JOBQ_RESYNC_INTERVAL_S": "2",
+    "JOBQ_HEARTBEAT_TIMEOUT_S": "10",
+    "JOBQ_NODE_TIMEOUT_S": "3",
+    "JOBQ_LEASE_TTL_S": "3",
+}
+
+
+@pytest.fixture
+async def nats_server(tmp_path: Path) -> AsyncIterator[NatsServer]:
+    """A real nats-server with JetStream on a free loopback port and a temp store."""
+    server = NatsServer(store_dir=tmp_path / "nats", port=-1)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
+    conn = await natsutil.connect(nats_server.url, name="test")
+    try:
+        yield conn
+    finally:
+        await conn.drain()
+
+
+async def start_stack(tmp_path: Path, *, nodes: int = 3, dispatchers: int = 1,
+                      env: dict[str, str] | None = None, node_cpu: float = 2.0,
+                      nats_url: str | None = None) -> Stack:
+    stack = Stack(StackConfig(data_dir=tmp_path / "stack", nodes=nodes, nats_port=-1, http_port=0,
+                              dispatchers=dispatchers, node_cpu=node_cpu, nats_url=nats_url,
+                              env={**FAST_ENV, **(env or {})}))
+    try:
+        await stack.start()
+    except BaseException:
+        await stack.stop()
+        raise
+    return stack
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    """The embedded stack: nats-server, one dispatcher and three node agents, as processes."""
+    s = await start_stack(tmp_path)
+    try:
+        yield s
+    finally:
+        await s.stop()
+
+
+@pytest.fixture
+async def client(stack: Stack) -> AsyncIterator[JobqClient]:
+    async with JobqClient(stack.nats_url) as c:
+        yield c
+
+
+@pytest.fixture(autouse=True)
+async def no_leaked_tasks() -> AsyncIterator[None]:
+    """Fail a test that leaves asyncio tasks running behind it."""
+    before = set(asyncio.all_tasks())
+    yield
+    await asyncio.sleep(0)
+    leaked = [t for t in asyncio.all_tasks() - before if not t.done() and t is not asyncio.current_task()]
+    leaked = [t for t in leaked if "nats" not in repr(t.get_coro()).lower()]
+    assert not leaked, f"tasks left running: {leaked}"
+
+
+def cli_env(stack: Stack) -> dict[str, str]:
+    return {**os.environ, "JOBQ_NATS_URL": stack.nats_url, "JOBQ_LOG_FORMAT": "json"}

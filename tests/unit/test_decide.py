@@ -1,0 +1,175 @@
+"""decide(): given a job record and observed pods, the expected next step (table tests)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+
+from broker import contract
+from broker.backends.base import PodState
+from broker.dispatcher.decide import Limits, Observed, decide
+
+NOW = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
+LIMITS = Limits(heartbeat_timeout_s=10)
+Phase, State, Reason, Pod = contract.JobPhase, contract.AttemptState, contract.FailureReason, contract.PodPhase
+
+
+def job(*, phase: Phase = Phase.QUEUED, attempts: tuple[contract.Attempt, ...] = (), task: str | None = "demo.sleep",
+        **fields: object) -> contract.JobRecord:
+    spec_fields: dict[str, object] = {"id": "j1", "retry": contract.RetryPolicy(max_attempts=2, non_retryable_exit_codes=(42,))}
+    if task:
+        spec_fields["task"] = task
+    else:
+        spec_fields["command"] = ("true",)
+    spec_fields.update({k: v for k, v in fields.items() if k in ("timeout_s",)})
+    record_fields = {k: v for k, v in fields.items() if k not in ("timeout_s",)}
+    return contract.JobRecord(spec=contract.JobSpec(**spec_fields), phase=phase, attempts=attempts,  # type: ignore[arg-type]
+                              submitted_at=NOW, updated_at=NOW, **record_fields)  # type: ignore[arg-type]
+
+
+def attempt(n: int = 1, *, state: State = State.RUNNING, node: str | None = "node-1",
+            started: dt.datetime | None = NOW - dt.timedelta(seconds=5)) -> contract.Attempt:
+    return contract.Attempt(number=n, pod=contract.pod_name("j1", n), state=state, node=node,
+                            created_at=NOW - dt.timedelta(seconds=6), started_at=started)
+
+
+def pod(n: int = 1, *, phase: Pod = Pod.RUNNING, node: str = "node-1", ready: bool = True,
+        exit_code: int | None = None, reason: str = "") -> PodState:
+    return PodState(name=contract.pod_name("j1", n), job_id="j1", attempt=n, phase=phase, node=node,
+                    node_ready=ready, exit_code=exit_code, reason=reason,
+                    started_at=NOW - dt.timedelta(seconds=5))
+
+
+def run(record: contract.JobRecord, *pods: PodState, **observed: object):  # type: ignore[no-untyped-def]
+    seen = Observed(pods=pods, last_heartbeat=observed.pop("heartbeat", NOW), **observed)  # type: ignore[arg-type]
+    return decide(record, seen, now=NOW, rng=random.Random(0), limits=LIMITS)
+
+
+def test_queued_job_gets_a_fenced_attempt_and_a_pod() -> None:
+    action = run(job())
+    assert action.record is not None and action.record.phase == Phase.RUNNING
+    assert action.record.current is not None and action.record.current.state == State.CREATING
+    assert action.create is not None and action.create.name == "job-j1-1"
+    assert action.create.env["JOBQ_ATTEMPT"] == "1"
+
+
+def test_backoff_and_queue_limits_hold_a_queued_job() -> None:
+    later = job(not_before=NOW + dt.timedelta(seconds=3))
+    assert run(later).requeue_after == 3.0 and run(later).create is None
+    assert run(job(), queue_full=True).create is None
+
+
+def test_creating_attempt_without_pod_creates_it_again_idempotently() -> None:
+    action = run(job(phase=Phase.RUNNING, attempts=(attempt(state=State.CREATING, node=None, started=None),)))
+    assert action.create is not None and action.create.name == "job-j1-1" and action.record is None
+
+
+def test_pod_running_marks_attempt_running() -> None:
+    action = run(job(phase=Phase.RUNNING, attempts=(attempt(state=State.PENDING),)), pod())
+    assert action.record is not None and action.record.current is not None
+    assert action.record.current.state == State.RUNNING
+    assert [e.type for e in action.events] == [contract.EventType.ATTEMPT_STARTED]
+
+
+def test_success_needs_a_stored_result() -> None:
+    running = job(phase=Phase.RUNNING, attempts=(attempt(),))
+    ok = run(running, pod(phase=Pod.SUCCEEDED, exit_code=0), result_exists=True)
+    assert ok.record is not None and ok.record.phase == Phase.SUCCEEDED and ok.record.result_attempt == 1
+    missing = run(running, pod(phase=Pod.SUCCEEDED, exit_code=0), result_exists=False)
+    assert missing.record is not None and missing.record.current is not None
+    assert missing.record.current.reason == Reason.APP_ERROR
+
+
+def test_command_jobs_succeed_on_exit_zero() -> None:
+    action = run(job(phase=Phase.RUNNING, attempts=(attempt(),), task=None), pod(phase=Pod.SUCCEEDED, exit_code=0))
+    assert action.record is not None and action.record.phase == Phase.SUCCEEDED
+
+
+def test_app_error_retries_with_backoff_then_goes_dead() -> None:
+    first = run(job(phase=Phase.RUNNING, attempts=(attempt(),)), pod(phase=Pod.FAILED, exit_code=1, reason="Error"))
+    assert first.record is not None and first.record.phase == Phase.QUEUED and first.record.app_failures == 1
+    assert first.record.retries == {"app_error": 1}
+    assert first.delete == ("job-j1-1",)
+    second = run(job(phase=Phase.RUNNING, attempts=(attempt(1, state=State.FAILED), attempt(2)), app_failures=1),
+                 pod(2, phase=Pod.FAILED, exit_code=1, reason="Error"))
+    assert second.record is not None and second.record.phase == Phase.DEAD
+    assert second.dead_letter is not None and len(second.dead_letter.attempts) == 2
+
+
+def test_non_retryable_exit_code_goes_straight_to_dead() -> None:
+    action = run(job(phase=Phase.RUNNING, attempts=(attempt(),)), pod(phase=Pod.FAILED, exit_code=42, reason="Error"))
+    assert action.record is not None and action.record.phase == Phase.DEAD
+    assert action.record.reason == Reason.NON_RETRYABLE
+
+
+def test_oom_is_classified() -> None:
+    action = run(job(phase=Phase.RUNNING, attempts=(attempt(),)), pod(phase=Pod.FAILED, exit_code=137, reason="OOMKilled"))
+    assert action.record is not None and action.record.current is not None
+    assert action.record.current.reason == Reason.OOM
+
+
+def test_node_loss_reschedules_at_once_elsewhere_without_spending_the_retry_budget() -> None:
+    action = run(job(phase=Phase.RUNNING, attempts=(attempt(),), app_failures=1), pod(ready=False))
+    record = action.record
+    assert record is not None and record.phase == Phase.QUEUED
+    assert record.not_before == NOW and action.requeue_after == 0
+    assert record.app_failures == 1 and record.disruptions == 1
+    assert record.avoid_nodes == ("node-1",)
+    assert record.retries == {"node_lost": 1}
+
+
+def test_node_loss_ignored_when_rescheduling_is_off() -> None:
+    limits = Limits(reschedule_on_node_loss=False)
+    seen = Observed(pods=(pod(ready=False),), last_heartbeat=NOW)
+    action = decide(job(phase=Phase.RUNNING, attempts=(attempt(),)), seen, now=NOW, rng=random.Random(0), limits=limits)
+    assert action.record is None
+
+
+def test_silent_worker_is_lost() -> None:
+    action = run(job(phase=Phase.RUNNING, attempts=(attempt(started=NOW - dt.timedelta(seconds=60)),)),
+                 pod(), heartbeat=NOW - dt.timedelta(seconds=30))
+    assert action.record is not None and action.record.current is not None
+    assert action.record.current.reason == Reason.HEARTBEAT_LOST
+
+
+def test_deadline_kills_the_attempt_as_timeout() -> None:
+    action = run(job(phase=Phase.RUNNING, attempts=(attempt(),), timeout_s=2), pod())
+    assert action.record is not None and action.record.current is not None
+    assert action.record.current.reason == Reason.TIMEOUT and action.delete == ("job-j1-1",)
+
+
+def test_pod_that_vanished_is_deleted_disruption() -> None:
+    action = run(job(phase=Phase.RUNNING, attempts=(attempt(),)))
+    assert action.record is not None and action.record.current is not None
+    assert action.record.current.reason == Reason.DELETED and action.record.phase == Phase.QUEUED
+
+
+def test_stale_attempt_is_fenced_its_pod_deleted_and_its_success_ignored() -> None:
+    record = job(phase=Phase.RUNNING, attempts=(attempt(1, state=State.FAILED), attempt(2, node="node-2")))
+    action = run(record, pod(1, phase=Pod.SUCCEEDED, exit_code=0), pod(2, node="node-2"), result_exists=True)
+    assert action.delete == ("job-j1-1",)
+    assert action.record is None
+    assert [e.type for e in action.events] == [contract.EventType.STALE]
+
+
+def test_second_copy_of_current_attempt_on_another_node_is_stale() -> None:
+    record = job(phase=Phase.RUNNING, attempts=(attempt(1, node="node-2"),))
+    action = run(record, pod(1, node="node-1"), pod(1, node="node-2"))
+    assert action.delete == ("job-j1-1",) and action.events[0].type == contract.EventType.STALE
+
+
+def test_cancel_kills_the_running_attempt() -> None:
+    action = run(job(phase=Phase.RUNNING, attempts=(attempt(),), cancel_requested=True), pod())
+    assert action.record is not None and action.record.phase == Phase.CANCELLED
+    assert action.delete == ("job-j1-1",) and action.dead_letter is None
+
+
+def test_cancel_of_queued_job() -> None:
+    action = run(job(cancel_requested=True))
+    assert action.record is not None and action.record.phase == Phase.CANCELLED and action.create is None
+
+
+def test_finished_job_cleans_up_leftover_pods() -> None:
+    record = job(phase=Phase.SUCCEEDED, attempts=(attempt(state=State.SUCCEEDED),), result_attempt=1)
+    action = run(record, pod(phase=Pod.SUCCEEDED, exit_code=0))
+    assert action.delete == ("job-j1-1",) and action.record is None

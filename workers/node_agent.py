@@ -1,0 +1,220 @@
+"""The embedded node agent: one OS process that is one node of the local cluster.
+
+It announces its capacity and its pods on ``jobq.node.<name>.status`` every ``interval_s`` and at
+every change, runs pods it is asked to run as process groups (``workers.pod_runtime``), kills
+pods that use more memory than they requested (reason ``OOMKilled``) and kills pods on request.
+Finished pods stay listed until the dispatcher deletes them, like Pod objects in Kubernetes.
+SIGKILL of the agent takes its pods with it: that is a node dying.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import os
+import signal
+import sys
+import uuid
+from pathlib import Path
+
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from pydantic import ValidationError
+
+from broker import contract, natsutil
+from workers import pod_runtime
+
+log = structlog.get_logger("jobq.node")
+
+
+@dataclasses.dataclass(slots=True)
+class _Pod:
+    spec: contract.PodSpec
+    process: asyncio.subprocess.Process
+    started_at: dt.datetime
+    phase: contract.PodPhase = contract.PodPhase.RUNNING
+    exit_code: int | None = None
+    reason: str = ""
+    finished_at: dt.datetime | None = None
+    killed_for: str = ""
+
+    def status(self, node: str) -> contract.PodStatus:
+        return contract.PodStatus(
+            name=self.spec.name, job_id=self.spec.job_id, attempt=self.spec.attempt,
+            phase=self.phase, node=node, exit_code=self.exit_code, reason=self.reason,
+            started_at=self.started_at, finished_at=self.finished_at, pid=self.process.pid,
+            resources=self.spec.resources)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AgentSettings:
+    name: str
+    capacity: contract.Resources
+    interval_s: float = 1.0
+    """Seconds between heartbeats."""
+    grace_s: float = 2.0
+    """Seconds between SIGTERM and SIGKILL when a pod is deleted."""
+    work_dir: Path = Path(".jobq/nodes")
+    """Pod logs go to <work_dir>/<node>/<pod>.log."""
+    nats_url: str = "nats://127.0.0.1:4222"
+    """Given to pods as JOBQ_NATS_URL."""
+    python: str = sys.executable
+    """Interpreter that runs built-in tasks (``python -m workers.runner``)."""
+
+
+def pod_command(spec: contract.PodSpec, *, python: str) -> list[str]:
+    """The pod's command; ``jobq-runner`` means the worker runtime of this installation."""
+    if spec.command and spec.command[0] == "jobq-runner":
+        return [python, "-m", "workers.runner", *spec.command[1:]]
+    return list(spec.command)
+
+
+class NodeAgent:
+    def __init__(self, nc: NATS, settings: AgentSettings) -> None:
+        self._nc = nc
+        self._s = settings
+        self._boot_id = uuid.uuid4().hex[:12]
+        self._pods: dict[str, _Pod] = {}
+        self._changed = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._lock = asyncio.Lock()
+
+    def _allocated(self) -> tuple[float, int, int]:
+        active = [p.spec.resources for p in self._pods.values() if p.finished_at is None]
+        return (sum(r.cpu for r in active), sum(r.memory_bytes for r in active),
+                sum(r.gpu for r in active))
+
+    def status(self) -> contract.NodeStatus:
+        return contract.NodeStatus(
+            name=self._s.name, boot_id=self._boot_id, capacity=self._s.capacity,
+            pods=tuple(p.status(self._s.name) for p in self._pods.values()),
+            interval_s=self._s.interval_s, pid=os.getpid())
+
+    async def _publish_status(self) -> None:
+        await self._nc.publish(contract.node_status_subject(self._s.name),
+                               self.status().model_dump_json().encode())
+
+    async def run(self, stop: asyncio.Event) -> None:
+        subs = [await self._nc.subscribe(contract.node_create_subject(self._s.name), cb=self._on_create),
+                await self._nc.subscribe(contract.node_delete_subject(self._s.name), cb=self._on_delete)]
+        log.info("node_started", node=self._s.name, boot_id=self._boot_id,
+                 cpu=self._s.capacity.cpu, memory=self._s.capacity.memory)
+        try:
+            while not stop.is_set():
+                await self._publish_status()
+                self._enforce_memory()
+                self._changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wait_change_or(stop), self._s.interval_s)
+        finally:
+            for sub in subs:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+            await self.shutdown()
+
+    async def _wait_change_or(self, stop: asyncio.Event) -> None:
+        change = asyncio.ensure_future(self._changed.wait())
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({change, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            change.cancel()
+            stopped.cancel()
+
+    async def shutdown(self) -> None:
+        """Node shutting down gracefully: its pods are evicted (killed, reported, then gone)."""
+        running = [p for p in self._pods.values() if p.finished_at is None]
+        for pod in running:
+            pod.killed_for = "Evicted"
+        await asyncio.gather(*(pod_runtime.terminate(p.process, grace_s=self._s.grace_s)
+                               for p in running), return_exceptions=True)
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(task, 1)
+        with contextlib.suppress(Exception):
+            await self._publish_status()
+            await self._nc.flush(timeout=1)
+        log.info("node_stopped", node=self._s.name, evicted=len(running))
+
+    async def _reply(self, msg: Msg, *, ok: bool, error: str = "") -> None:
+        if msg.reply:
+            await self._nc.publish(msg.reply, contract.NodeReply(ok=ok, error=error).model_dump_json().encode())
+
+    async def _on_create(self, msg: Msg) -> None:
+        try:
+            spec = contract.PodSpec.model_validate_json(msg.data)
+        except ValidationError as exc:
+            await self._reply(msg, ok=False, error=f"invalid pod spec: {exc}")
+            return
+        async with self._lock:
+            if spec.name in self._pods:
+                await self._reply(msg, ok=True)
+                return
+            cpu, memory, gpu = self._allocated()
+            cap, want = self._s.capacity, spec.resources
+            if (cpu + want.cpu > cap.cpu + 1e-9 or memory + want.memory_bytes > cap.memory_bytes
+                    or gpu + want.gpu > cap.gpu):
+                await self._reply(msg, ok=False, error=f"insufficient resources on {self._s.name}")
+                return
+            env = {**os.environ, **spec.env, "JOBQ_NODE": self._s.name,
+                   "JOBQ_NATS_URL": spec.env.get("JOBQ_NATS_URL", self._s.nats_url)}
+            log_path = self._s.work_dir / self._s.name / f"{spec.name}.log"
+            try:
+                process = await pod_runtime.spawn(pod_command(spec, python=self._s.python),
+                                                  env=env, log_path=log_path)
+            except OSError as exc:
+                await self._reply(msg, ok=False, error=f"cannot start {spec.command[0]!r}: {exc}")
+                return
+            pod = self._pods[spec.name] = _Pod(spec=spec, process=process, started_at=contract.utcnow())
+            task = asyncio.create_task(self._wait_pod(pod), name=f"pod-{spec.name}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        log.info("pod_started", pod=spec.name, job_id=spec.job_id, attempt=spec.attempt,
+                 node=self._s.name, pid=process.pid)
+        await self._reply(msg, ok=True)
+        self._changed.set()
+
+    async def _wait_pod(self, pod: _Pod) -> None:
+        code = pod_runtime.exit_code(await pod.process.wait())
+        pod_runtime.signal_group(pod.process.pid, signal.SIGKILL)
+        pod.exit_code, pod.finished_at = code, contract.utcnow()
+        pod.phase = contract.PodPhase.SUCCEEDED if code == 0 and not pod.killed_for else contract.PodPhase.FAILED
+        pod.reason = pod.killed_for or ("Completed" if code == 0 else "Error")
+        log.info("pod_exited", pod=pod.spec.name, job_id=pod.spec.job_id, attempt=pod.spec.attempt,
+                 node=self._s.name, exit_code=code, reason=pod.reason)
+        self._changed.set()
+
+    async def _on_delete(self, msg: Msg) -> None:
+        name = msg.data.decode()
+        pod = self._pods.get(name)
+        if pod is not None and pod.finished_at is None:
+            pod.killed_for = "Killed"
+            await pod_runtime.terminate(pod.process, grace_s=self._s.grace_s)
+        self._pods.pop(name, None)
+        log.info("pod_deleted", pod=name, node=self._s.name, found=pod is not None)
+        await self._reply(msg, ok=True)
+        self._changed.set()
+
+    def _enforce_memory(self) -> None:
+        running = {p.process.pid: p for p in self._pods.values() if p.finished_at is None}
+        for pgid, rss in pod_runtime.rss_by_group(set(running)).items():
+            pod = running[pgid]
+            if rss > pod.spec.resources.memory_bytes:
+                pod.killed_for = "OOMKilled"
+                pod_runtime.signal_group(pgid, signal.SIGKILL)
+                log.warning("pod_oom_killed", pod=pod.spec.name, job_id=pod.spec.job_id,
+                            attempt=pod.spec.attempt, node=self._s.name, rss_bytes=rss,
+                            limit_bytes=pod.spec.resources.memory_bytes)
+
+
+async def run_agent(settings: AgentSettings, stop: asyncio.Event) -> None:
+    """Connect to NATS and be a node until ``stop`` (graceful: pods are evicted first)."""
+    nc = await natsutil.connect(settings.nats_url, name=f"jobq-node-{settings.name}")
+    try:
+        await NodeAgent(nc, settings).run(stop)
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.drain(), 5)
