@@ -105,6 +105,9 @@ def up(nodes: int, node_cpu: float, node_memory: str, data_dir: Path, nats_url: 
 @cli.command()
 @click.option("--jobs", default=24, show_default=True, help="Jobs in the workload (at least 4).")
 @click.option("--nodes", default=3, show_default=True, help="Node agents.")
+@click.option("--node-cpu", default=6.0, show_default=True,
+              help="CPU cores each node offers (sized so that the others can absorb a killed node's work).")
+@click.option("--node-memory", default="8Gi", show_default=True, help="Memory each node offers.")
 @click.option("--kill-node/--no-kill-node", default=False, show_default=True,
               help="SIGKILL one node agent while jobs run, and report the recovery.")
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON summary line on stdout.")
@@ -113,7 +116,7 @@ def up(nodes: int, node_cpu: float, node_memory: str, data_dir: Path, nats_url: 
 @click.option("--nats", "nats_url", default=None, metavar="URL",
               help="Use this NATS server instead of starting one.")
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait for the workload.")
-def demo(jobs: int, nodes: int, kill_node: bool, as_json: bool, data_dir: Path | None,
+def demo(jobs: int, nodes: int, node_cpu: float, node_memory: str, kill_node: bool, as_json: bool, data_dir: Path | None,
          nats_url: str | None, timeout: float) -> None:
     """Start the embedded stack, run a workload of real ML jobs, print a summary, stop.
 
@@ -124,7 +127,8 @@ def demo(jobs: int, nodes: int, kill_node: bool, as_json: bool, data_dir: Path |
 
     if jobs < 4:
         raise click.BadParameter("at least 4 jobs", param_hint="--jobs")
-    summary = _run(demo_mod.run_demo(jobs=jobs, nodes=nodes, kill_node=kill_node, data_dir=data_dir,
+    summary = _run(demo_mod.run_demo(jobs=jobs, nodes=nodes, node_cpu=node_cpu, node_memory=node_memory,
+                                     kill_node=kill_node, data_dir=data_dir,
                                      nats_url=nats_url, timeout_s=timeout, as_json=as_json))
     if summary["lost"] or summary["succeeded"] != summary["submitted"] or summary["duplicate_results"]:
         sys.exit(1)

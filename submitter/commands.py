@@ -179,9 +179,11 @@ def register(cli: click.Group, *, nats_option: Callable[..., Any], resolve_nats:
         """Print the JSON Schema of a message (default: the job submission)."""
         _echo_json(contract.json_schema(kind))  # type: ignore[arg-type]
 
-    from submitter import dlq_commands
+    import importlib
 
-    dlq_commands.register(cli, nats_option=nats_option, resolve_nats=resolve_nats, run=run)
+    for name in ("dlq_commands", "watch_commands", "chaos_commands", "devcluster_commands"):
+        module = importlib.import_module(f"submitter.{name}")
+        module.register(cli, nats_option=nats_option, resolve_nats=resolve_nats, run=run)
 
 
 def _problems(exc: ValidationError) -> str:

@@ -8,6 +8,7 @@ be processed is copied to the dead-letter stream with the reason, then terminate
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Callable
 
@@ -32,15 +33,27 @@ class Intake:
         try:
             while not stop.is_set():
                 try:
-                    msgs = await psub.fetch(batch=64, timeout=1.0, heartbeat=0.2)
+                    # No fetch heartbeat: with batch > 1 nats-py's lingering pull gets a shorter
+                    # expiry than the heartbeat allows ("heartbeat value too large").
+                    msgs = await psub.fetch(batch=64, timeout=1.0)
                 except nats.errors.TimeoutError:
                     continue
                 except nats.errors.ConnectionClosedError:
                     return
+                except nats.errors.Error as exc:
+                    log.warning("intake_fetch_failed", error=repr(exc))
+                    await asyncio.sleep(0.5)
+                    continue
                 for msg in msgs:
-                    await self.handle(msg)
+                    try:
+                        await self.handle(msg)
+                    except Exception as exc:  # never lose it: it is redelivered after a pause
+                        log.error("submission_failed", subject=msg.subject, error=repr(exc))
+                        with contextlib.suppress(Exception):
+                            await msg.nak(delay=1.0)
         finally:
-            await psub.unsubscribe()
+            with contextlib.suppress(Exception):
+                await psub.unsubscribe()
 
     async def handle(self, msg: Msg) -> None:
         try:

@@ -20,6 +20,7 @@ import structlog
 from broker import contract, store
 from broker.backends import base
 from broker.dispatcher import decide as decisions
+from broker.dispatcher.admission import Admission
 from broker.dispatcher.index import JobIndex
 
 log = structlog.get_logger("jobq.dispatcher")
@@ -63,7 +64,7 @@ class Reconciler:
     def __init__(self, *, store: store.Store, backend: base.ClusterBackend, index: JobIndex,
                  heartbeats: Heartbeats, limits: decisions.Limits, queue_limits: dict[str, int],
                  observer: Observer | None = None, clock: Clock = contract.utcnow,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, wake: Callable[[str], None] | None = None) -> None:
         self._store = store
         self._backend = backend
         self._index = index
@@ -73,6 +74,8 @@ class Reconciler:
         self._observer = observer or Observer()
         self._clock = clock
         self._rng = rng or random.Random()
+        self._wake = wake or (lambda _job_id: None)
+        self.admission = Admission()
 
     async def reconcile(self, job_id: str) -> float | None:
         """One pass; returns seconds until the job wants another look (None: only on events)."""
@@ -127,6 +130,9 @@ class Reconciler:
                 return 0.0
             self._index.put(action.record, revision)
             self._observer.transition(record, action.record, action)
+            if record.phase == contract.JobPhase.RUNNING and action.record.phase != contract.JobPhase.RUNNING:
+                for waiter in self.admission.best(2):  # an attempt ended: capacity is free
+                    self._wake(waiter)
             if action.record.phase.is_terminal:
                 self._heartbeats.forget(job_id)
         for event in action.events:
@@ -142,9 +148,12 @@ class Reconciler:
 
     async def _create(self, record: contract.JobRecord, revision: int, spec: contract.PodSpec,
                       action: decisions.Action) -> float | None:
+        if self.admission.blocked(record):
+            return 0.5
         try:
             await self._backend.create_pod(spec)
         except base.Unschedulable as exc:
+            self.admission.waiting(record)
             self._observer.unschedulable(record.spec.id)
             log.debug("pod_unschedulable", job_id=record.spec.id, attempt=spec.attempt, error=str(exc))
             return 0.5
@@ -160,4 +169,5 @@ class Reconciler:
             return await self._apply(record, revision, decisions.fail_current(
                 record, contract.FailureReason.DISPATCH_ERROR, now=self._clock(), rng=self._rng,
                 limits=self._limits, message=str(exc)))
+        self.admission.admitted(record.spec.id)
         return action.requeue_after

@@ -51,7 +51,8 @@ class Dispatcher:
                                     reschedule_on_node_loss=d.reschedule_on_node_loss)
         self.reconciler = reconcile.Reconciler(
             store=st, backend=backend, index=self.index, heartbeats=self.heartbeats,
-            limits=self.limits, queue_limits=dict(d.queue_limits), observer=self.observer)
+            limits=self.limits, queue_limits=dict(d.queue_limits), observer=self.observer,
+            wake=self.queue.add)
         self.intake = intake.Intake(st, on_job=self.queue.add)
         self.index_ready = asyncio.Event()
         self.index.subscribe(self._on_external_change)

@@ -54,14 +54,15 @@ def say(message: str) -> None:
     click.echo(f"jobq demo: {message}", err=True)
 
 
-async def run_demo(*, jobs: int, nodes: int, kill_node: bool, data_dir: Path | None, nats_url: str | None,
+async def run_demo(*, jobs: int, nodes: int, node_cpu: float = 6.0, node_memory: str = "8Gi", kill_node: bool, data_dir: Path | None, nats_url: str | None,
                    timeout_s: float, as_json: bool) -> dict[str, Any]:
     started = time.monotonic()
     data_dir = data_dir or Path(".jobq/demo")
     if data_dir.exists() and nats_url is None:
         shutil.rmtree(data_dir)
     run_id = "d" + dt.datetime.now(dt.UTC).strftime("%H%M%S")
-    stack = Stack(StackConfig(data_dir=data_dir, nodes=nodes, nats_url=nats_url, nats_port=-1, http_port=0,
+    stack = Stack(StackConfig(data_dir=data_dir, nodes=nodes, node_cpu=node_cpu, node_memory=node_memory,
+                              nats_url=nats_url, nats_port=-1, http_port=0,
                               log_format="json"), progress=say)
     try:
         await stack.start()

@@ -40,6 +40,12 @@ class FakeContext:
         except KeyError:
             raise tasks.ArtifactNotFound(key) from None
 
+    async def asave_artifact(self, name: str, data: bytes) -> str:
+        return self.save_artifact(name, data)
+
+    async def aload_artifact(self, name: str, *, job_id: str | None = None) -> bytes:
+        return self.load_artifact(name, job_id=job_id)
+
 
 # --- registry ---------------------------------------------------------------------------------
 
@@ -127,9 +133,10 @@ def test_evaluate_cross_validates() -> None:
     assert [f for f, _ in ctx.reports] == [0.25, 0.5, 0.75, 1.0]
 
 
-def test_evaluate_rejects_more_folds_than_the_smallest_class() -> None:
-    with pytest.raises(tasks.BadArgs, match="smallest class"):
-        sklearn_tasks.evaluate({"dataset": "iris", "folds": 20}, FakeContext())
+@pytest.mark.parametrize("folds", [1, 21, 2.5])
+def test_evaluate_rejects_bad_folds(folds: float) -> None:
+    with pytest.raises(tasks.BadArgs, match="folds"):
+        sklearn_tasks.evaluate({"dataset": "iris", "folds": folds}, FakeContext())
 
 
 def test_sweep_default_grid_reports_progress_per_candidate() -> None:

@@ -1,0 +1,60 @@
+"""Tasks for tests and chaos experiments: sleep, fail on purpose, exit with a code, use memory."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from workers import tasks
+
+_MIB = 1024 * 1024
+
+
+async def sleep(args: dict[str, Any], ctx: tasks.TaskContext) -> dict[str, Any]:
+    """Sleep ``seconds`` in ``progress_steps`` steps, reporting progress after each one."""
+    tasks.check_keys(args, ("seconds", "progress_steps"))
+    seconds = tasks.float_arg(args, "seconds", default=1.0, low=0, high=7 * 86400)
+    steps = tasks.int_arg(args, "progress_steps", default=5, low=1, high=10_000)
+    for step in range(1, steps + 1):
+        await asyncio.sleep(seconds / steps)
+        ctx.progress(step / steps, f"slept {seconds * step / steps:.3g} of {seconds:g} s")
+    return {"slept_s": seconds, "steps": steps}
+
+
+def flaky(args: dict[str, Any], ctx: tasks.TaskContext) -> dict[str, Any]:
+    """Fail (exit 1) on every attempt before ``succeed_on``, then succeed."""
+    tasks.check_keys(args, ("succeed_on",))
+    succeed_on = tasks.int_arg(args, "succeed_on", default=3, low=1)
+    if ctx.attempt < succeed_on:
+        raise RuntimeError(f"attempt {ctx.attempt} fails on purpose; attempt {succeed_on} succeeds")
+    return {"attempt": ctx.attempt, "succeed_on": succeed_on}
+
+
+def exit_with(args: dict[str, Any], ctx: tasks.TaskContext) -> dict[str, Any]:
+    """Make the runner exit with ``code``; code 0 is an ordinary success."""
+    tasks.check_keys(args, ("code",))
+    if "code" not in args:
+        raise tasks.BadArgs("argument 'code' is required")
+    code = tasks.int_arg(args, "code", default=0, low=0, high=255)
+    if code == 0:
+        return {"code": 0}
+    raise tasks.TaskExit(code, f"demo.exit: exiting with code {code} as asked")
+
+
+def hog(args: dict[str, Any], ctx: tasks.TaskContext) -> dict[str, Any]:
+    """Allocate ``mb`` MiB, write to every page of it, and hold it for ``seconds``."""
+    tasks.check_keys(args, ("mb", "seconds"))
+    if "mb" not in args:
+        raise tasks.BadArgs("argument 'mb' is required")
+    mb = tasks.int_arg(args, "mb", default=0, low=0, high=1024 * 1024)
+    seconds = tasks.float_arg(args, "seconds", default=2.0, low=0, high=7 * 86400)
+    ballast = b"\x5a" * (mb * _MIB)  # filled, so every page is resident (not lazily zeroed)
+    ctx.progress(0.0, f"holding {mb} MiB")
+    start = time.monotonic()
+    while (elapsed := time.monotonic() - start) < seconds:
+        time.sleep(min(seconds - elapsed, 0.2))
+        ctx.progress(min(1.0, (time.monotonic() - start) / seconds), f"holding {mb} MiB")
+    held = len(ballast) // _MIB
+    del ballast
+    return {"mb": held, "held_s": seconds}
