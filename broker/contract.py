@@ -70,6 +70,16 @@ DUPLICATE_WINDOW_S = 15 * 60
 """How long JetStream remembers a Nats-Msg-Id; the dispatcher's own check has no limit."""
 
 
+EXIT_TASK_FAILED = 1
+"""Worker runner exit codes, the interface between a pod and the dispatcher: the task raised."""
+EXIT_BAD_ARGS = 2
+"""The task's arguments or environment are invalid: never worth a retry."""
+EXIT_TASK_NOT_FOUND = 3
+"""The task is no built-in and cannot be imported: never worth a retry."""
+EXIT_NATS_UNREACHABLE = 4
+"""The worker could not reach NATS: an infrastructure disruption, not the task's fault."""
+
+
 def nats_auth_options(environ: Mapping[str, str]) -> dict[str, Any]:
     """nats.connect() credentials from JOBQ_NATS_CREDS, JOBQ_NATS_USER/PASSWORD or JOBQ_NATS_TOKEN."""
     options: dict[str, Any] = {}

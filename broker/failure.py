@@ -4,10 +4,6 @@ from __future__ import annotations
 
 from broker import contract
 
-EXIT_TASK_NOT_FOUND = 3
-"""The worker runner's exit code for a task it cannot import: never worth a retry."""
-EXIT_BAD_ARGS = 2
-
 
 def classify_exit(
     *, exit_code: int | None, pod_reason: str, policy: contract.RetryPolicy, has_task: bool
@@ -23,6 +19,8 @@ def classify_exit(
         return contract.FailureReason.TIMEOUT
     if exit_code is not None and exit_code in policy.non_retryable_exit_codes:
         return contract.FailureReason.NON_RETRYABLE
-    if has_task and exit_code in (EXIT_TASK_NOT_FOUND, EXIT_BAD_ARGS):
+    if has_task and exit_code in (contract.EXIT_TASK_NOT_FOUND, contract.EXIT_BAD_ARGS):
         return contract.FailureReason.NON_RETRYABLE
+    if has_task and exit_code == contract.EXIT_NATS_UNREACHABLE:
+        return contract.FailureReason.HEARTBEAT_LOST
     return contract.FailureReason.APP_ERROR

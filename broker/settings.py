@@ -6,8 +6,13 @@ Every field maps 1:1 to an environment variable (``JOBQ_<FIELD>``) and to a Helm
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from typing import Literal
+
+from pydantic import ValidationError
+
+from broker import contract
 
 
 class SettingsError(ValueError):
@@ -44,6 +49,9 @@ class DispatcherSettings:
     """Most running attempts per queue, e.g. JOBQ_QUEUE_LIMITS="gpu=2,default=50"."""
     shutdown_grace_s: float = 5.0
     """On SIGTERM, reconciles in flight get this long to finish."""
+    queue_policies: Mapping[str, contract.RetryPolicy] = dataclasses.field(default_factory=dict)
+    """Default retry policy per queue for jobs that bring none, as JSON:
+    JOBQ_QUEUE_POLICIES='{"gpu": {"max_attempts": 5, "backoff_cap_s": 300}}'."""
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -112,7 +120,8 @@ class Settings:
                 lease_ttl_s=number("LEASE_TTL_S", 5.0),
                 reschedule_on_node_loss=flag("RESCHEDULE_ON_NODE_LOSS", True),
                 queue_limits=parse_queue_limits(get("QUEUE_LIMITS", "")),
-                shutdown_grace_s=number("SHUTDOWN_GRACE_S", 5.0)),
+                shutdown_grace_s=number("SHUTDOWN_GRACE_S", 5.0),
+                queue_policies=parse_queue_policies(get("QUEUE_POLICIES", ""))),
             http=HttpSettings(host=get("HTTP_HOST", "127.0.0.1"), port=int(number("HTTP_PORT", 8222)),
                               token=get("HTTP_TOKEN", "")),
             backend=BackendSettings(kind="kubernetes" if kind == "kubernetes" else "local",
@@ -121,6 +130,18 @@ class Settings:
                                     image=get("IMAGE", "jobq:latest"),
                                     allow_privileged=flag("ALLOW_PRIVILEGED", False)),
         )
+
+
+def parse_queue_policies(raw: str) -> dict[str, contract.RetryPolicy]:
+    if not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+        if not isinstance(value, dict):
+            raise ValueError("not a JSON object")
+        return {queue: contract.RetryPolicy.model_validate(policy) for queue, policy in value.items()}
+    except (ValueError, ValidationError) as exc:
+        raise SettingsError(f"JOBQ_QUEUE_POLICIES is not a JSON object of queue -> retry policy: {exc}") from None
 
 
 def parse_queue_limits(raw: str) -> dict[str, int]:

@@ -43,13 +43,13 @@ from workers import heartbeat, results, tasks
 from workers.tasks import registry
 
 EXIT_OK = 0
-EXIT_TASK_FAILED = 1
+EXIT_TASK_FAILED = contract.EXIT_TASK_FAILED
 """The task raised: a traceback is on stderr. Retried under the job's retry policy."""
-EXIT_BAD_ARGS = 2
+EXIT_BAD_ARGS = contract.EXIT_BAD_ARGS
 """The environment or JOBQ_ARGS is invalid, or the task raised tasks.BadArgs. Not retried."""
-EXIT_TASK_NOT_FOUND = 3
+EXIT_TASK_NOT_FOUND = contract.EXIT_TASK_NOT_FOUND
 """JOBQ_TASK is no built-in and cannot be imported. Not retried."""
-EXIT_NATS_UNREACHABLE = 4
+EXIT_NATS_UNREACHABLE = contract.EXIT_NATS_UNREACHABLE
 """NATS could not be reached within JOBQ_NATS_WAIT_S, or the result could not be written."""
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"

@@ -102,6 +102,7 @@ class LocalBackend:
             self._wake_pods([*changed, *gone])
             if not node.ready:
                 node.ready, node.not_ready_since = True, None
+                node.forgotten.clear()  # reachable again: pods we gave up on can be deleted now
                 log.info("node_ready", node=status.name)
                 self._wake_pods(status.pods)
         reported = {p.name for p in status.pods}

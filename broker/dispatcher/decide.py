@@ -15,6 +15,7 @@ import dataclasses
 import datetime as dt
 import json
 import random
+from collections.abc import Mapping
 
 from broker import contract, failure, retry_policy
 from broker.backends.base import PodState
@@ -40,6 +41,8 @@ class Limits:
     heartbeat_timeout_s: float = 10.0
     """An attempt whose worker is silent this long (after starting) is lost."""
     default_policy: contract.RetryPolicy = retry_policy.DEFAULT_POLICY
+    queue_policies: Mapping[str, contract.RetryPolicy] = dataclasses.field(default_factory=dict)
+    """Retry policy of jobs that bring none, per queue (else ``default_policy``)."""
     nats_url: str = ""
     """Given to pods so the worker can reach NATS."""
     image: str | None = None
@@ -62,7 +65,7 @@ class Action:
 
 
 def policy_of(job: contract.JobRecord, limits: Limits) -> contract.RetryPolicy:
-    return job.spec.retry or limits.default_policy
+    return job.spec.retry or limits.queue_policies.get(job.spec.queue) or limits.default_policy
 
 
 def pod_spec(job: contract.JobRecord, attempt: contract.Attempt, limits: Limits) -> contract.PodSpec:

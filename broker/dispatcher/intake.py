@@ -36,7 +36,7 @@ class Intake:
                     # No fetch heartbeat: with batch > 1 nats-py's lingering pull gets a shorter
                     # expiry than the heartbeat allows ("heartbeat value too large").
                     msgs = await psub.fetch(batch=64, timeout=1.0)
-                except nats.errors.TimeoutError:
+                except (nats.errors.TimeoutError, TimeoutError):
                     continue
                 except nats.errors.ConnectionClosedError:
                     return

@@ -59,6 +59,9 @@ class Observer:
     def unschedulable(self, job_id: str) -> None:
         pass
 
+    def pod_created(self, record: contract.JobRecord, spec: contract.PodSpec) -> None:
+        """The backend accepted the pod of ``spec.attempt`` (may repeat for the same attempt)."""
+
 
 class Reconciler:
     def __init__(self, *, store: store.Store, backend: base.ClusterBackend, index: JobIndex,
@@ -170,4 +173,5 @@ class Reconciler:
                 record, contract.FailureReason.DISPATCH_ERROR, now=self._clock(), rng=self._rng,
                 limits=self._limits, message=str(exc)))
         self.admission.admitted(record.spec.id)
+        self._observer.pod_created(record, spec)
         return action.requeue_after

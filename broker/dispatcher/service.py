@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+from collections.abc import Awaitable, Callable
 
 import structlog
 from nats.aio.msg import Msg
@@ -48,7 +49,8 @@ class Dispatcher:
         self.observer = observer or reconcile.Observer()
         self.limits = decide.Limits(heartbeat_timeout_s=d.heartbeat_timeout_s,
                                     nats_url=config.nats.url, image=config.backend.image,
-                                    reschedule_on_node_loss=d.reschedule_on_node_loss)
+                                    reschedule_on_node_loss=d.reschedule_on_node_loss,
+                                    queue_policies=dict(d.queue_policies))
         self.reconciler = reconcile.Reconciler(
             store=st, backend=backend, index=self.index, heartbeats=self.heartbeats,
             limits=self.limits, queue_limits=dict(d.queue_limits), observer=self.observer,
@@ -105,9 +107,10 @@ class Dispatcher:
                 self.queue.add(job_id)
             log.info("dispatcher_leading", holder=self.lease.identity,
                      active_jobs=len(self.index.active_ids()), backend=self.backend.name)
-            intake_task = tg.create_task(self.intake.run(work_stop), name="intake")
-            loops = [tg.create_task(self._watch_backend(), name="backend-watch"),
-                     tg.create_task(self._resync(work_stop), name="resync")]
+            intake_task = tg.create_task(self._supervised("intake", lambda: self.intake.run(work_stop)),
+                                         name="intake")
+            loops = [tg.create_task(self._supervised("backend-watch", self._watch_backend), name="backend-watch"),
+                     tg.create_task(self._supervised("resync", lambda: self._resync(work_stop)), name="resync")]
             workers = [tg.create_task(self._worker(n), name=f"reconcile-{n}")
                        for n in range(self.settings.dispatcher.workers)]
             stopper = tg.create_task(stop.wait(), name="stop")
@@ -123,6 +126,21 @@ class Dispatcher:
             if keeper.done() and keeper.exception() is not None:
                 raise keeper.exception()  # type: ignore[misc]
             keeper.cancel()
+
+    async def _supervised(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        """Run a long-lived loop; if it crashes, log it and start it again after a pause."""
+        delay = 0.5
+        while True:
+            try:
+                await loop()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.status.errors += 1
+                log.error("loop_crashed", loop=name, error=repr(exc), restart_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     async def _worker(self, n: int) -> None:
         while True:
