@@ -20,12 +20,11 @@ log = structlog.get_logger("jobq.app")
 
 def make_backend(config: settings.Settings, nc: NATS) -> base.ClusterBackend:
     if config.backend.kind == "kubernetes":
-        from broker.backends import (
-            kubernetes,  # optional dependency, imported on demand
-        )
+        from broker.backends import kubernetes  # type: ignore[attr-defined]  # optional dependency
 
-        return kubernetes.KubernetesBackend(config.backend, nc=nc,
-                                            node_timeout_s=config.dispatcher.node_timeout_s)  # type: ignore[no-any-return]
+        backend: base.ClusterBackend = kubernetes.KubernetesBackend(
+            config.backend, nc=nc, node_timeout_s=config.dispatcher.node_timeout_s)
+        return backend
     return local.LocalBackend(nc, node_timeout_s=config.dispatcher.node_timeout_s)
 
 

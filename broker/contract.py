@@ -224,8 +224,17 @@ class EventType(enum.StrEnum):
 # --- resources ------------------------------------------------------------------------------
 
 _QUANTITY = re.compile(r"^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?$")
-_UNITS = {None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
-          "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+_UNITS = {
+    None: 1,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+}
 
 
 def parse_memory(quantity: str) -> int:
@@ -285,33 +294,39 @@ BUILTIN_TASKS: dict[str, str] = {
 
 
 class RetryPolicy(_Model):
-    max_attempts: int = Field(default=3, ge=1, le=100,
-                              description="Attempts allowed to fail with application errors")
+    max_attempts: int = Field(
+        default=3, ge=1, le=100, description="Attempts allowed to fail with application errors"
+    )
     backoff_base_s: float = Field(default=1.0, ge=0, le=3600, description="First retry delay, s")
     backoff_cap_s: float = Field(default=60.0, ge=0, le=86400, description="Largest retry delay, s")
     non_retryable_exit_codes: tuple[int, ...] = Field(
-        default=(), description="Exit codes that end the job at once (dead)")
-    max_disruptions: int = Field(default=10, ge=0, le=1000,
-                                 description="Node losses/evictions tolerated (separate budget)")
+        default=(), description="Exit codes that end the job at once (dead)"
+    )
+    max_disruptions: int = Field(
+        default=10, ge=0, le=1000, description="Node losses/evictions tolerated (separate budget)"
+    )
 
 
 class JobSpec(_Model):
     """A job as published to ``jobq.submit.<queue>``."""
 
     id: str = Field(pattern=JOB_ID_PATTERN, description="Lower-case DNS label, at most 40 chars")
-    idempotency_key: str | None = Field(default=None, max_length=256,
-                                        description="Submissions sharing a key run once")
+    idempotency_key: str | None = Field(
+        default=None, max_length=256, description="Submissions sharing a key run once"
+    )
     queue: str = Field(default="default", pattern=QUEUE_PATTERN)
-    task: str | None = Field(default=None, pattern=TASK_PATTERN,
-                             description="Built-in task name or 'module:function'")
+    task: str | None = Field(
+        default=None, pattern=TASK_PATTERN, description="Built-in task name or 'module:function'"
+    )
     image: str | None = Field(default=None, description="Container image (Kubernetes backend)")
     command: tuple[str, ...] | None = Field(default=None, description="Command instead of a task")
     args: dict[str, Any] = Field(default_factory=dict, description="Task arguments (JSON)")
     profile: str | None = Field(default=None, description=f"One of {sorted(PROFILES)}")
     resources: Resources | None = None
     retry: RetryPolicy | None = Field(default=None, description="Defaults to the queue's policy")
-    timeout_s: float | None = Field(default=None, gt=0, le=7 * 86400,
-                                    description="Deadline for each attempt, s")
+    timeout_s: float | None = Field(
+        default=None, gt=0, le=7 * 86400, description="Deadline for each attempt, s"
+    )
     priority: int = Field(default=0, ge=-1000, le=1000, description="Higher runs first")
     labels: dict[str, str] = Field(default_factory=dict)
     contract: int = Field(default=CONTRACT_VERSION, description="Contract version")
@@ -323,8 +338,10 @@ class JobSpec(_Model):
         if self.command is not None and not self.command:
             raise ValueError("'command' must not be empty")
         if self.task is not None and ":" not in self.task and self.task not in BUILTIN_TASKS:
-            raise ValueError(f"unknown task {self.task!r}; built-in tasks are "
-                             f"{', '.join(sorted(BUILTIN_TASKS))}, or name 'module:function'")
+            raise ValueError(
+                f"unknown task {self.task!r}; built-in tasks are "
+                f"{', '.join(sorted(BUILTIN_TASKS))}, or name 'module:function'"
+            )
         if self.profile is not None and self.profile not in PROFILES:
             raise ValueError(f"unknown profile {self.profile!r}; choose from {sorted(PROFILES)}")
         if self.profile is not None and self.resources is not None:
@@ -499,7 +516,10 @@ def parse_submission(data: bytes) -> JobSpec:
 
 def json_schema(kind: Literal["job", "event", "result", "dead-letter"] = "job") -> dict[str, Any]:
     models: dict[str, type[BaseModel]] = {
-        "job": JobSpec, "event": JobEvent, "result": TaskResult, "dead-letter": DeadLetter,
+        "job": JobSpec,
+        "event": JobEvent,
+        "result": TaskResult,
+        "dead-letter": DeadLetter,
     }
     schema = models[kind].model_json_schema()
     schema["$id"] = f"https://jobq.dev/schema/v{CONTRACT_VERSION}/{kind}.json"

@@ -14,8 +14,10 @@ LogFormat = Literal["json", "console"]
 def configure(*, fmt: LogFormat = "json", level: str = "INFO", component: str | None = None) -> None:
     """Log to stderr; stdout stays free for command output (summaries, JSON)."""
     renderer: structlog.typing.Processor = (
-        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()) if fmt == "console"
-        else structlog.processors.JSONRenderer())
+        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        if fmt == "console"
+        else structlog.processors.JSONRenderer()
+    )
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,

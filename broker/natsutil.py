@@ -23,14 +23,24 @@ log = structlog.get_logger("jobq.nats")
 
 T = TypeVar("T")
 
-TRANSIENT = (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError,
-             nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError)
+TRANSIENT = (
+    nats.errors.NoRespondersError,
+    nats.js.errors.NoStreamResponseError,
+    nats.errors.TimeoutError,
+    nats.js.errors.ServiceUnavailableError,
+)
 """Errors seen while a JetStream leader is elected or a server reconnects: worth retrying."""
 
 
-async def connect(url: str, *, name: str, environ: Mapping[str, str] | None = None,
-                  reconnect_forever: bool = True, connect_timeout_s: float = 5.0,
-                  on_closed: Callable[[], None] | None = None) -> NATS:
+async def connect(
+    url: str,
+    *,
+    name: str,
+    environ: Mapping[str, str] | None = None,
+    reconnect_forever: bool = True,
+    connect_timeout_s: float = 5.0,
+    on_closed: Callable[[], None] | None = None,
+) -> NATS:
     """Connect with credentials from the environment (see contract.nats_auth_options)."""
 
     async def error_cb(exc: Exception) -> None:
@@ -43,12 +53,21 @@ async def connect(url: str, *, name: str, environ: Mapping[str, str] | None = No
     options: dict[str, Any] = contract.nats_auth_options(os.environ if environ is None else environ)
     try:
         return await nats.connect(
-            servers=url.split(","), name=name, connect_timeout=connect_timeout_s,
-            max_reconnect_attempts=-1 if reconnect_forever else 3, reconnect_time_wait=0.5,
-            allow_reconnect=True, error_cb=error_cb, closed_cb=closed_cb, **options)
+            servers=url.split(","),
+            name=name,
+            connect_timeout=connect_timeout_s,
+            max_reconnect_attempts=-1 if reconnect_forever else 3,
+            reconnect_time_wait=0.5,
+            allow_reconnect=True,
+            error_cb=error_cb,
+            closed_cb=closed_cb,
+            **options,
+        )
     except (nats.errors.NoServersError, OSError) as exc:
-        raise ConnectionError(f"cannot reach NATS at {url}: {exc}. Is the jobq stack running "
-                              "(jobq up), or is --nats / JOBQ_NATS_URL right?") from exc
+        raise ConnectionError(
+            f"cannot reach NATS at {url}: {exc}. Is the jobq stack running "
+            "(jobq up), or is --nats / JOBQ_NATS_URL right?"
+        ) from exc
 
 
 async def retry(call: Callable[[], Awaitable[T]], *, attempts: int = 20, delay_s: float = 0.25) -> T:

@@ -45,10 +45,16 @@ def judge(
         return Verdict(retry=False, delay_s=0, why=f"{reason} failures are not retried")
     if reason.is_disruption:
         if disruptions > policy.max_disruptions:
-            return Verdict(retry=False, delay_s=0,
-                           why=f"{disruptions} disruptions exceed max_disruptions={policy.max_disruptions}")
+            return Verdict(
+                retry=False,
+                delay_s=0,
+                why=f"{disruptions} disruptions exceed max_disruptions={policy.max_disruptions}",
+            )
         return Verdict(retry=True, delay_s=0, why="")
     if app_failures >= policy.max_attempts:
-        return Verdict(retry=False, delay_s=0,
-                       why=f"{app_failures} failed attempts reached max_attempts={policy.max_attempts}")
+        return Verdict(
+            retry=False,
+            delay_s=0,
+            why=f"{app_failures} failed attempts reached max_attempts={policy.max_attempts}",
+        )
     return Verdict(retry=True, delay_s=backoff_delay(app_failures, policy=policy, rng=rng), why="")

@@ -15,13 +15,16 @@ from pydantic import ValidationError
 from broker import contract
 
 
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+
+
 class SettingsError(ValueError):
     """A setting has a value that cannot work; the message names the variable."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class NatsSettings:
-    url: str = "nats://127.0.0.1:4222"
+    url: str = DEFAULT_NATS_URL
     """Comma-separated NATS server URLs (JOBQ_NATS_URL)."""
     replicas: int = 1
     """Replicas of jobq's streams and buckets: 1, or 3 on a clustered NATS (JOBQ_NATS_REPLICAS)."""
@@ -110,8 +113,9 @@ class Settings:
         if kind not in ("local", "kubernetes"):
             raise SettingsError(f"JOBQ_BACKEND must be local or kubernetes, not {kind!r}")
         return cls(
-            nats=NatsSettings(url=get("NATS_URL", NatsSettings.url),
-                              replicas=int(number("NATS_REPLICAS", 1))),
+            nats=NatsSettings(
+                url=get("NATS_URL", DEFAULT_NATS_URL), replicas=int(number("NATS_REPLICAS", 1))
+            ),
             dispatcher=DispatcherSettings(
                 workers=int(number("WORKERS", 16)),
                 resync_interval_s=number("RESYNC_INTERVAL_S", 5.0),
@@ -121,14 +125,20 @@ class Settings:
                 reschedule_on_node_loss=flag("RESCHEDULE_ON_NODE_LOSS", True),
                 queue_limits=parse_queue_limits(get("QUEUE_LIMITS", "")),
                 shutdown_grace_s=number("SHUTDOWN_GRACE_S", 5.0),
-                queue_policies=parse_queue_policies(get("QUEUE_POLICIES", ""))),
-            http=HttpSettings(host=get("HTTP_HOST", "127.0.0.1"), port=int(number("HTTP_PORT", 8222)),
-                              token=get("HTTP_TOKEN", "")),
-            backend=BackendSettings(kind="kubernetes" if kind == "kubernetes" else "local",
-                                    kubeconfig=get("KUBECONFIG", ""),
-                                    namespace=get("NAMESPACE", "jobq-jobs"),
-                                    image=get("IMAGE", "jobq:latest"),
-                                    allow_privileged=flag("ALLOW_PRIVILEGED", False)),
+                queue_policies=parse_queue_policies(get("QUEUE_POLICIES", "")),
+            ),
+            http=HttpSettings(
+                host=get("HTTP_HOST", "127.0.0.1"),
+                port=int(number("HTTP_PORT", 8222)),
+                token=get("HTTP_TOKEN", ""),
+            ),
+            backend=BackendSettings(
+                kind="kubernetes" if kind == "kubernetes" else "local",
+                kubeconfig=get("KUBECONFIG", ""),
+                namespace=get("NAMESPACE", "jobq-jobs"),
+                image=get("IMAGE", "jobq:latest"),
+                allow_privileged=flag("ALLOW_PRIVILEGED", False),
+            ),
         )
 
 
@@ -141,7 +151,9 @@ def parse_queue_policies(raw: str) -> dict[str, contract.RetryPolicy]:
             raise ValueError("not a JSON object")
         return {queue: contract.RetryPolicy.model_validate(policy) for queue, policy in value.items()}
     except (ValueError, ValidationError) as exc:
-        raise SettingsError(f"JOBQ_QUEUE_POLICIES is not a JSON object of queue -> retry policy: {exc}") from None
+        raise SettingsError(
+            f"JOBQ_QUEUE_POLICIES is not a JSON object of queue -> retry policy: {exc}"
+        ) from None
 
 
 def parse_queue_limits(raw: str) -> dict[str, int]:

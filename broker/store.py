@@ -30,8 +30,16 @@ class Conflict(Exception):
 
 
 class Store:
-    def __init__(self, nc: NATS, js: JetStreamContext, *, jobs: KeyValue, results: KeyValue,
-                 leader: KeyValue, idempotency: KeyValue) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        js: JetStreamContext,
+        *,
+        jobs: KeyValue,
+        results: KeyValue,
+        leader: KeyValue,
+        idempotency: KeyValue,
+    ) -> None:
         self.nc = nc
         self.js = js
         self.jobs = jobs
@@ -43,34 +51,78 @@ class Store:
     async def open(cls, nc: NATS, *, replicas: int = 1, lease_ttl_s: float = 5.0) -> Store:
         js = nc.jetstream(timeout=10)
         storage = api.StorageType.FILE
-        await _ensure_stream(js, api.StreamConfig(
-            name=contract.STREAM_SUBMIT, subjects=[contract.SUBMIT_WILDCARD],
-            retention=api.RetentionPolicy.WORK_QUEUE, storage=storage, num_replicas=replicas,
-            duplicate_window=contract.DUPLICATE_WINDOW_S, max_msg_size=4 * contract.MAX_SUBMISSION_BYTES))
-        await _ensure_stream(js, api.StreamConfig(
-            name=contract.STREAM_EVENTS, subjects=[contract.EVENTS_WILDCARD], storage=storage,
-            num_replicas=replicas, max_age=7 * 86400, duplicate_window=120))
-        await _ensure_stream(js, api.StreamConfig(
-            name=contract.STREAM_DEAD, subjects=[contract.DEAD_WILDCARD], storage=storage,
-            num_replicas=replicas, max_age=30 * 86400, duplicate_window=120))
-        await js.add_consumer(contract.STREAM_SUBMIT, api.ConsumerConfig(
-            durable_name=contract.CONSUMER_DISPATCHER, name=contract.CONSUMER_DISPATCHER,
-            ack_policy=api.AckPolicy.EXPLICIT, ack_wait=30, max_ack_pending=1000,
-            filter_subject=contract.SUBMIT_WILDCARD, num_replicas=replicas))
-        jobs = await _ensure_kv(js, api.KeyValueConfig(bucket=contract.BUCKET_JOBS, history=1,
-                                                       replicas=replicas, storage=storage))
-        results = await _ensure_kv(js, api.KeyValueConfig(bucket=contract.BUCKET_RESULTS, history=1,
-                                                          replicas=replicas, storage=storage))
-        idempotency = await _ensure_kv(js, api.KeyValueConfig(
-            bucket=contract.BUCKET_IDEMPOTENCY, history=1, replicas=replicas, storage=storage))
-        leader = await _ensure_kv(js, api.KeyValueConfig(
-            bucket=contract.BUCKET_LEADER, history=1, ttl=lease_ttl_s, replicas=replicas,
-            storage=storage))
+        await _ensure_stream(
+            js,
+            api.StreamConfig(
+                name=contract.STREAM_SUBMIT,
+                subjects=[contract.SUBMIT_WILDCARD],
+                retention=api.RetentionPolicy.WORK_QUEUE,
+                storage=storage,
+                num_replicas=replicas,
+                duplicate_window=contract.DUPLICATE_WINDOW_S,
+                max_msg_size=4 * contract.MAX_SUBMISSION_BYTES,
+            ),
+        )
+        await _ensure_stream(
+            js,
+            api.StreamConfig(
+                name=contract.STREAM_EVENTS,
+                subjects=[contract.EVENTS_WILDCARD],
+                storage=storage,
+                num_replicas=replicas,
+                max_age=7 * 86400,
+                duplicate_window=120,
+            ),
+        )
+        await _ensure_stream(
+            js,
+            api.StreamConfig(
+                name=contract.STREAM_DEAD,
+                subjects=[contract.DEAD_WILDCARD],
+                storage=storage,
+                num_replicas=replicas,
+                max_age=30 * 86400,
+                duplicate_window=120,
+            ),
+        )
+        await js.add_consumer(
+            contract.STREAM_SUBMIT,
+            api.ConsumerConfig(
+                durable_name=contract.CONSUMER_DISPATCHER,
+                name=contract.CONSUMER_DISPATCHER,
+                ack_policy=api.AckPolicy.EXPLICIT,
+                ack_wait=30,
+                max_ack_pending=1000,
+                filter_subject=contract.SUBMIT_WILDCARD,
+                num_replicas=replicas,
+            ),
+        )
+        jobs = await _ensure_kv(
+            js, api.KeyValueConfig(bucket=contract.BUCKET_JOBS, history=1, replicas=replicas, storage=storage)
+        )
+        results = await _ensure_kv(
+            js,
+            api.KeyValueConfig(bucket=contract.BUCKET_RESULTS, history=1, replicas=replicas, storage=storage),
+        )
+        idempotency = await _ensure_kv(
+            js,
+            api.KeyValueConfig(
+                bucket=contract.BUCKET_IDEMPOTENCY, history=1, replicas=replicas, storage=storage
+            ),
+        )
+        leader = await _ensure_kv(
+            js,
+            api.KeyValueConfig(
+                bucket=contract.BUCKET_LEADER, history=1, ttl=lease_ttl_s, replicas=replicas, storage=storage
+            ),
+        )
         with contextlib.suppress(nats.js.errors.BadRequestError):
-            await js.create_object_store(contract.OBJECT_STORE_ARTIFACTS,
-                                         config=api.ObjectStoreConfig(
-                                             bucket=contract.OBJECT_STORE_ARTIFACTS,
-                                             replicas=replicas, storage=storage))
+            await js.create_object_store(
+                contract.OBJECT_STORE_ARTIFACTS,
+                config=api.ObjectStoreConfig(
+                    bucket=contract.OBJECT_STORE_ARTIFACTS, replicas=replicas, storage=storage
+                ),
+            )
         return cls(nc, js, jobs=jobs, results=results, leader=leader, idempotency=idempotency)
 
     # --- job records ---------------------------------------------------------------------
@@ -92,8 +144,7 @@ class Store:
 
     async def update(self, record: contract.JobRecord, *, revision: int) -> int:
         try:
-            return await self.jobs.update(record.spec.id, record.model_dump_json().encode(),
-                                          last=revision)
+            return await self.jobs.update(record.spec.id, record.model_dump_json().encode(), last=revision)
         except nats.js.errors.KeyWrongLastSequenceError as exc:
             raise Conflict(record.spec.id) from exc
 
@@ -107,8 +158,9 @@ class Store:
             entry = await self.idempotency.get(digest)
             return (entry.value or b"").decode() or job_id
 
-    async def watch_jobs(self, on_record: Callable[[contract.JobRecord, int], None],
-                         ready: asyncio.Event) -> None:
+    async def watch_jobs(
+        self, on_record: Callable[[contract.JobRecord, int], None], ready: asyncio.Event
+    ) -> None:
         """Call ``on_record`` for every record now and for every later change (forever)."""
         watcher = await self.jobs.watchall()
         try:
@@ -120,7 +172,7 @@ class Store:
                     on_record(contract.JobRecord.model_validate_json(entry.value), entry.revision)
         finally:
             with contextlib.suppress(Exception):
-                await watcher.stop()
+                await watcher.stop()  # type: ignore[no-untyped-call]
 
     # --- results --------------------------------------------------------------------------
 
@@ -133,8 +185,14 @@ class Store:
 
     # --- events and dead letters ----------------------------------------------------------
 
-    async def publish(self, subject: str, payload: bytes, *, msg_id: str | None = None,
-                      headers: dict[str, str] | None = None) -> api.PubAck:
+    async def publish(
+        self,
+        subject: str,
+        payload: bytes,
+        *,
+        msg_id: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> api.PubAck:
         hdrs = dict(headers or {})
         if msg_id is not None:
             hdrs[contract.HEADER_MSG_ID] = msg_id
@@ -144,12 +202,12 @@ class Store:
         await self.publish(contract.event_subject(event.job_id), event.model_dump_json().encode())
 
     async def publish_dead_letter(self, letter: contract.DeadLetter, *, msg_id: str) -> None:
-        await self.publish(contract.dead_subject(letter.reason.value),
-                           letter.model_dump_json().encode(), msg_id=msg_id)
+        await self.publish(
+            contract.dead_subject(letter.reason.value), letter.model_dump_json().encode(), msg_id=msg_id
+        )
 
     async def submissions(self) -> JetStreamContext.PullSubscription:
-        return await self.js.pull_subscribe_bind(contract.CONSUMER_DISPATCHER,
-                                                 stream=contract.STREAM_SUBMIT)
+        return await self.js.pull_subscribe_bind(contract.CONSUMER_DISPATCHER, stream=contract.STREAM_SUBMIT)
 
     async def queue_depth(self) -> int:
         info = await self.js.consumer_info(contract.STREAM_SUBMIT, contract.CONSUMER_DISPATCHER)

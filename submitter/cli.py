@@ -6,7 +6,6 @@ Subcommands import what they need when they run, so ``jobq submit`` stays quick 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sys
 from collections.abc import Coroutine
@@ -116,7 +115,8 @@ def up(nodes: int, node_cpu: float, node_memory: str, data_dir: Path, nats_url: 
 @click.option("--nats", "nats_url", default=None, metavar="URL",
               help="Use this NATS server instead of starting one.")
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait for the workload.")
-def demo(jobs: int, nodes: int, node_cpu: float, node_memory: str, kill_node: bool, as_json: bool, data_dir: Path | None,
+def demo(jobs: int, nodes: int, node_cpu: float, node_memory: str, kill_node: bool, as_json: bool,
+         data_dir: Path | None,
          nats_url: str | None, timeout: float) -> None:
     """Start the embedded stack, run a workload of real ML jobs, print a summary, stop.
 

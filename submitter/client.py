@@ -12,6 +12,7 @@ id), retried through leader elections; the dispatcher runs a key once however of
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import hashlib
 import uuid
@@ -98,7 +99,9 @@ class JobqClient:
 
     # --- submitting -----------------------------------------------------------------------
 
-    def build_spec(self, spec: contract.JobSpec | dict[str, Any] | None = None, **fields: Any) -> contract.JobSpec:
+    def build_spec(
+        self, spec: contract.JobSpec | dict[str, Any] | None = None, **fields: Any
+    ) -> contract.JobSpec:
         """A validated JobSpec from a spec, a dict, or keyword fields; fills in the id."""
         if isinstance(spec, contract.JobSpec):
             return spec
@@ -108,11 +111,14 @@ class JobqClient:
 
     async def submit(self, spec: contract.JobSpec | dict[str, Any] | None = None, **fields: Any) -> JobHandle:
         job = self.build_spec(spec, **fields)
-        headers = {contract.HEADER_MSG_ID: job.dedupe_key,
-                   contract.HEADER_CONTRACT: str(contract.CONTRACT_VERSION)}
+        headers = {
+            contract.HEADER_MSG_ID: job.dedupe_key,
+            contract.HEADER_CONTRACT: str(contract.CONTRACT_VERSION),
+        }
         payload = job.model_dump_json(exclude_defaults=True).encode()
-        await natsutil.retry(lambda: self.js.publish(contract.submit_subject(job.queue), payload,
-                                                     headers=dict(headers)))
+        await natsutil.retry(
+            lambda: self.js.publish(contract.submit_subject(job.queue), payload, headers=dict(headers))
+        )
         return JobHandle(self, job.id)
 
     async def submit_many(self, specs: Iterable[contract.JobSpec | dict[str, Any]]) -> list[JobHandle]:
@@ -130,7 +136,7 @@ class JobqClient:
             return None
         return contract.JobRecord.model_validate_json(entry.value or b"{}")
 
-    async def list(self) -> list[contract.JobRecord]:
+    async def list(self) -> builtins.list[contract.JobRecord]:
         try:
             kv = await self._jobs()
             keys = await kv.keys()
@@ -139,8 +145,13 @@ class JobqClient:
         records = [await self.get(key) for key in keys]
         return sorted((r for r in records if r is not None), key=lambda r: r.submitted_at)
 
-    async def wait(self, job_ids: Iterable[str], *, timeout: float | None = None,
-                   on_update: Callable[[contract.JobRecord], None] | None = None) -> dict[str, contract.JobRecord]:
+    async def wait(
+        self,
+        job_ids: Iterable[str],
+        *,
+        timeout: float | None = None,
+        on_update: Callable[[contract.JobRecord], None] | None = None,
+    ) -> dict[str, contract.JobRecord]:
         """Wait until every job is finished; one KV watch serves any number of jobs."""
         pending = set(job_ids)
         done: dict[str, contract.JobRecord] = {}
@@ -168,8 +179,9 @@ class JobqClient:
             try:
                 await asyncio.wait_for(follow(), timeout)
             except TimeoutError:
-                raise TimeoutError(f"{len(pending)} job(s) not finished after {timeout}s: "
-                                   f"{sorted(pending)[:5]}") from None
+                raise TimeoutError(
+                    f"{len(pending)} job(s) not finished after {timeout}s: {sorted(pending)[:5]}"
+                ) from None
         return done
 
     async def result_of(self, record: contract.JobRecord) -> contract.TaskResult:
@@ -177,9 +189,13 @@ class JobqClient:
             raise JobFailed(record)
         if record.spec.task is None:
             attempt = record.attempts[record.result_attempt - 1]
-            return contract.TaskResult(job_id=record.spec.id, attempt=attempt.number, node=attempt.node,
-                                       started_at=attempt.started_at or attempt.created_at,
-                                       finished_at=attempt.finished_at or attempt.created_at)
+            return contract.TaskResult(
+                job_id=record.spec.id,
+                attempt=attempt.number,
+                node=attempt.node,
+                started_at=attempt.started_at or attempt.created_at,
+                finished_at=attempt.finished_at or attempt.created_at,
+            )
         kv = await self.js.key_value(contract.BUCKET_RESULTS)
         entry = await kv.get(contract.result_key(record.spec.id, record.result_attempt))
         return contract.TaskResult.model_validate_json(entry.value or b"{}")
@@ -206,13 +222,18 @@ class JobqClient:
                 await asyncio.sleep(0.05)
         raise JobqError(f"could not record the cancellation of {job_id}: the record kept changing")
 
-    async def events(self, job_id: str) -> list[contract.JobEvent]:
+    async def events(self, job_id: str) -> builtins.list[contract.JobEvent]:
         """Every event recorded for the job, oldest first."""
-        sub = await self.js.subscribe(contract.event_subject(job_id), ordered_consumer=True,
-                                      deliver_policy=nats.js.api.DeliverPolicy.ALL)
-        events: list[contract.JobEvent] = []
+        sub = await self.js.subscribe(
+            contract.event_subject(job_id),
+            ordered_consumer=True,
+            deliver_policy=nats.js.api.DeliverPolicy.ALL,
+        )
+        events: builtins.list[contract.JobEvent] = []
         try:
-            info = await self.js.stream_info(contract.STREAM_EVENTS, subjects_filter=contract.event_subject(job_id))
+            info = await self.js.stream_info(
+                contract.STREAM_EVENTS, subjects_filter=contract.event_subject(job_id)
+            )
             expected = (info.state.subjects or {}).get(contract.event_subject(job_id), 0)
             while len(events) < expected:
                 msg = await sub.next_msg(timeout=5)
@@ -221,13 +242,13 @@ class JobqClient:
             await sub.unsubscribe()
         return events
 
-    async def dead_letters(self, *, limit: int = 100) -> list[tuple[int, contract.DeadLetter]]:
+    async def dead_letters(self, *, limit: int = 100) -> builtins.list[tuple[int, contract.DeadLetter]]:
         """Newest dead-letter records first, with their stream sequence."""
         try:
             info = await self.js.stream_info(contract.STREAM_DEAD)
         except nats.js.errors.NotFoundError:
             return []
-        found: list[tuple[int, contract.DeadLetter]] = []
+        found: builtins.list[tuple[int, contract.DeadLetter]] = []
         seq = info.state.last_seq
         while seq >= max(info.state.first_seq, 1) and len(found) < limit:
             with contextlib.suppress(nats.js.errors.NotFoundError):
@@ -243,15 +264,25 @@ class JobqClient:
         try:
             entry = await kv.get(job_id)
         except nats.js.errors.KeyNotFoundError:
-            raise JobNotFound(f"no job {job_id}; an invalid submission must be fixed and "
-                              "submitted again") from None
+            raise JobNotFound(
+                f"no job {job_id}; an invalid submission must be fixed and submitted again"
+            ) from None
         record = contract.JobRecord.model_validate_json(entry.value or b"{}")
         if record.phase != contract.JobPhase.DEAD:
             raise JobqError(f"job {job_id} is {record.phase}, not dead")
-        revived = record.model_copy(update={
-            "phase": contract.JobPhase.QUEUED, "app_failures": 0, "disruptions": 0, "avoid_nodes": (),
-            "reason": None, "message": "re-driven from the dead-letter queue", "finished_at": None,
-            "not_before": None, "updated_at": contract.utcnow()})
+        revived = record.model_copy(
+            update={
+                "phase": contract.JobPhase.QUEUED,
+                "app_failures": 0,
+                "disruptions": 0,
+                "avoid_nodes": (),
+                "reason": None,
+                "message": "re-driven from the dead-letter queue",
+                "finished_at": None,
+                "not_before": None,
+                "updated_at": contract.utcnow(),
+            }
+        )
         try:
             await kv.update(job_id, revived.model_dump_json().encode(), last=entry.revision)
         except nats.js.errors.KeyWrongLastSequenceError:

@@ -25,16 +25,25 @@ def _record_line(record: contract.JobRecord) -> str:
     return f"{record.spec.id:<26} {record.phase.value:<10} {record.spec.queue:<10} {where:<12} {task}{reason}"
 
 
-def register(cli: click.Group, *, nats_option: Callable[..., Any], resolve_nats: Callable[[str | None], str],
-             run: Callable[[Coroutine[Any, Any, Any]], Any]) -> None:
+def register(
+    cli: click.Group,
+    *,
+    nats_option: Callable[..., Any],
+    resolve_nats: Callable[[str | None], str],
+    run: Callable[[Coroutine[Any, Any, Any]], Any],
+) -> None:
 
     @cli.command()
     @click.option("--task", help="Built-in task (see `jobq schema`) or module:function.")
     @click.option("--command", "command", multiple=True, help="Run a command instead (repeat per argument).")
     @click.option("--args", "args_json", default="{}", show_default=True, help="Task arguments as JSON.")
     @click.option("--queue", default="default", show_default=True)
-    @click.option("--profile", type=click.Choice(sorted(contract.PROFILES)), default=None,
-                  help="Named resources: small (scikit-learn), medium, large, gpu.")
+    @click.option(
+        "--profile",
+        type=click.Choice(sorted(contract.PROFILES)),
+        default=None,
+        help="Named resources: small (scikit-learn), medium, large, gpu.",
+    )
     @click.option("--cpu", type=float, default=None, help="CPU cores (instead of --profile).")
     @click.option("--memory", default=None, help="Memory such as 512Mi (instead of --profile).")
     @click.option("--gpu", type=int, default=None, help="GPUs (instead of --profile).")
@@ -45,10 +54,23 @@ def register(cli: click.Group, *, nats_option: Callable[..., Any], resolve_nats:
     @click.option("--idempotency-key", default=None, help="Submissions with the same key run once.")
     @click.option("--wait", is_flag=True, help="Wait for the job and print its result.")
     @nats_option
-    def submit(task: str | None, command: tuple[str, ...], args_json: str, queue: str, profile: str | None,
-               cpu: float | None, memory: str | None, gpu: int | None, timeout: float | None,
-               max_attempts: int | None, priority: int, job_id: str | None, idempotency_key: str | None,
-               wait: bool, nats_url: str | None) -> None:
+    def submit(
+        task: str | None,
+        command: tuple[str, ...],
+        args_json: str,
+        queue: str,
+        profile: str | None,
+        cpu: float | None,
+        memory: str | None,
+        gpu: int | None,
+        timeout: float | None,
+        max_attempts: int | None,
+        priority: int,
+        job_id: str | None,
+        idempotency_key: str | None,
+        wait: bool,
+        nats_url: str | None,
+    ) -> None:
         """Submit one job; prints its id (or, with --wait, its result)."""
         try:
             args = json.loads(args_json)
@@ -63,8 +85,11 @@ def register(cli: click.Group, *, nats_option: Callable[..., Any], resolve_nats:
             fields["profile"] = profile
         if cpu is not None or memory is not None or gpu is not None:
             defaults = contract.Resources()
-            fields["resources"] = {"cpu": cpu or defaults.cpu, "memory": memory or defaults.memory,
-                                   "gpu": gpu or 0}
+            fields["resources"] = {
+                "cpu": cpu or defaults.cpu,
+                "memory": memory or defaults.memory,
+                "gpu": gpu or 0,
+            }
         if timeout is not None:
             fields["timeout_s"] = timeout
         if max_attempts is not None:
@@ -108,12 +133,16 @@ def register(cli: click.Group, *, nats_option: Callable[..., Any], resolve_nats:
             if as_json:
                 _echo_json(record.model_dump(mode="json"))
                 return
-            click.echo(f"{record.spec.id}: {record.phase}" + (f" ({record.reason}: {record.message})"
-                                                               if record.reason else ""))
+            click.echo(
+                f"{record.spec.id}: {record.phase}"
+                + (f" ({record.reason}: {record.message})" if record.reason else "")
+            )
             for a in record.attempts:
-                click.echo(f"  attempt {a.number}: {a.state:<9} node={a.node or '-':<8} "
-                           f"reason={a.reason or '-'} exit={a.exit_code if a.exit_code is not None else '-'}"
-                           f" {a.message}")
+                click.echo(
+                    f"  attempt {a.number}: {a.state:<9} node={a.node or '-':<8} "
+                    f"reason={a.reason or '-'} exit={a.exit_code if a.exit_code is not None else '-'}"
+                    f" {a.message}"
+                )
 
         run(go())
 
@@ -173,8 +202,12 @@ def register(cli: click.Group, *, nats_option: Callable[..., Any], resolve_nats:
         run(go())
 
     @cli.command()
-    @click.option("--kind", type=click.Choice(["job", "event", "result", "dead-letter"]), default="job",
-                  show_default=True)
+    @click.option(
+        "--kind",
+        type=click.Choice(["job", "event", "result", "dead-letter"]),
+        default="job",
+        show_default=True,
+    )
     def schema(kind: str) -> None:
         """Print the JSON Schema of a message (default: the job submission)."""
         _echo_json(contract.json_schema(kind))  # type: ignore[arg-type]
@@ -188,4 +221,5 @@ def register(cli: click.Group, *, nats_option: Callable[..., Any], resolve_nats:
 
 def _problems(exc: ValidationError) -> str:
     return "invalid job: " + "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'job'}: {err['msg']}" for err in exc.errors())
+        f"{'.'.join(str(p) for p in err['loc']) or 'job'}: {err['msg']}" for err in exc.errors()
+    )

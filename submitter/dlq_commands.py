@@ -10,8 +10,13 @@ import click
 from submitter.client import JobqClient, JobqError
 
 
-def register(cli: click.Group, *, nats_option: Callable[..., Any], resolve_nats: Callable[[str | None], str],
-             run: Callable[[Coroutine[Any, Any, Any]], Any]) -> None:
+def register(
+    cli: click.Group,
+    *,
+    nats_option: Callable[..., Any],
+    resolve_nats: Callable[[str | None], str],
+    run: Callable[[Coroutine[Any, Any, Any]], Any],
+) -> None:
     @cli.group()
     def dlq() -> None:
         """Dead letters: jobs that gave up, and submissions that could not be read."""

@@ -43,12 +43,27 @@ async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
         await conn.drain()
 
 
-async def start_stack(tmp_path: Path, *, nodes: int = 3, dispatchers: int = 1,
-                      env: dict[str, str] | None = None, node_cpu: float = 2.0,
-                      nats_url: str | None = None) -> Stack:
-    stack = Stack(StackConfig(data_dir=tmp_path / "stack", nodes=nodes, nats_port=-1, http_port=0,
-                              dispatchers=dispatchers, node_cpu=node_cpu, nats_url=nats_url,
-                              env={**FAST_ENV, **(env or {})}))
+async def start_stack(
+    tmp_path: Path,
+    *,
+    nodes: int = 3,
+    dispatchers: int = 1,
+    env: dict[str, str] | None = None,
+    node_cpu: float = 2.0,
+    nats_url: str | None = None,
+) -> Stack:
+    stack = Stack(
+        StackConfig(
+            data_dir=tmp_path / "stack",
+            nodes=nodes,
+            nats_port=-1,
+            http_port=0,
+            dispatchers=dispatchers,
+            node_cpu=node_cpu,
+            nats_url=nats_url,
+            env={**FAST_ENV, **(env or {})},
+        )
+    )
     try:
         await stack.start()
     except BaseException:

@@ -43,10 +43,18 @@ class _Pod:
 
     def status(self, node: str) -> contract.PodStatus:
         return contract.PodStatus(
-            name=self.spec.name, job_id=self.spec.job_id, attempt=self.spec.attempt,
-            phase=self.phase, node=node, exit_code=self.exit_code, reason=self.reason,
-            started_at=self.started_at, finished_at=self.finished_at, pid=self.process.pid,
-            resources=self.spec.resources)
+            name=self.spec.name,
+            job_id=self.spec.job_id,
+            attempt=self.spec.attempt,
+            phase=self.phase,
+            node=node,
+            exit_code=self.exit_code,
+            reason=self.reason,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            pid=self.process.pid,
+            resources=self.spec.resources,
+        )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -84,24 +92,35 @@ class NodeAgent:
 
     def _allocated(self) -> tuple[float, int, int]:
         active = [p.spec.resources for p in self._pods.values() if p.finished_at is None]
-        return (sum(r.cpu for r in active), sum(r.memory_bytes for r in active),
-                sum(r.gpu for r in active))
+        return (sum(r.cpu for r in active), sum(r.memory_bytes for r in active), sum(r.gpu for r in active))
 
     def status(self) -> contract.NodeStatus:
         return contract.NodeStatus(
-            name=self._s.name, boot_id=self._boot_id, capacity=self._s.capacity,
+            name=self._s.name,
+            boot_id=self._boot_id,
+            capacity=self._s.capacity,
             pods=tuple(p.status(self._s.name) for p in self._pods.values()),
-            interval_s=self._s.interval_s, pid=os.getpid())
+            interval_s=self._s.interval_s,
+            pid=os.getpid(),
+        )
 
     async def _publish_status(self) -> None:
-        await self._nc.publish(contract.node_status_subject(self._s.name),
-                               self.status().model_dump_json().encode())
+        await self._nc.publish(
+            contract.node_status_subject(self._s.name), self.status().model_dump_json().encode()
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
-        subs = [await self._nc.subscribe(contract.node_create_subject(self._s.name), cb=self._on_create),
-                await self._nc.subscribe(contract.node_delete_subject(self._s.name), cb=self._on_delete)]
-        log.info("node_started", node=self._s.name, boot_id=self._boot_id,
-                 cpu=self._s.capacity.cpu, memory=self._s.capacity.memory)
+        subs = [
+            await self._nc.subscribe(contract.node_create_subject(self._s.name), cb=self._on_create),
+            await self._nc.subscribe(contract.node_delete_subject(self._s.name), cb=self._on_delete),
+        ]
+        log.info(
+            "node_started",
+            node=self._s.name,
+            boot_id=self._boot_id,
+            cpu=self._s.capacity.cpu,
+            memory=self._s.capacity.memory,
+        )
         try:
             while not stop.is_set():
                 await self._publish_status()
@@ -129,8 +148,10 @@ class NodeAgent:
         running = [p for p in self._pods.values() if p.finished_at is None]
         for pod in running:
             pod.killed_for = "Evicted"
-        await asyncio.gather(*(pod_runtime.terminate(p.process, grace_s=self._s.grace_s)
-                               for p in running), return_exceptions=True)
+        await asyncio.gather(
+            *(pod_runtime.terminate(p.process, grace_s=self._s.grace_s) for p in running),
+            return_exceptions=True,
+        )
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(task, 1)
@@ -141,7 +162,9 @@ class NodeAgent:
 
     async def _reply(self, msg: Msg, *, ok: bool, error: str = "") -> None:
         if msg.reply:
-            await self._nc.publish(msg.reply, contract.NodeReply(ok=ok, error=error).model_dump_json().encode())
+            await self._nc.publish(
+                msg.reply, contract.NodeReply(ok=ok, error=error).model_dump_json().encode()
+            )
 
     async def _on_create(self, msg: Msg) -> None:
         try:
@@ -155,16 +178,24 @@ class NodeAgent:
                 return
             cpu, memory, gpu = self._allocated()
             cap, want = self._s.capacity, spec.resources
-            if (cpu + want.cpu > cap.cpu + 1e-9 or memory + want.memory_bytes > cap.memory_bytes
-                    or gpu + want.gpu > cap.gpu):
+            if (
+                cpu + want.cpu > cap.cpu + 1e-9
+                or memory + want.memory_bytes > cap.memory_bytes
+                or gpu + want.gpu > cap.gpu
+            ):
                 await self._reply(msg, ok=False, error=f"insufficient resources on {self._s.name}")
                 return
-            env = {**os.environ, **spec.env, "JOBQ_NODE": self._s.name,
-                   "JOBQ_NATS_URL": spec.env.get("JOBQ_NATS_URL", self._s.nats_url)}
+            env = {
+                **os.environ,
+                **spec.env,
+                "JOBQ_NODE": self._s.name,
+                "JOBQ_NATS_URL": spec.env.get("JOBQ_NATS_URL", self._s.nats_url),
+            }
             log_path = self._s.work_dir / self._s.name / f"{spec.name}.log"
             try:
-                process = await pod_runtime.spawn(pod_command(spec, python=self._s.python),
-                                                  env=env, log_path=log_path)
+                process = await pod_runtime.spawn(
+                    pod_command(spec, python=self._s.python), env=env, log_path=log_path
+                )
             except OSError as exc:
                 await self._reply(msg, ok=False, error=f"cannot start {spec.command[0]!r}: {exc}")
                 return
@@ -172,8 +203,14 @@ class NodeAgent:
             task = asyncio.create_task(self._wait_pod(pod), name=f"pod-{spec.name}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        log.info("pod_started", pod=spec.name, job_id=spec.job_id, attempt=spec.attempt,
-                 node=self._s.name, pid=process.pid)
+        log.info(
+            "pod_started",
+            pod=spec.name,
+            job_id=spec.job_id,
+            attempt=spec.attempt,
+            node=self._s.name,
+            pid=process.pid,
+        )
         await self._reply(msg, ok=True)
         self._changed.set()
 
@@ -181,10 +218,19 @@ class NodeAgent:
         code = pod_runtime.exit_code(await pod.process.wait())
         pod_runtime.signal_group(pod.process.pid, signal.SIGKILL)
         pod.exit_code, pod.finished_at = code, contract.utcnow()
-        pod.phase = contract.PodPhase.SUCCEEDED if code == 0 and not pod.killed_for else contract.PodPhase.FAILED
+        pod.phase = (
+            contract.PodPhase.SUCCEEDED if code == 0 and not pod.killed_for else contract.PodPhase.FAILED
+        )
         pod.reason = pod.killed_for or ("Completed" if code == 0 else "Error")
-        log.info("pod_exited", pod=pod.spec.name, job_id=pod.spec.job_id, attempt=pod.spec.attempt,
-                 node=self._s.name, exit_code=code, reason=pod.reason)
+        log.info(
+            "pod_exited",
+            pod=pod.spec.name,
+            job_id=pod.spec.job_id,
+            attempt=pod.spec.attempt,
+            node=self._s.name,
+            exit_code=code,
+            reason=pod.reason,
+        )
         self._changed.set()
 
     async def _on_delete(self, msg: Msg) -> None:
@@ -205,9 +251,15 @@ class NodeAgent:
             if rss > pod.spec.resources.memory_bytes:
                 pod.killed_for = "OOMKilled"
                 pod_runtime.signal_group(pgid, signal.SIGKILL)
-                log.warning("pod_oom_killed", pod=pod.spec.name, job_id=pod.spec.job_id,
-                            attempt=pod.spec.attempt, node=self._s.name, rss_bytes=rss,
-                            limit_bytes=pod.spec.resources.memory_bytes)
+                log.warning(
+                    "pod_oom_killed",
+                    pod=pod.spec.name,
+                    job_id=pod.spec.job_id,
+                    attempt=pod.spec.attempt,
+                    node=self._s.name,
+                    rss_bytes=rss,
+                    limit_bytes=pod.spec.resources.memory_bytes,
+                )
 
 
 async def run_agent(settings: AgentSettings, stop: asyncio.Event) -> None:

@@ -15,6 +15,7 @@ import signal
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import IO
 
 _PR_SET_PDEATHSIG = 1
 
@@ -33,17 +34,23 @@ async def spawn(
     cwd: Path | None = None,
 ) -> asyncio.subprocess.Process:
     """Start ``command`` in a new session that is killed when this process dies."""
-    out: int | object = asyncio.subprocess.DEVNULL
-    handle = None
+    out: int | IO[bytes] = asyncio.subprocess.DEVNULL
+    handle: IO[bytes] | None = None
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         handle = log_path.open("ab")
         out = handle
     try:
         return await asyncio.create_subprocess_exec(
-            *command, env=dict(env), cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
-            stdout=out, stderr=asyncio.subprocess.STDOUT if handle else asyncio.subprocess.DEVNULL,
-            start_new_session=True, preexec_fn=_die_with_parent)
+            *command,
+            env=dict(env),
+            cwd=cwd,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=out,
+            stderr=asyncio.subprocess.STDOUT if handle else asyncio.subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
     finally:
         if handle is not None:
             handle.close()
@@ -85,7 +92,7 @@ def rss_by_group(pgids: set[int]) -> dict[int, int]:
             continue
         try:
             stat = (entry / "stat").read_text()
-            pgid = int(stat[stat.rindex(")") + 2:].split()[2])  # field 5 of stat: process group
+            pgid = int(stat[stat.rindex(")") + 2 :].split()[2])  # field 5 of stat: process group
             if pgid in totals:
                 totals[pgid] += int((entry / "statm").read_text().split()[1]) * page
         except (OSError, ValueError, IndexError):

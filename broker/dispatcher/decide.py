@@ -80,86 +80,178 @@ def pod_spec(job: contract.JobRecord, attempt: contract.Attempt, limits: Limits)
         command: tuple[str, ...] = ("jobq-runner",)
     else:
         command = spec.command or ()
-    return contract.PodSpec(name=attempt.pod, job_id=spec.id, attempt=attempt.number,
-                            queue=spec.queue, command=command, env=env,
-                            image=spec.image or limits.image, resources=spec.requests,
-                            avoid_nodes=job.avoid_nodes)
+    return contract.PodSpec(
+        name=attempt.pod,
+        job_id=spec.id,
+        attempt=attempt.number,
+        queue=spec.queue,
+        command=command,
+        env=env,
+        image=spec.image or limits.image,
+        resources=spec.requests,
+        avoid_nodes=job.avoid_nodes,
+    )
 
 
-def _event(job: contract.JobRecord, kind: contract.EventType, *, now: dt.datetime,
-           phase: contract.JobPhase | None = None, attempt: contract.Attempt | None = None,
-           reason: contract.FailureReason | None = None, message: str = "") -> contract.JobEvent:
-    return contract.JobEvent(job_id=job.spec.id, type=kind, phase=phase or job.phase,
-                             attempt=attempt.number if attempt else None,
-                             node=attempt.node if attempt else None, reason=reason,
-                             message=message, at=now)
+def _event(
+    job: contract.JobRecord,
+    kind: contract.EventType,
+    *,
+    now: dt.datetime,
+    phase: contract.JobPhase | None = None,
+    attempt: contract.Attempt | None = None,
+    reason: contract.FailureReason | None = None,
+    message: str = "",
+) -> contract.JobEvent:
+    return contract.JobEvent(
+        job_id=job.spec.id,
+        type=kind,
+        phase=phase or job.phase,
+        attempt=attempt.number if attempt else None,
+        node=attempt.node if attempt else None,
+        reason=reason,
+        message=message,
+        at=now,
+    )
 
 
 def _replace_current(job: contract.JobRecord, attempt: contract.Attempt) -> tuple[contract.Attempt, ...]:
     return (*job.attempts[:-1], attempt)
 
 
-def fail_current(job: contract.JobRecord, reason: contract.FailureReason, *, now: dt.datetime,
-                 rng: random.Random, limits: Limits, message: str = "",
-                 exit_code: int | None = None, delete: tuple[str, ...] = ()) -> Action:
+def fail_current(
+    job: contract.JobRecord,
+    reason: contract.FailureReason,
+    *,
+    now: dt.datetime,
+    rng: random.Random,
+    limits: Limits,
+    message: str = "",
+    exit_code: int | None = None,
+    delete: tuple[str, ...] = (),
+) -> Action:
     """End the current attempt with ``reason`` and either schedule a retry or give up."""
     current = job.current
     assert current is not None
-    ended = current.model_copy(update={
-        "state": State.FAILED, "reason": reason, "exit_code": exit_code,
-        "message": message, "finished_at": now})
+    ended = current.model_copy(
+        update={
+            "state": State.FAILED,
+            "reason": reason,
+            "exit_code": exit_code,
+            "message": message,
+            "finished_at": now,
+        }
+    )
     app_failures = job.app_failures + (0 if reason.is_disruption or reason == Reason.CANCELLED else 1)
     disruptions = job.disruptions + (1 if reason.is_disruption else 0)
-    verdict = retry_policy.judge(reason, app_failures=app_failures, disruptions=disruptions,
-                                 policy=policy_of(job, limits), rng=rng)
+    verdict = retry_policy.judge(
+        reason, app_failures=app_failures, disruptions=disruptions, policy=policy_of(job, limits), rng=rng
+    )
     avoid = job.avoid_nodes
     if reason in (Reason.NODE_LOST, Reason.HEARTBEAT_LOST) and ended.node and ended.node not in avoid:
         avoid = (*avoid, ended.node)
     retries = dict(job.retries)
-    base = dict(attempts=_replace_current(job, ended), app_failures=app_failures,
-                disruptions=disruptions, avoid_nodes=avoid, updated_at=now)
-    failed_event = _event(job, contract.EventType.ATTEMPT_FAILED, now=now, attempt=ended,
-                          reason=reason, message=message)
+    base = dict(
+        attempts=_replace_current(job, ended),
+        app_failures=app_failures,
+        disruptions=disruptions,
+        avoid_nodes=avoid,
+        updated_at=now,
+    )
+    failed_event = _event(
+        job, contract.EventType.ATTEMPT_FAILED, now=now, attempt=ended, reason=reason, message=message
+    )
     if verdict.retry:
         retries[reason.value] = retries.get(reason.value, 0) + 1
-        record = job.model_copy(update={**base, "phase": Phase.QUEUED, "retries": retries,
-                                        "not_before": now + dt.timedelta(seconds=verdict.delay_s)})
-        retry_event = _event(record, contract.EventType.RETRY_SCHEDULED, now=now, attempt=ended,
-                             reason=reason, message=f"retry in {verdict.delay_s:.2f}s")
-        return Action(record=record, delete=delete, events=(failed_event, retry_event),
-                      requeue_after=verdict.delay_s, summary=f"retry:{reason}")
+        record = job.model_copy(
+            update={
+                **base,
+                "phase": Phase.QUEUED,
+                "retries": retries,
+                "not_before": now + dt.timedelta(seconds=verdict.delay_s),
+            }
+        )
+        retry_event = _event(
+            record,
+            contract.EventType.RETRY_SCHEDULED,
+            now=now,
+            attempt=ended,
+            reason=reason,
+            message=f"retry in {verdict.delay_s:.2f}s",
+        )
+        return Action(
+            record=record,
+            delete=delete,
+            events=(failed_event, retry_event),
+            requeue_after=verdict.delay_s,
+            summary=f"retry:{reason}",
+        )
     phase = Phase.CANCELLED if reason == Reason.CANCELLED else Phase.DEAD
-    why = message if reason == Reason.CANCELLED else f"{verdict.why}; last failure: {reason} {message}".strip()
-    record = job.model_copy(update={**base, "phase": phase, "reason": reason, "message": why,
-                                    "finished_at": now, "not_before": None})
+    why = (
+        message if reason == Reason.CANCELLED else f"{verdict.why}; last failure: {reason} {message}".strip()
+    )
+    record = job.model_copy(
+        update={
+            **base,
+            "phase": phase,
+            "reason": reason,
+            "message": why,
+            "finished_at": now,
+            "not_before": None,
+        }
+    )
     kind = contract.EventType.CANCELLED if phase == Phase.CANCELLED else contract.EventType.DEAD
     dead = None
     if phase == Phase.DEAD:
-        dead = contract.DeadLetter(job_id=job.spec.id, reason=reason, message=why,
-                                   payload=job.spec.model_dump_json(), attempts=record.attempts, at=now)
-    return Action(record=record, delete=delete, dead_letter=dead,
-                  events=(failed_event, _event(record, kind, now=now, reason=reason, message=why)),
-                  summary=str(phase))
+        dead = contract.DeadLetter(
+            job_id=job.spec.id,
+            reason=reason,
+            message=why,
+            payload=job.spec.model_dump_json(),
+            attempts=record.attempts,
+            at=now,
+        )
+    return Action(
+        record=record,
+        delete=delete,
+        dead_letter=dead,
+        events=(failed_event, _event(record, kind, now=now, reason=reason, message=why)),
+        summary=str(phase),
+    )
 
 
 def _stale_pods(job: contract.JobRecord, pods: tuple[PodState, ...]) -> list[PodState]:
     """Pods of superseded attempts, and second copies of the current attempt on another node."""
     current = job.current
-    return [p for p in pods
-            if current is None or p.attempt != current.number
-            or (current.node is not None and p.node is not None and p.node != current.node)]
+    return [
+        p
+        for p in pods
+        if current is None
+        or p.attempt != current.number
+        or (current.node is not None and p.node is not None and p.node != current.node)
+    ]
 
 
-def decide(job: contract.JobRecord, seen: Observed, *, now: dt.datetime, rng: random.Random,
-           limits: Limits) -> Action:
+def decide(
+    job: contract.JobRecord, seen: Observed, *, now: dt.datetime, rng: random.Random, limits: Limits
+) -> Action:
     stale = _stale_pods(job, seen.pods)
     cleanup = None
     if stale:
-        cleanup = Action(delete=tuple(p.name for p in stale), summary="delete_stale", events=tuple(
-            _event(job, contract.EventType.STALE, now=now,
-                   message=f"pod {p.name} of superseded attempt {p.attempt} on {p.node} ({p.phase}"
-                           f"{'' if p.exit_code is None else f', exit {p.exit_code}'}) ignored and deleted")
-            for p in stale))
+        cleanup = Action(
+            delete=tuple(p.name for p in stale),
+            summary="delete_stale",
+            events=tuple(
+                _event(
+                    job,
+                    contract.EventType.STALE,
+                    now=now,
+                    message=f"pod {p.name} of superseded attempt {p.attempt} on {p.node} ({p.phase}"
+                    f"{'' if p.exit_code is None else f', exit {p.exit_code}'}) ignored and deleted",
+                )
+                for p in stale
+            ),
+        )
     stale_names = cleanup.delete if cleanup else ()
 
     if job.phase.is_terminal:
@@ -169,14 +261,38 @@ def decide(job: contract.JobRecord, seen: Observed, *, now: dt.datetime, rng: ra
     current = job.current
     if job.cancel_requested:
         if current is not None and not current.state.is_final:
-            return fail_current(job, Reason.CANCELLED, now=now, rng=rng, limits=limits,
-                                message="cancelled by request", delete=(current.pod, *stale_names))
-        record = job.model_copy(update={"phase": Phase.CANCELLED, "reason": Reason.CANCELLED,
-                                        "message": "cancelled by request", "finished_at": now,
-                                        "updated_at": now})
-        return Action(record=record, delete=stale_names, summary="cancelled",
-                      events=(_event(record, contract.EventType.CANCELLED, now=now,
-                                     reason=Reason.CANCELLED, message="cancelled by request"),))
+            return fail_current(
+                job,
+                Reason.CANCELLED,
+                now=now,
+                rng=rng,
+                limits=limits,
+                message="cancelled by request",
+                delete=(current.pod, *stale_names),
+            )
+        record = job.model_copy(
+            update={
+                "phase": Phase.CANCELLED,
+                "reason": Reason.CANCELLED,
+                "message": "cancelled by request",
+                "finished_at": now,
+                "updated_at": now,
+            }
+        )
+        return Action(
+            record=record,
+            delete=stale_names,
+            summary="cancelled",
+            events=(
+                _event(
+                    record,
+                    contract.EventType.CANCELLED,
+                    now=now,
+                    reason=Reason.CANCELLED,
+                    message="cancelled by request",
+                ),
+            ),
+        )
 
     if cleanup is not None:
         return cleanup
@@ -187,78 +303,163 @@ def decide(job: contract.JobRecord, seen: Observed, *, now: dt.datetime, rng: ra
         if seen.queue_full:
             return Action(requeue_after=1.0, summary="queue_full")
         number = len(job.attempts) + 1
-        attempt = contract.Attempt(number=number, pod=contract.pod_name(job.spec.id, number),
-                                   created_at=now)
-        record = job.model_copy(update={"phase": Phase.RUNNING, "attempts": (*job.attempts, attempt),
-                                        "not_before": None, "updated_at": now})
-        return Action(record=record, create=pod_spec(record, attempt, limits), requeue_after=1.0,
-                      events=(_event(record, contract.EventType.ATTEMPT_CREATED, now=now, attempt=attempt),),
-                      summary="create_attempt")
+        attempt = contract.Attempt(number=number, pod=contract.pod_name(job.spec.id, number), created_at=now)
+        record = job.model_copy(
+            update={
+                "phase": Phase.RUNNING,
+                "attempts": (*job.attempts, attempt),
+                "not_before": None,
+                "updated_at": now,
+            }
+        )
+        return Action(
+            record=record,
+            create=pod_spec(record, attempt, limits),
+            requeue_after=1.0,
+            events=(_event(record, contract.EventType.ATTEMPT_CREATED, now=now, attempt=attempt),),
+            summary="create_attempt",
+        )
 
     assert current is not None, "a running job has an attempt"
     pod = next((p for p in seen.pods if p.name == current.pod), None)
     if pod is None:
         if current.state == State.CREATING:
             return Action(create=pod_spec(job, current, limits), requeue_after=1.0, summary="create_pod")
-        return fail_current(job, Reason.DELETED, now=now, rng=rng, limits=limits,
-                            message=f"pod {current.pod} disappeared")
+        return fail_current(
+            job, Reason.DELETED, now=now, rng=rng, limits=limits, message=f"pod {current.pod} disappeared"
+        )
     if current.node is None or current.node != pod.node:
         current = current.model_copy(update={"node": pod.node})
     if not pod.node_ready:
         if not limits.reschedule_on_node_loss:
             return Action(requeue_after=1.0, summary="node_lost_ignored")
         job = job.model_copy(update={"attempts": _replace_current(job, current)})
-        return fail_current(job, Reason.NODE_LOST, now=now, rng=rng, limits=limits,
-                            message=f"node {pod.node} stopped heartbeating", delete=(pod.name,))
+        return fail_current(
+            job,
+            Reason.NODE_LOST,
+            now=now,
+            rng=rng,
+            limits=limits,
+            message=f"node {pod.node} stopped heartbeating",
+            delete=(pod.name,),
+        )
     if pod.phase == contract.PodPhase.SUCCEEDED:
         return _succeeded(job, current, pod, seen, now=now, rng=rng, limits=limits)
     if pod.phase == contract.PodPhase.FAILED:
-        reason = failure.classify_exit(exit_code=pod.exit_code, pod_reason=pod.reason,
-                                       policy=policy_of(job, limits), has_task=job.spec.task is not None)
+        reason = failure.classify_exit(
+            exit_code=pod.exit_code,
+            pod_reason=pod.reason,
+            policy=policy_of(job, limits),
+            has_task=job.spec.task is not None,
+        )
         job = job.model_copy(update={"attempts": _replace_current(job, current)})
-        return fail_current(job, reason, now=now, rng=rng, limits=limits, exit_code=pod.exit_code,
-                            message=f"exit code {pod.exit_code} ({pod.reason})", delete=(pod.name,))
+        return fail_current(
+            job,
+            reason,
+            now=now,
+            rng=rng,
+            limits=limits,
+            exit_code=pod.exit_code,
+            message=f"exit code {pod.exit_code} ({pod.reason})",
+            delete=(pod.name,),
+        )
     return _running(job, current, pod, seen, now=now, rng=rng, limits=limits)
 
 
-def _running(job: contract.JobRecord, current: contract.Attempt, pod: PodState, seen: Observed, *,
-             now: dt.datetime, rng: random.Random, limits: Limits) -> Action:
+def _running(
+    job: contract.JobRecord,
+    current: contract.Attempt,
+    pod: PodState,
+    seen: Observed,
+    *,
+    now: dt.datetime,
+    rng: random.Random,
+    limits: Limits,
+) -> Action:
     started = current.started_at or pod.started_at or now
     if job.spec.timeout_s is not None and (now - started).total_seconds() > job.spec.timeout_s:
         job = job.model_copy(update={"attempts": _replace_current(job, current)})
-        return fail_current(job, Reason.TIMEOUT, now=now, rng=rng, limits=limits, delete=(pod.name,),
-                            message=f"ran longer than timeout_s={job.spec.timeout_s}")
+        return fail_current(
+            job,
+            Reason.TIMEOUT,
+            now=now,
+            rng=rng,
+            limits=limits,
+            delete=(pod.name,),
+            message=f"ran longer than timeout_s={job.spec.timeout_s}",
+        )
     if job.spec.task is not None and pod.phase == contract.PodPhase.RUNNING:
         alive = max(started, seen.last_heartbeat) if seen.last_heartbeat else started
         if (now - alive).total_seconds() > limits.heartbeat_timeout_s:
             job = job.model_copy(update={"attempts": _replace_current(job, current)})
-            return fail_current(job, Reason.HEARTBEAT_LOST, now=now, rng=rng, limits=limits,
-                                delete=(pod.name,),
-                                message=f"no heartbeat for {limits.heartbeat_timeout_s}s")
+            return fail_current(
+                job,
+                Reason.HEARTBEAT_LOST,
+                now=now,
+                rng=rng,
+                limits=limits,
+                delete=(pod.name,),
+                message=f"no heartbeat for {limits.heartbeat_timeout_s}s",
+            )
     wait = limits.heartbeat_timeout_s / 2
     if job.spec.timeout_s is not None:
         wait = min(wait, max(0.1, job.spec.timeout_s - (now - started).total_seconds()))
     state = State.RUNNING if pod.phase == contract.PodPhase.RUNNING else State.PENDING
     if current.state == state and current == job.current:
         return Action(requeue_after=wait, summary="watching")
-    updated = current.model_copy(update={"state": state, "started_at": current.started_at or pod.started_at or now})
+    updated = current.model_copy(
+        update={"state": state, "started_at": current.started_at or pod.started_at or now}
+    )
     record = job.model_copy(update={"attempts": _replace_current(job, updated), "updated_at": now})
-    events = ()
+    events: tuple[contract.JobEvent, ...] = ()
     if state == State.RUNNING and current.state != State.RUNNING:
         events = (_event(record, contract.EventType.ATTEMPT_STARTED, now=now, attempt=updated),)
     return Action(record=record, events=events, requeue_after=wait, summary=f"attempt_{state}")
 
 
-def _succeeded(job: contract.JobRecord, current: contract.Attempt, pod: PodState, seen: Observed, *,
-               now: dt.datetime, rng: random.Random, limits: Limits) -> Action:
+def _succeeded(
+    job: contract.JobRecord,
+    current: contract.Attempt,
+    pod: PodState,
+    seen: Observed,
+    *,
+    now: dt.datetime,
+    rng: random.Random,
+    limits: Limits,
+) -> Action:
     if job.spec.task is not None and not seen.result_exists:
         job = job.model_copy(update={"attempts": _replace_current(job, current)})
-        return fail_current(job, Reason.APP_ERROR, now=now, rng=rng, limits=limits, exit_code=0,
-                            delete=(pod.name,), message="exited 0 without storing a result")
-    done = current.model_copy(update={"state": State.SUCCEEDED, "exit_code": 0, "finished_at": now,
-                                      "started_at": current.started_at or pod.started_at})
-    record = job.model_copy(update={"phase": Phase.SUCCEEDED, "attempts": _replace_current(job, done),
-                                    "result_attempt": done.number, "finished_at": now,
-                                    "updated_at": now, "not_before": None})
-    return Action(record=record, delete=(pod.name,), summary="succeeded",
-                  events=(_event(record, contract.EventType.SUCCEEDED, now=now, attempt=done),))
+        return fail_current(
+            job,
+            Reason.APP_ERROR,
+            now=now,
+            rng=rng,
+            limits=limits,
+            exit_code=0,
+            delete=(pod.name,),
+            message="exited 0 without storing a result",
+        )
+    done = current.model_copy(
+        update={
+            "state": State.SUCCEEDED,
+            "exit_code": 0,
+            "finished_at": now,
+            "started_at": current.started_at or pod.started_at,
+        }
+    )
+    record = job.model_copy(
+        update={
+            "phase": Phase.SUCCEEDED,
+            "attempts": _replace_current(job, done),
+            "result_attempt": done.number,
+            "finished_at": now,
+            "updated_at": now,
+            "not_before": None,
+        }
+    )
+    return Action(
+        record=record,
+        delete=(pod.name,),
+        summary="succeeded",
+        events=(_event(record, contract.EventType.SUCCEEDED, now=now, attempt=done),),
+    )

@@ -44,8 +44,9 @@ class JobIndex:
         return [r.spec.id for r in self.records() if not r.phase.is_terminal]
 
     def running_in(self, queue: str) -> int:
-        return sum(1 for r in self.records()
-                   if r.spec.queue == queue and r.phase == contract.JobPhase.RUNNING)
+        return sum(
+            1 for r in self.records() if r.spec.queue == queue and r.phase == contract.JobPhase.RUNNING
+        )
 
     def count_by_phase(self) -> dict[str, collections.Counter[str]]:
         """queue -> phase -> count."""

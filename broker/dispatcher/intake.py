@@ -22,8 +22,13 @@ log = structlog.get_logger("jobq.intake")
 
 
 class Intake:
-    def __init__(self, st: store.Store, *, on_job: Callable[[str], None],
-                 on_rejected: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        st: store.Store,
+        *,
+        on_job: Callable[[str], None],
+        on_rejected: Callable[[str], None] | None = None,
+    ) -> None:
         self._store = st
         self._on_job = on_job
         self._on_rejected = on_rejected or (lambda _reason: None)
@@ -72,20 +77,30 @@ class Intake:
         if await self._store.create(record) is None:
             existing = await self._store.get(spec.id)
             same = existing is not None and existing[0].spec == spec
-            await self._duplicate(msg, spec, "already submitted" if same
-                                  else "job id reused with a different spec; the first one stands")
+            await self._duplicate(
+                msg,
+                spec,
+                "already submitted" if same else "job id reused with a different spec; the first one stands",
+            )
             return
-        await self._store.publish_event(contract.JobEvent(
-            job_id=spec.id, type=contract.EventType.ACCEPTED, phase=contract.JobPhase.QUEUED,
-            message=f"queue {spec.queue}"))
+        await self._store.publish_event(
+            contract.JobEvent(
+                job_id=spec.id,
+                type=contract.EventType.ACCEPTED,
+                phase=contract.JobPhase.QUEUED,
+                message=f"queue {spec.queue}",
+            )
+        )
         await msg.ack()
-        log.info("job_accepted", job_id=spec.id, queue=spec.queue,
-                 task=spec.task or " ".join(spec.command or ()))
+        log.info(
+            "job_accepted", job_id=spec.id, queue=spec.queue, task=spec.task or " ".join(spec.command or ())
+        )
         self._on_job(spec.id)
 
     async def _duplicate(self, msg: Msg, spec: contract.JobSpec, why: str) -> None:
-        await self._store.publish_event(contract.JobEvent(
-            job_id=spec.id, type=contract.EventType.DUPLICATE, message=why))
+        await self._store.publish_event(
+            contract.JobEvent(job_id=spec.id, type=contract.EventType.DUPLICATE, message=why)
+        )
         await msg.ack()
         log.info("job_duplicate", job_id=spec.id, reason=why)
 
@@ -93,14 +108,25 @@ class Intake:
         payload = msg.data.decode("utf-8", errors="replace")
         job_id = _guess_id(msg.data)
         seq = msg.metadata.sequence.stream if msg.metadata else 0
-        letter = contract.DeadLetter(job_id=job_id, reason=contract.FailureReason.INVALID,
-                                     message=why, subject=msg.subject, payload=payload,
-                                     headers=dict(msg.headers or {}))
+        letter = contract.DeadLetter(
+            job_id=job_id,
+            reason=contract.FailureReason.INVALID,
+            message=why,
+            subject=msg.subject,
+            payload=payload,
+            headers=dict(msg.headers or {}),
+        )
         await self._store.publish_dead_letter(letter, msg_id=f"invalid-{seq}")
         await msg.term()
         self._on_rejected(why)
-        log.warning("submission_rejected", job_id=job_id, subject=msg.subject, reason="invalid",
-                    error=why, stream_seq=seq)
+        log.warning(
+            "submission_rejected",
+            job_id=job_id,
+            subject=msg.subject,
+            reason="invalid",
+            error=why,
+            stream_seq=seq,
+        )
 
 
 def _guess_id(data: bytes) -> str | None:

@@ -56,8 +56,11 @@ class Lease:
                 if not waited:
                     log.info("lease_standby", holder=await self.holder())
                 waited = True
-            except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError,
-                    nats.errors.NoRespondersError) as exc:
+            except (
+                nats.errors.TimeoutError,
+                nats.js.errors.ServiceUnavailableError,
+                nats.errors.NoRespondersError,
+            ) as exc:
                 log.warning("lease_unavailable", error=type(exc).__name__)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._ttl_s / 4)
@@ -74,8 +77,7 @@ class Lease:
                 break
             try:
                 assert self._revision is not None
-                self._revision = await self._kv.update(LEASE_KEY, self.identity.encode(),
-                                                       last=self._revision)
+                self._revision = await self._kv.update(LEASE_KEY, self.identity.encode(), last=self._revision)
                 last_ok = loop.time()
             except nats.js.errors.KeyWrongLastSequenceError as exc:
                 self._revision = None

@@ -104,7 +104,9 @@ class Reconciler:
                      duration_ms=round((time.perf_counter() - started) * 1000, 1))
         return requeue
 
-    async def _observe(self, record: contract.JobRecord, pods: tuple[base.PodState, ...]) -> decisions.Observed:
+    async def _observe(
+        self, record: contract.JobRecord, pods: tuple[base.PodState, ...]
+    ) -> decisions.Observed:
         current = record.current
         result_exists = False
         last_heartbeat = None

@@ -109,8 +109,10 @@ class Dispatcher:
                      active_jobs=len(self.index.active_ids()), backend=self.backend.name)
             intake_task = tg.create_task(self._supervised("intake", lambda: self.intake.run(work_stop)),
                                          name="intake")
-            loops = [tg.create_task(self._supervised("backend-watch", self._watch_backend), name="backend-watch"),
-                     tg.create_task(self._supervised("resync", lambda: self._resync(work_stop)), name="resync")]
+            loops = [
+                tg.create_task(self._supervised("backend-watch", self._watch_backend), name="backend-watch"),
+                tg.create_task(self._supervised("resync", lambda: self._resync(work_stop)), name="resync"),
+            ]
             workers = [tg.create_task(self._worker(n), name=f"reconcile-{n}")
                        for n in range(self.settings.dispatcher.workers)]
             stopper = tg.create_task(stop.wait(), name="stop")

@@ -54,7 +54,8 @@ def say(message: str) -> None:
     click.echo(f"jobq demo: {message}", err=True)
 
 
-async def run_demo(*, jobs: int, nodes: int, node_cpu: float = 6.0, node_memory: str = "8Gi", kill_node: bool, data_dir: Path | None, nats_url: str | None,
+async def run_demo(*, jobs: int, nodes: int, node_cpu: float = 6.0, node_memory: str = "8Gi", kill_node: bool,
+                   data_dir: Path | None, nats_url: str | None,
                    timeout_s: float, as_json: bool) -> dict[str, Any]:
     started = time.monotonic()
     data_dir = data_dir or Path(".jobq/demo")
@@ -80,7 +81,8 @@ async def run_demo(*, jobs: int, nodes: int, node_cpu: float = 6.0, node_memory:
     return summary
 
 
-async def _drive(stack: Stack, *, jobs: int, kill_node: bool, timeout_s: float, run_id: str) -> dict[str, Any]:
+async def _drive(stack: Stack, *, jobs: int, kill_node: bool, timeout_s: float,
+                 run_id: str) -> dict[str, Any]:
     specs, n_predict = workload(jobs, run_id=run_id)
     first, second = specs[:-n_predict], specs[-n_predict:]
     counts: Counter[str] = Counter()
@@ -106,7 +108,8 @@ async def _drive(stack: Stack, *, jobs: int, kill_node: bool, timeout_s: float, 
 
         reporter = asyncio.create_task(report())
         try:
-            waiter = asyncio.create_task(client.wait([s["id"] for s in first], timeout=timeout_s, on_update=seen))
+            waiter = asyncio.create_task(
+                client.wait([s["id"] for s in first], timeout=timeout_s, on_update=seen))
             if kill_node:
                 killed = await _kill_busiest_node(stack, phases, client)
             await waiter

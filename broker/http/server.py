@@ -1,51 +1,144 @@
-"""aiohttp application and its lifecycle (serve as an async context manager)."""
+"""aiohttp application and its lifecycle (serve as an async context manager).
+
+Routes (documented in ``/api/openapi.json``, see broker/http/openapi.py)::
+
+    GET  /                        dashboard            GET  /api/nodes
+    GET  /static/{name}           dashboard assets     GET  /api/queues
+    GET  /metrics                 Prometheus           GET  /api/dead-letters
+    GET  /healthz  /readyz        probes               POST /api/dead-letters/{job_id}/retry
+    GET  /api/jobs                                     GET  /api/events (server-sent events)
+    GET  /api/jobs/{job_id}                            GET  /api/openapi.json
+    POST /api/jobs/{job_id}/cancel
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from broker import settings
+from broker import metrics, settings
 from broker.dispatcher import reconcile
 from broker.dispatcher.service import Dispatcher
+from broker.http import api, dashboard, openapi, streams
+from broker.http.keys import DISPATCHER, HUB, METRICS, SETTINGS
 
-DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def metrics_observer() -> reconcile.Observer:
-    return reconcile.Observer()
+    """The dispatcher's observer: a fresh metrics registry per dispatcher."""
+    return metrics.Metrics()
 
 
 async def healthz(request: web.Request) -> web.Response:
+    api.query(request, ())
     return web.json_response({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
+    api.query(request, ())
     dispatcher = request.app[DISPATCHER]
     ready = dispatcher.index_ready.is_set() and (dispatcher.status.synced or not dispatcher.status.leader)
-    body = {"status": "ok" if ready else "starting", "leader": dispatcher.status.leader}
+    body = {"status": "ok" if ready else "starting", "leader": dispatcher.status.leader,
+            "synced": dispatcher.status.synced, "nats_connected": dispatcher.store.nc.is_connected,
+            "jobs": len(dispatcher.index), "backend": dispatcher.backend.name}
     return web.json_response(body, status=200 if ready else 503)
 
 
+async def prometheus(request: web.Request) -> web.Response:
+    api.query(request, ())
+    m = request.app[METRICS]
+    await m.refresh()
+    return web.Response(body=m.render(), headers={"Content-Type": metrics.CONTENT_TYPE})
+
+
+async def openapi_doc(request: web.Request) -> web.Response:
+    api.query(request, ())
+    return web.json_response(openapi.document())
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer errors under /api/ (and the probes) in JSON, like the handlers' own errors."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json" or not (
+                request.path.startswith("/api/") or request.path in ("/metrics", "/healthz", "/readyz")):
+            raise
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "error")
+        return web.json_response({"error": code, "message": exc.reason, "param": None},
+                                 status=exc.status, headers={k: v for k, v in exc.headers.items()
+                                                             if k.lower() == "allow"})
+
+
+async def _background(app: web.Application) -> AsyncIterator[None]:
+    """The event hub's NATS subscription and the node poller live as long as the app."""
+    dispatcher, m, hub = app[DISPATCHER], app[METRICS], app[HUB]
+    await hub.start(dispatcher.store.nc)
+    m.on_node_change(lambda node: hub.publish("node", json.dumps(
+        {"name": node.name, "ready": node.ready, "pods": node.pods})))
+    stop = asyncio.Event()
+    poller = asyncio.create_task(m.watch_nodes(stop), name="metrics-node-poller")
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.gather(poller, return_exceptions=True)
+        await hub.stop()
+
+
+async def _close_streams(app: web.Application) -> None:
+    await app[HUB].stop()
+
+
 def make_app(dispatcher: Dispatcher, config: settings.HttpSettings) -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[json_errors])
     app[DISPATCHER] = dispatcher
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
+    app[SETTINGS] = config
+    observer = dispatcher.observer
+    m = observer if isinstance(observer, metrics.Metrics) else metrics.Metrics()
+    m.bind(dispatcher)
+    app[METRICS] = m
+    app[HUB] = streams.EventHub()
+    app.cleanup_ctx.append(_background)
+    app.on_shutdown.append(_close_streams)
+    for method, path, handler in routes():
+        app.router.add_route(method, path, handler)
     return app
+
+
+def routes() -> list[tuple[str, str, Handler]]:
+    return [
+        ("GET", "/", dashboard.index),
+        ("GET", "/static/{name}", dashboard.asset),
+        ("GET", "/metrics", prometheus),
+        ("GET", "/healthz", healthz),
+        ("GET", "/readyz", readyz),
+        ("GET", "/api/jobs", api.list_jobs),
+        ("GET", "/api/jobs/{job_id}", api.get_job),
+        ("POST", "/api/jobs/{job_id}/cancel", api.cancel_job),
+        ("GET", "/api/nodes", api.list_nodes),
+        ("GET", "/api/queues", api.list_queues),
+        ("GET", "/api/dead-letters", api.list_dead_letters),
+        ("POST", "/api/dead-letters/{job_id}/retry", api.retry_dead_letter),
+        ("GET", "/api/events", api.events),
+        ("GET", "/api/openapi.json", openapi_doc),
+    ]
 
 
 @contextlib.asynccontextmanager
 async def serve(dispatcher: Dispatcher, config: settings.HttpSettings) -> AsyncIterator[str]:
     """Serve the app; yields the address as http://host:port/."""
-    runner = web.AppRunner(make_app(dispatcher, config), access_log=None)
+    runner = web.AppRunner(make_app(dispatcher, config), access_log=None, shutdown_timeout=3)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()
-    server = site._server
-    port = server.sockets[0].getsockname()[1] if server and server.sockets else config.port  # type: ignore[union-attr]
+    port = int(runner.addresses[0][1]) if runner.addresses else config.port
     try:
         yield f"http://{config.host}:{port}/"
     finally:

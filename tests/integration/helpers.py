@@ -21,11 +21,16 @@ async def wait_for(predicate: Callable[[], object], *, timeout: float = 60, what
 
 async def running_records(client: JobqClient, ids: list[str]) -> list[contract.JobRecord]:
     records = [await client.get(i) for i in ids]
-    return [r for r in records if r is not None and r.current is not None
-            and r.current.state == contract.AttemptState.RUNNING]
+    return [
+        r
+        for r in records
+        if r is not None and r.current is not None and r.current.state == contract.AttemptState.RUNNING
+    ]
 
 
-async def wait_running(client: JobqClient, ids: list[str], *, count: int, timeout: float = 90) -> list[contract.JobRecord]:
+async def wait_running(
+    client: JobqClient, ids: list[str], *, count: int, timeout: float = 90
+) -> list[contract.JobRecord]:
     deadline = time.monotonic() + timeout
     while True:
         running = await running_records(client, ids)

@@ -23,12 +23,16 @@ NODE_TIMEOUT_S = float(FAST_ENV["JOBQ_NODE_TIMEOUT_S"])
 
 
 async def submit_sleepers(client: JobqClient, n: int, *, seconds: float) -> list[str]:
-    handles = [await client.submit(task="demo.sleep", args={"seconds": seconds, "progress_steps": 4})
-               for _ in range(n)]
+    handles = [
+        await client.submit(task="demo.sleep", args={"seconds": seconds, "progress_steps": 4})
+        for _ in range(n)
+    ]
     return [h.id for h in handles]
 
 
-async def assert_exactly_once(client: JobqClient, ids: list[str], *, timeout: float = 120) -> dict[str, contract.JobRecord]:
+async def assert_exactly_once(
+    client: JobqClient, ids: list[str], *, timeout: float = 120
+) -> dict[str, contract.JobRecord]:
     records = await client.wait(ids, timeout=timeout)
     assert {r.phase for r in records.values()} == {contract.JobPhase.SUCCEEDED}
     for job_id in ids:
@@ -66,7 +70,9 @@ async def test_sigkill_two_of_three_nodes_the_survivor_finishes(stack: Stack, cl
     assert {r.attempts[-1].node for r in records.values()} == {"node-3"}
 
 
-async def test_partitioned_node_comes_back_its_stale_attempts_are_fenced(stack: Stack, client: JobqClient) -> None:
+async def test_partitioned_node_comes_back_its_stale_attempts_are_fenced(
+    stack: Stack, client: JobqClient
+) -> None:
     ids = await submit_sleepers(client, 6, seconds=5)
     running = await wait_running(client, ids, count=6)
     victim = max(stack.nodes, key=lambda n: sum(1 for r in running if r.current and r.current.node == n))

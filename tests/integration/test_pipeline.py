@@ -26,8 +26,12 @@ async def raw_publish(url: str, payload: bytes, *, msg_id: str, queue: str = "de
 
 
 async def test_sdk_plain_nats_and_cli_jobs_all_succeed(stack: Stack, client: JobqClient) -> None:
-    sdk = [await client.submit(task="sklearn.train", args={"dataset": ("iris", "wine")[i % 2], "model": "logreg"})
-           for i in range(20)]
+    sdk = [
+        await client.submit(
+            task="sklearn.train", args={"dataset": ("iris", "wine")[i % 2], "model": "logreg"}
+        )
+        for i in range(20)
+    ]
     raw_ids = [f"raw-{i}" for i in range(20)]
     for job_id in raw_ids:
         body = {"id": job_id, "task": "demo.sleep", "args": {"seconds": 0.2}, "profile": "small"}
@@ -35,10 +39,29 @@ async def test_sdk_plain_nats_and_cli_jobs_all_succeed(stack: Stack, client: Job
     cli_ids = []
     for i in range(5):
         out = await asyncio.to_thread(
-            subprocess.run, [sys.executable, "-m", "submitter.cli", "submit", "--task", "sklearn.evaluate",
-                             "--args", json.dumps({"dataset": "iris", "folds": 3}), "--cpu", "0.5",
-                             "--memory", "512Mi", "--id", f"cli-{i}"],
-            env=cli_env(stack), capture_output=True, text=True, timeout=60, check=True)
+            subprocess.run,
+            [
+                sys.executable,
+                "-m",
+                "submitter.cli",
+                "submit",
+                "--task",
+                "sklearn.evaluate",
+                "--args",
+                json.dumps({"dataset": "iris", "folds": 3}),
+                "--cpu",
+                "0.5",
+                "--memory",
+                "512Mi",
+                "--id",
+                f"cli-{i}",
+            ],
+            env=cli_env(stack),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
         cli_ids.append(out.stdout.strip())
     assert cli_ids == [f"cli-{i}" for i in range(5)]
 
@@ -59,14 +82,24 @@ async def test_sdk_plain_nats_and_cli_jobs_all_succeed(stack: Stack, client: Job
         assert record.attempts[0].state == contract.AttemptState.SUCCEEDED and record.attempts[0].node
 
     listing = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "submitter.cli", "list", "--state", "succeeded"],
-        env=cli_env(stack), capture_output=True, text=True, timeout=60, check=True)
+        subprocess.run,
+        [sys.executable, "-m", "submitter.cli", "list", "--state", "succeeded"],
+        env=cli_env(stack),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     assert len(listing.stdout.splitlines()) == 45
 
 
 async def test_same_idempotency_key_runs_once(stack: Stack, client: JobqClient) -> None:
-    first = await client.submit(task="demo.sleep", args={"seconds": 0.1}, idempotency_key="nightly-2026-11-29")
-    again = await client.submit(task="demo.sleep", args={"seconds": 0.1}, idempotency_key="nightly-2026-11-29")
+    first = await client.submit(
+        task="demo.sleep", args={"seconds": 0.1}, idempotency_key="nightly-2026-11-29"
+    )
+    again = await client.submit(
+        task="demo.sleep", args={"seconds": 0.1}, idempotency_key="nightly-2026-11-29"
+    )
     assert first.id == again.id
     # A raw publisher that reuses the key under another id (and another Nats-Msg-Id) is caught too.
     body = {"id": "other-id", "task": "demo.sleep", "idempotency_key": "nightly-2026-11-29"}
@@ -80,13 +113,19 @@ async def test_same_idempotency_key_runs_once(stack: Stack, client: JobqClient) 
 
 
 async def test_bad_messages_are_dead_lettered_and_the_dispatcher_keeps_serving(
-        stack: Stack, client: JobqClient) -> None:
+    stack: Stack, client: JobqClient
+) -> None:
     bad = {
         "malformed": b"{this is not json",
         "schema": json.dumps({"id": "bad-schema", "task": "demo.sleep", "priority": "high"}).encode(),
         "unknown-task": json.dumps({"id": "bad-task", "task": "nope.missing"}).encode(),
-        "oversize": json.dumps({"id": "bad-big", "task": "demo.sleep",
-                                "args": {"blob": "x" * (contract.MAX_SUBMISSION_BYTES + 10)}}).encode(),
+        "oversize": json.dumps(
+            {
+                "id": "bad-big",
+                "task": "demo.sleep",
+                "args": {"blob": "x" * (contract.MAX_SUBMISSION_BYTES + 10)},
+            }
+        ).encode(),
         "not-an-object": b"[1, 2, 3]",
     }
     for name, payload in bad.items():

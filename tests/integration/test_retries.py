@@ -38,8 +38,9 @@ async def test_task_that_fails_twice_then_succeeds(client: JobqClient) -> None:
 
 
 async def test_non_retryable_exit_code_goes_straight_to_dead(client: JobqClient) -> None:
-    handle = await client.submit(task="demo.exit", args={"code": 42},
-                                 retry={**FAST_RETRY, "non_retryable_exit_codes": [42]})
+    handle = await client.submit(
+        task="demo.exit", args={"code": 42}, retry={**FAST_RETRY, "non_retryable_exit_codes": [42]}
+    )
     record = await handle.wait(timeout=60)
     assert record.phase == contract.JobPhase.DEAD and record.reason == contract.FailureReason.NON_RETRYABLE
     assert len(record.attempts) == 1 and record.attempts[0].exit_code == 42
@@ -52,11 +53,23 @@ async def test_exhausted_retries_end_dead_and_can_be_redriven(stack: Stack, clie
     record = await handle.wait(timeout=60)
     assert record.phase == contract.JobPhase.DEAD and len(record.attempts) == 2
     assert "max_attempts=2" in record.message
-    listing = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "submitter.cli", "dlq", "list"],
-                                      env=cli_env(stack), capture_output=True, text=True, check=True)
+    listing = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "submitter.cli", "dlq", "list"],
+        env=cli_env(stack),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert handle.id in listing.stdout
-    await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "submitter.cli", "dlq", "retry", handle.id],
-                            env=cli_env(stack), capture_output=True, text=True, check=True)
+    await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "submitter.cli", "dlq", "retry", handle.id],
+        env=cli_env(stack),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     for _ in range(100):
         again = await client.get(handle.id)
         if again is not None and again.phase.is_terminal and len(again.attempts) == 4:
@@ -66,8 +79,9 @@ async def test_exhausted_retries_end_dead_and_can_be_redriven(stack: Stack, clie
 
 
 async def test_deadline_kills_the_attempt_as_timeout(client: JobqClient) -> None:
-    handle = await client.submit(task="demo.sleep", args={"seconds": 60}, timeout_s=1.5,
-                                 retry={**FAST_RETRY, "max_attempts": 1})
+    handle = await client.submit(
+        task="demo.sleep", args={"seconds": 60}, timeout_s=1.5, retry={**FAST_RETRY, "max_attempts": 1}
+    )
     record = await handle.wait(timeout=60)
     assert record.phase == contract.JobPhase.DEAD and record.reason == contract.FailureReason.TIMEOUT
     attempt = record.attempts[0]
@@ -91,8 +105,14 @@ async def test_cancel_queued_and_running_jobs(held_stack: Stack) -> None:
         await wait_running(client, [running.id], count=1)
         record = await client.get(queued.id)
         assert record is not None and record.phase == contract.JobPhase.QUEUED
-        out = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "submitter.cli", "cancel", queued.id],
-                                      env=cli_env(held_stack), capture_output=True, text=True, check=True)
+        out = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "submitter.cli", "cancel", queued.id],
+            env=cli_env(held_stack),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         assert "cancellation requested" in out.stdout
         await client.cancel(running.id)
         done = await client.wait([queued.id, running.id], timeout=30)

@@ -16,15 +16,18 @@ def test_minimal_job_is_valid() -> None:
     assert spec.dedupe_key == "abc"
 
 
-@pytest.mark.parametrize(("payload", "expected"), [
-    (b"{not json", "Invalid JSON"),
-    (b'{"id": "a"}', "exactly one of 'task' or 'command'"),
-    (b'{"id": "a", "task": "no.such.task"}', "unknown task 'no.such.task'"),
-    (b'{"id": "UPPER", "task": "demo.sleep"}', "id: String should match pattern"),
-    (b'{"id": "a", "task": "demo.sleep", "resources": {"memory": "lots"}}', "not a quantity"),
-    (b'{"id": "a", "task": "demo.sleep", "profile": "huge"}', "unknown profile"),
-    (b'{"id": "a", "task": "demo.sleep", "surprise": 1}', "surprise: Extra inputs are not permitted"),
-])
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        (b"{not json", "Invalid JSON"),
+        (b'{"id": "a"}', "exactly one of 'task' or 'command'"),
+        (b'{"id": "a", "task": "no.such.task"}', "unknown task 'no.such.task'"),
+        (b'{"id": "UPPER", "task": "demo.sleep"}', "id: String should match pattern"),
+        (b'{"id": "a", "task": "demo.sleep", "resources": {"memory": "lots"}}', "not a quantity"),
+        (b'{"id": "a", "task": "demo.sleep", "profile": "huge"}', "unknown profile"),
+        (b'{"id": "a", "task": "demo.sleep", "surprise": 1}', "surprise: Extra inputs are not permitted"),
+    ],
+)
 def test_invalid_submissions_say_why(payload: bytes, expected: str) -> None:
     with pytest.raises(contract.SubmissionError, match=expected.replace("(", r"\(").replace("'", "'")):
         contract.parse_submission(payload)

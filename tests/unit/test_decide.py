@@ -11,33 +11,78 @@ from broker.dispatcher.decide import Limits, Observed, decide
 
 NOW = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
 LIMITS = Limits(heartbeat_timeout_s=10)
-Phase, State, Reason, Pod = contract.JobPhase, contract.AttemptState, contract.FailureReason, contract.PodPhase
+Phase, State, Reason, Pod = (
+    contract.JobPhase,
+    contract.AttemptState,
+    contract.FailureReason,
+    contract.PodPhase,
+)
 
 
-def job(*, phase: Phase = Phase.QUEUED, attempts: tuple[contract.Attempt, ...] = (), task: str | None = "demo.sleep",
-        **fields: object) -> contract.JobRecord:
-    spec_fields: dict[str, object] = {"id": "j1", "retry": contract.RetryPolicy(max_attempts=2, non_retryable_exit_codes=(42,))}
+def job(
+    *,
+    phase: Phase = Phase.QUEUED,
+    attempts: tuple[contract.Attempt, ...] = (),
+    task: str | None = "demo.sleep",
+    **fields: object,
+) -> contract.JobRecord:
+    spec_fields: dict[str, object] = {
+        "id": "j1",
+        "retry": contract.RetryPolicy(max_attempts=2, non_retryable_exit_codes=(42,)),
+    }
     if task:
         spec_fields["task"] = task
     else:
         spec_fields["command"] = ("true",)
     spec_fields.update({k: v for k, v in fields.items() if k in ("timeout_s",)})
     record_fields = {k: v for k, v in fields.items() if k not in ("timeout_s",)}
-    return contract.JobRecord(spec=contract.JobSpec(**spec_fields), phase=phase, attempts=attempts,  # type: ignore[arg-type]
-                              submitted_at=NOW, updated_at=NOW, **record_fields)  # type: ignore[arg-type]
+    return contract.JobRecord(
+        spec=contract.JobSpec(**spec_fields),
+        phase=phase,
+        attempts=attempts,  # type: ignore[arg-type]
+        submitted_at=NOW,
+        updated_at=NOW,
+        **record_fields,
+    )  # type: ignore[arg-type]
 
 
-def attempt(n: int = 1, *, state: State = State.RUNNING, node: str | None = "node-1",
-            started: dt.datetime | None = NOW - dt.timedelta(seconds=5)) -> contract.Attempt:
-    return contract.Attempt(number=n, pod=contract.pod_name("j1", n), state=state, node=node,
-                            created_at=NOW - dt.timedelta(seconds=6), started_at=started)
+def attempt(
+    n: int = 1,
+    *,
+    state: State = State.RUNNING,
+    node: str | None = "node-1",
+    started: dt.datetime | None = NOW - dt.timedelta(seconds=5),
+) -> contract.Attempt:
+    return contract.Attempt(
+        number=n,
+        pod=contract.pod_name("j1", n),
+        state=state,
+        node=node,
+        created_at=NOW - dt.timedelta(seconds=6),
+        started_at=started,
+    )
 
 
-def pod(n: int = 1, *, phase: Pod = Pod.RUNNING, node: str = "node-1", ready: bool = True,
-        exit_code: int | None = None, reason: str = "") -> PodState:
-    return PodState(name=contract.pod_name("j1", n), job_id="j1", attempt=n, phase=phase, node=node,
-                    node_ready=ready, exit_code=exit_code, reason=reason,
-                    started_at=NOW - dt.timedelta(seconds=5))
+def pod(
+    n: int = 1,
+    *,
+    phase: Pod = Pod.RUNNING,
+    node: str = "node-1",
+    ready: bool = True,
+    exit_code: int | None = None,
+    reason: str = "",
+) -> PodState:
+    return PodState(
+        name=contract.pod_name("j1", n),
+        job_id="j1",
+        attempt=n,
+        phase=phase,
+        node=node,
+        node_ready=ready,
+        exit_code=exit_code,
+        reason=reason,
+        started_at=NOW - dt.timedelta(seconds=5),
+    )
 
 
 def run(record: contract.JobRecord, *pods: PodState, **observed: object):  # type: ignore[no-untyped-def]
@@ -81,29 +126,40 @@ def test_success_needs_a_stored_result() -> None:
 
 
 def test_command_jobs_succeed_on_exit_zero() -> None:
-    action = run(job(phase=Phase.RUNNING, attempts=(attempt(),), task=None), pod(phase=Pod.SUCCEEDED, exit_code=0))
+    action = run(
+        job(phase=Phase.RUNNING, attempts=(attempt(),), task=None), pod(phase=Pod.SUCCEEDED, exit_code=0)
+    )
     assert action.record is not None and action.record.phase == Phase.SUCCEEDED
 
 
 def test_app_error_retries_with_backoff_then_goes_dead() -> None:
-    first = run(job(phase=Phase.RUNNING, attempts=(attempt(),)), pod(phase=Pod.FAILED, exit_code=1, reason="Error"))
+    first = run(
+        job(phase=Phase.RUNNING, attempts=(attempt(),)), pod(phase=Pod.FAILED, exit_code=1, reason="Error")
+    )
     assert first.record is not None and first.record.phase == Phase.QUEUED and first.record.app_failures == 1
     assert first.record.retries == {"app_error": 1}
     assert first.delete == ("job-j1-1",)
-    second = run(job(phase=Phase.RUNNING, attempts=(attempt(1, state=State.FAILED), attempt(2)), app_failures=1),
-                 pod(2, phase=Pod.FAILED, exit_code=1, reason="Error"))
+    second = run(
+        job(phase=Phase.RUNNING, attempts=(attempt(1, state=State.FAILED), attempt(2)), app_failures=1),
+        pod(2, phase=Pod.FAILED, exit_code=1, reason="Error"),
+    )
     assert second.record is not None and second.record.phase == Phase.DEAD
     assert second.dead_letter is not None and len(second.dead_letter.attempts) == 2
 
 
 def test_non_retryable_exit_code_goes_straight_to_dead() -> None:
-    action = run(job(phase=Phase.RUNNING, attempts=(attempt(),)), pod(phase=Pod.FAILED, exit_code=42, reason="Error"))
+    action = run(
+        job(phase=Phase.RUNNING, attempts=(attempt(),)), pod(phase=Pod.FAILED, exit_code=42, reason="Error")
+    )
     assert action.record is not None and action.record.phase == Phase.DEAD
     assert action.record.reason == Reason.NON_RETRYABLE
 
 
 def test_oom_is_classified() -> None:
-    action = run(job(phase=Phase.RUNNING, attempts=(attempt(),)), pod(phase=Pod.FAILED, exit_code=137, reason="OOMKilled"))
+    action = run(
+        job(phase=Phase.RUNNING, attempts=(attempt(),)),
+        pod(phase=Pod.FAILED, exit_code=137, reason="OOMKilled"),
+    )
     assert action.record is not None and action.record.current is not None
     assert action.record.current.reason == Reason.OOM
 
@@ -121,13 +177,18 @@ def test_node_loss_reschedules_at_once_elsewhere_without_spending_the_retry_budg
 def test_node_loss_ignored_when_rescheduling_is_off() -> None:
     limits = Limits(reschedule_on_node_loss=False)
     seen = Observed(pods=(pod(ready=False),), last_heartbeat=NOW)
-    action = decide(job(phase=Phase.RUNNING, attempts=(attempt(),)), seen, now=NOW, rng=random.Random(0), limits=limits)
+    action = decide(
+        job(phase=Phase.RUNNING, attempts=(attempt(),)), seen, now=NOW, rng=random.Random(0), limits=limits
+    )
     assert action.record is None
 
 
 def test_silent_worker_is_lost() -> None:
-    action = run(job(phase=Phase.RUNNING, attempts=(attempt(started=NOW - dt.timedelta(seconds=60)),)),
-                 pod(), heartbeat=NOW - dt.timedelta(seconds=30))
+    action = run(
+        job(phase=Phase.RUNNING, attempts=(attempt(started=NOW - dt.timedelta(seconds=60)),)),
+        pod(),
+        heartbeat=NOW - dt.timedelta(seconds=30),
+    )
     assert action.record is not None and action.record.current is not None
     assert action.record.current.reason == Reason.HEARTBEAT_LOST
 

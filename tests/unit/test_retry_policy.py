@@ -13,8 +13,9 @@ POLICY = contract.RetryPolicy(max_attempts=3, backoff_base_s=2, backoff_cap_s=10
 
 
 def judge(reason: Reason, *, app: int = 0, disruptions: int = 0) -> retry_policy.Verdict:
-    return retry_policy.judge(reason, app_failures=app, disruptions=disruptions, policy=POLICY,
-                              rng=random.Random(7))
+    return retry_policy.judge(
+        reason, app_failures=app, disruptions=disruptions, policy=POLICY, rng=random.Random(7)
+    )
 
 
 def test_app_errors_retry_until_max_attempts() -> None:
