@@ -11,6 +11,8 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
+
 from broker import contract
 from broker.dispatcher.lease import LEASE_KEY
 from broker.embedded import demo
@@ -18,6 +20,8 @@ from broker.embedded.stack import Stack
 from submitter.client import JobqClient
 from tests.conftest import FAST_ENV, start_stack
 from tests.integration.helpers import node_status, success_events, wait_running
+
+pytestmark = pytest.mark.timeout(240)
 
 NODE_TIMEOUT_S = float(FAST_ENV["JOBQ_NODE_TIMEOUT_S"])
 

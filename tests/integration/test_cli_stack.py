@@ -1,0 +1,70 @@
+"""The real `jobq up` and `jobq demo` commands, as a user runs them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from broker import contract
+from submitter.client import JobqClient
+
+JOBQ = [sys.executable, "-m", "submitter.cli"]
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "JOBQ_LOG_FORMAT": "json", "JOBQ_NODE_TIMEOUT_S": "3"}
+
+
+async def start_up(data_dir: Path) -> tuple[asyncio.subprocess.Process, str]:
+    process = await asyncio.create_subprocess_exec(
+        *JOBQ, "up", "--data-dir", str(data_dir), "--nats-port", "-1", "--http-port", "0", "--nodes", "2",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=env())
+    assert process.stdout is not None
+    banner = ""
+    while "Ctrl-C" not in banner:
+        line = await asyncio.wait_for(process.stdout.readline(), 60)
+        assert line, f"jobq up exited early: {banner}"
+        banner += line.decode()
+    state = json.loads((data_dir / "stack.json").read_text())
+    assert state["http_url"] in banner and "dashboard" in banner
+    return process, state["nats_url"]
+
+
+@pytest.mark.timeout(240)
+async def test_ctrl_c_with_jobs_in_flight_then_up_again_finishes_them(tmp_path: Path) -> None:
+    process, url = await start_up(tmp_path / "jobq")
+    async with JobqClient(url) as client:
+        ids = [(await client.submit(task="demo.sleep", args={"seconds": 2})).id for _ in range(6)]
+        await asyncio.sleep(1.5)
+    process.send_signal(signal.SIGINT)
+    assert await asyncio.wait_for(process.wait(), 60) == 0
+    assert not (tmp_path / "jobq" / "stack.json").exists()
+
+    process, url = await start_up(tmp_path / "jobq")
+    try:
+        async with JobqClient(url) as client:
+            records = await client.wait(ids, timeout=90)
+        assert {r.phase for r in records.values()} == {contract.JobPhase.SUCCEEDED}
+    finally:
+        process.send_signal(signal.SIGINT)
+        await asyncio.wait_for(process.wait(), 60)
+
+
+@pytest.mark.timeout(300)
+async def test_demo_with_a_node_kill_reports_every_job(tmp_path: Path) -> None:
+    out = await asyncio.to_thread(
+        subprocess.run, [*JOBQ, "demo", "--jobs", "8", "--kill-node", "--json", "--data-dir", str(tmp_path / "d")],
+        capture_output=True, text=True, timeout=240, env=env())
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["submitted"] == summary["succeeded"] == 8
+    assert summary["lost"] == summary["duplicate_results"] == summary["dead"] == 0
+    assert {"failed", "retries", "wall_seconds", "attempts"} <= set(summary)
+    assert "node kill" in out.stderr or summary.get("killed_node") is None
