@@ -24,8 +24,20 @@ def env() -> dict[str, str]:
 
 async def start_up(data_dir: Path) -> tuple[asyncio.subprocess.Process, str]:
     process = await asyncio.create_subprocess_exec(
-        *JOBQ, "up", "--data-dir", str(data_dir), "--nats-port", "-1", "--http-port", "0", "--nodes", "2",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=env())
+        *JOBQ,
+        "up",
+        "--data-dir",
+        str(data_dir),
+        "--nats-port",
+        "-1",
+        "--http-port",
+        "0",
+        "--nodes",
+        "2",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        env=env(),
+    )
     assert process.stdout is not None
     banner = ""
     while "Ctrl-C" not in banner:
@@ -60,8 +72,13 @@ async def test_ctrl_c_with_jobs_in_flight_then_up_again_finishes_them(tmp_path: 
 @pytest.mark.timeout(300)
 async def test_demo_with_a_node_kill_reports_every_job(tmp_path: Path) -> None:
     out = await asyncio.to_thread(
-        subprocess.run, [*JOBQ, "demo", "--jobs", "8", "--kill-node", "--json", "--data-dir", str(tmp_path / "d")],
-        capture_output=True, text=True, timeout=240, env=env())
+        subprocess.run,
+        [*JOBQ, "demo", "--jobs", "8", "--kill-node", "--json", "--data-dir", str(tmp_path / "d")],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env(),
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert summary["submitted"] == summary["succeeded"] == 8
