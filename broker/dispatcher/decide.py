@@ -129,8 +129,15 @@ def fail_current(
     message: str = "",
     exit_code: int | None = None,
     delete: tuple[str, ...] = (),
+    observed: contract.Attempt | None = None,
 ) -> Action:
-    """End the current attempt with ``reason`` and either schedule a retry or give up."""
+    """End the current attempt with ``reason`` and either schedule a retry or give up.
+
+    ``observed`` is the current attempt as just observed (its node filled in, say), if that
+    differs from the record's copy.
+    """
+    if observed is not None:
+        job = job.model_copy(update={"attempts": _replace_current(job, observed)})
     current = job.current
     assert current is not None
     ended = current.model_copy(
@@ -333,10 +340,10 @@ def decide(
     if not pod.node_ready:
         if not limits.reschedule_on_node_loss:
             return Action(requeue_after=1.0, summary="node_lost_ignored")
-        job = job.model_copy(update={"attempts": _replace_current(job, current)})
         return fail_current(
             job,
             Reason.NODE_LOST,
+            observed=current,
             now=now,
             rng=rng,
             limits=limits,
@@ -352,10 +359,10 @@ def decide(
             policy=policy_of(job, limits),
             has_task=job.spec.task is not None,
         )
-        job = job.model_copy(update={"attempts": _replace_current(job, current)})
         return fail_current(
             job,
             reason,
+            observed=current,
             now=now,
             rng=rng,
             limits=limits,
@@ -378,10 +385,10 @@ def _running(
 ) -> Action:
     started = current.started_at or pod.started_at or now
     if job.spec.timeout_s is not None and (now - started).total_seconds() > job.spec.timeout_s:
-        job = job.model_copy(update={"attempts": _replace_current(job, current)})
         return fail_current(
             job,
             Reason.TIMEOUT,
+            observed=current,
             now=now,
             rng=rng,
             limits=limits,
@@ -391,10 +398,10 @@ def _running(
     if job.spec.task is not None and pod.phase == contract.PodPhase.RUNNING:
         alive = max(started, seen.last_heartbeat) if seen.last_heartbeat else started
         if (now - alive).total_seconds() > limits.heartbeat_timeout_s:
-            job = job.model_copy(update={"attempts": _replace_current(job, current)})
             return fail_current(
                 job,
                 Reason.HEARTBEAT_LOST,
+                observed=current,
                 now=now,
                 rng=rng,
                 limits=limits,
@@ -428,10 +435,10 @@ def _succeeded(
     limits: Limits,
 ) -> Action:
     if job.spec.task is not None and not seen.result_exists:
-        job = job.model_copy(update={"attempts": _replace_current(job, current)})
         return fail_current(
             job,
             Reason.APP_ERROR,
+            observed=current,
             now=now,
             rng=rng,
             limits=limits,
