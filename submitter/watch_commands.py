@@ -1,13 +1,177 @@
-"""`jobq watch` subcommands (registered by submitter.commands)."""
+"""`jobq watch`: a live terminal view of queues, nodes, node failures and dead letters.
+
+It reads the dispatcher's HTTP API (the same numbers as the dashboard and /metrics), so it
+works from any machine that can reach the dispatcher, with no NATS credentials.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import click
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+DEFAULT_URL = "http://127.0.0.1:8222/"
+PHASES = ("queued", "running", "succeeded", "dead", "cancelled")
 
 
-def register(cli: click.Group, *, nats_option: Callable[..., Any], resolve_nats: Callable[[str | None], str],
-             run: Callable[[Coroutine[Any, Any, Any]], Any]) -> None:
-    """Placeholder until the watch commands land."""
+def resolve_url(url: str | None, data_dir: Path) -> str:
+    """--url, else JOBQ_HTTP_URL, else the running embedded stack's address, else the default."""
+    if url is None:
+        url = os.environ.get("JOBQ_HTTP_URL")
+    if url is None:
+        from broker.embedded.stack import read_state
+
+        state = read_state(data_dir)
+        found = state.get("http_url") if state else None
+        url = found if isinstance(found, str) else DEFAULT_URL
+    return url if url.endswith("/") else url + "/"
+
+
+async def snapshot(http: aiohttp.ClientSession, base: str) -> dict[str, Any]:
+    async def get(path: str) -> Any:
+        async with http.get(base + path, timeout=aiohttp.ClientTimeout(total=5)) as response:
+            return await response.json()
+
+    ready, queues, nodes, letters = await asyncio.gather(
+        get("readyz"), get("api/queues"), get("api/nodes"), get("api/dead-letters?limit=5")
+    )
+    return {"ready": ready, "queues": queues, "nodes": nodes, "letters": letters}
+
+
+def render(snap: dict[str, Any], *, base: str) -> Group:
+    ready, queues, nodes, letters = snap["ready"], snap["queues"], snap["nodes"], snap["letters"]
+    totals = queues["totals"]
+    header = Text.assemble(
+        ("jobq ", "bold"),
+        (base, "cyan"),
+        "  ",
+        ("leader" if ready.get("leader") else "standby", "green" if ready.get("leader") else "yellow"),
+        "  ",
+        (
+            "NATS up" if ready.get("nats_connected") else "NATS DOWN",
+            "green" if ready.get("nats_connected") else "bold red",
+        ),
+        "  ",
+        "  ".join(f"{p} {totals.get(p, 0)}" for p in PHASES),
+        "  ",
+        (f"dead letters {queues.get('dead_letters', 0)}", "red" if queues.get("dead_letters") else ""),
+    )
+
+    qt = Table(title="Queues", expand=True)
+    for column in ("queue", "depth", "pending", *PHASES, "retries"):
+        qt.add_column(column, justify="left" if column in ("queue", "retries") else "right")
+    for q in queues["queues"]:
+        retries = ", ".join(f"{k}={v}" for k, v in q["retries"].items()) or "-"
+        qt.add_row(
+            q["queue"],
+            str(q["depth"]),
+            str(q["pending"]),
+            *(str(q["jobs"].get(p, 0)) for p in PHASES),
+            retries,
+        )
+
+    nt = Table(title="Nodes", expand=True)
+    for column in ("node", "status", "pods", "running", "cpu"):
+        nt.add_column(column)
+    for n in nodes["nodes"]:
+        status = Text("Ready", "green") if n["ready"] else Text("NotReady", "bold red")
+        nt.add_row(
+            n["name"],
+            status,
+            str(n["pods"]),
+            str(n["running_attempts"]),
+            f"{n['allocated_cpu']:g}/{n['capacity']['cpu']:g}",
+        )
+
+    parts: list[Any] = [header, qt, nt]
+    if nodes["failures"]:
+        ft = Table(title="Recent node failures", expand=True)
+        for column in ("node", "detected", "jobs moved", "recovered", "recovery p50 s", "max s"):
+            ft.add_column(column)
+        for f in nodes["failures"][:5]:
+            rec = f["recovery_seconds"]
+            ft.add_row(
+                f["node"],
+                (f["detected_at"] or "")[11:19],
+                str(f["affected_jobs"]),
+                str(f["recovered_jobs"]),
+                str(rec["p50"] if rec["p50"] is not None else "-"),
+                str(rec["max"] if rec["max"] is not None else "-"),
+            )
+        parts.append(ft)
+    series = queues.get("retry_timeline", {}).get("series", {})
+    if series:
+        window = int(len(next(iter(series.values()))) * queues["retry_timeline"]["bucket_seconds"])
+        parts.append(
+            Text(
+                f"retries in the last {window}s: "
+                + ", ".join(f"{k}={sum(v)}" for k, v in sorted(series.items()))
+            )
+        )
+    if letters["dead_letters"]:
+        dt = Table(title=f"Dead letters ({letters['total']})", expand=True)
+        for column in ("job", "reason", "message"):
+            dt.add_column(column)
+        for letter in letters["dead_letters"]:
+            dt.add_row(letter["job_id"] or "-", letter["reason"], letter["message"][:80])
+        parts.append(dt)
+    return Group(*parts)
+
+
+async def watch(base: str, *, interval_s: float, once: bool, console: Console) -> None:
+    async with aiohttp.ClientSession() as http:
+        if once:
+            console.print(render(await snapshot(http, base), base=base))
+            return
+        with Live(
+            Text(f"connecting to {base} ..."), console=console, refresh_per_second=4, screen=False
+        ) as live:
+            while True:
+                try:
+                    live.update(render(await snapshot(http, base), base=base))
+                except (aiohttp.ClientError, TimeoutError, KeyError, ValueError) as exc:
+                    live.update(Text(f"{base}: {exc!r} (retrying)", "bold red"))
+                await asyncio.sleep(interval_s)
+
+
+def register(
+    cli: click.Group,
+    *,
+    nats_option: Callable[..., Any],
+    resolve_nats: Callable[[str | None], str],
+    run: Callable[[Coroutine[Any, Any, Any]], Any],
+) -> None:
+    @cli.command("watch")
+    @click.option(
+        "--url",
+        default=None,
+        metavar="URL",
+        help=f"Dispatcher HTTP address (default: JOBQ_HTTP_URL, the running `jobq up`, or {DEFAULT_URL}).",
+    )
+    @click.option(
+        "--data-dir",
+        type=click.Path(path_type=Path),
+        default=Path(".jobq"),
+        show_default=True,
+        help="Where `jobq up` keeps stack.json.",
+    )
+    @click.option("--interval", default=1.0, show_default=True, help="Seconds between refreshes.")
+    @click.option("--once", is_flag=True, help="Print one snapshot and exit.")
+    def watch_cmd(url: str | None, data_dir: Path, interval: float, once: bool) -> None:
+        """Live view of queues, retries, nodes, node failures and dead letters (Ctrl-C ends)."""
+        base = resolve_url(url, data_dir)
+        try:
+            run(watch(base, interval_s=interval, once=once, console=Console()))
+        except aiohttp.ClientError as exc:
+            raise click.ClickException(
+                f"cannot read {base}: {exc}. Is the dispatcher running (jobq up), or is --url right?"
+            ) from None

@@ -56,15 +56,25 @@ def say(message: str) -> None:
 
 async def run_demo(*, jobs: int, nodes: int, node_cpu: float = 6.0, node_memory: str = "8Gi", kill_node: bool,
                    data_dir: Path | None, nats_url: str | None,
-                   timeout_s: float, as_json: bool) -> dict[str, Any]:
+                   timeout_s: float, as_json: bool, backend: str = "local",
+                   kubeconfig: Path | None = None) -> dict[str, Any]:
     started = time.monotonic()
     data_dir = data_dir or Path(".jobq/demo")
     if data_dir.exists() and nats_url is None:
         shutil.rmtree(data_dir)
     run_id = "d" + dt.datetime.now(dt.UTC).strftime("%H%M%S")
-    stack = Stack(StackConfig(data_dir=data_dir, nodes=nodes, node_cpu=node_cpu, node_memory=node_memory,
-                              nats_url=nats_url, nats_port=-1, http_port=0,
-                              log_format="json"), progress=say)
+    k8s_env: dict[str, str] = {}
+    if backend == "kubernetes":  # pods go to a Kubernetes cluster; no local node agents
+        from broker.devcluster import nodes as kubelets
+
+        try:
+            k8s_env = kubelets.stack_env(kubeconfig)
+        except kubelets.NodeError as exc:
+            raise click.ClickException(str(exc)) from None
+        say(f"backend kubernetes: {k8s_env['JOBQ_KUBECONFIG']}")
+    stack = Stack(StackConfig(data_dir=data_dir, nodes=0 if k8s_env else nodes, node_cpu=node_cpu,
+                              node_memory=node_memory, nats_url=nats_url, nats_port=-1, http_port=0,
+                              log_format="json", env=k8s_env), progress=say)
     try:
         await stack.start()
     except StackError as exc:
@@ -76,6 +86,11 @@ async def run_demo(*, jobs: int, nodes: int, node_cpu: float = 6.0, node_memory:
     finally:
         say("stopping the stack")
         await stack.stop()
+    if k8s_env and summary.get("killed_node"):
+        from broker.devcluster import nodes as kubelets
+
+        kubelets.restart_kubelet(Path(k8s_env["JOBQ_KUBECONFIG"]).parent, summary["killed_node"])
+        say(f"restarted the kubelet agent of {summary['killed_node']}")
     summary["wall_seconds"] = round(time.monotonic() - started, 2)
     _print_summary(summary, as_json=as_json, logs=stack.logs)
     return summary
@@ -186,8 +201,9 @@ def summarize(records: dict[str, contract.JobRecord | None], events: list[contra
         summary["killed_node"] = node
         summary["affected_jobs"] = len(recoveries)
         summary["recovery_seconds"] = ({"max": round(max(recoveries), 2),
-                                        "p50": round(statistics.median(recoveries), 2)}
-                                       if recoveries else {"max": None, "p50": None})
+                                        "p50": round(statistics.median(recoveries), 2),
+                                        "samples": sorted(round(r, 3) for r in recoveries)}
+                                       if recoveries else {"max": None, "p50": None, "samples": []})
     return summary
 
 

@@ -43,9 +43,14 @@ async def readyz(request: web.Request) -> web.Response:
     api.query(request, ())
     dispatcher = request.app[DISPATCHER]
     ready = dispatcher.index_ready.is_set() and (dispatcher.status.synced or not dispatcher.status.leader)
-    body = {"status": "ok" if ready else "starting", "leader": dispatcher.status.leader,
-            "synced": dispatcher.status.synced, "nats_connected": dispatcher.store.nc.is_connected,
-            "jobs": len(dispatcher.index), "backend": dispatcher.backend.name}
+    body = {
+        "status": "ok" if ready else "starting",
+        "leader": dispatcher.status.leader,
+        "synced": dispatcher.status.synced,
+        "nats_connected": dispatcher.store.nc.is_connected,
+        "jobs": len(dispatcher.index),
+        "backend": dispatcher.backend.name,
+    }
     return web.json_response(body, status=200 if ready else 503)
 
 
@@ -67,21 +72,29 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     try:
         return await handler(request)
     except web.HTTPException as exc:
-        if exc.status < 400 or exc.content_type == "application/json" or not (
-                request.path.startswith("/api/") or request.path in ("/metrics", "/healthz", "/readyz")):
+        if (
+            exc.status < 400
+            or exc.content_type == "application/json"
+            or not (request.path.startswith("/api/") or request.path in ("/metrics", "/healthz", "/readyz"))
+        ):
             raise
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "error")
-        return web.json_response({"error": code, "message": exc.reason, "param": None},
-                                 status=exc.status, headers={k: v for k, v in exc.headers.items()
-                                                             if k.lower() == "allow"})
+        return web.json_response(
+            {"error": code, "message": exc.reason, "param": None},
+            status=exc.status,
+            headers={k: v for k, v in exc.headers.items() if k.lower() == "allow"},
+        )
 
 
 async def _background(app: web.Application) -> AsyncIterator[None]:
     """The event hub's NATS subscription and the node poller live as long as the app."""
     dispatcher, m, hub = app[DISPATCHER], app[METRICS], app[HUB]
     await hub.start(dispatcher.store.nc)
-    m.on_node_change(lambda node: hub.publish("node", json.dumps(
-        {"name": node.name, "ready": node.ready, "pods": node.pods})))
+    m.on_node_change(
+        lambda node: hub.publish(
+            "node", json.dumps({"name": node.name, "ready": node.ready, "pods": node.pods})
+        )
+    )
     stop = asyncio.Event()
     poller = asyncio.create_task(m.watch_nodes(stop), name="metrics-node-poller")
     try:

@@ -1,0 +1,513 @@
+"""The JSON API: jobs, nodes, queues, dead letters, live events, and two guarded mutations.
+
+Reads come from the dispatcher's in-memory job index (every dispatcher, leader or standby, keeps
+one), the backend's node list and JetStream. Mutations are compare-and-set writes of the job
+record, exactly what ``jobq cancel`` and ``jobq dlq retry`` do; the leader acts on them. Errors
+are JSON ``{"error": <code>, "message": <sentence>, "param": <name|null>}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import collections
+import datetime as dt
+import hmac
+import json
+import re
+import statistics
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from broker import contract, metrics, store
+from broker.http import streams
+from broker.http.keys import DISPATCHER, HUB, METRICS, SETTINGS
+
+JOB_ID = re.compile(contract.JOB_ID_PATTERN)
+QUEUE = re.compile(contract.QUEUE_PATTERN)
+Json = dict[str, Any]
+ERRORS: dict[int, type[web.HTTPException]] = {
+    400: web.HTTPBadRequest,
+    401: web.HTTPUnauthorized,
+    403: web.HTTPForbidden,
+    404: web.HTTPNotFound,
+    409: web.HTTPConflict,
+}
+
+
+# --- errors and parameters ------------------------------------------------------------------
+
+
+def error(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    param: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> web.HTTPException:
+    body = json.dumps({"error": code, "message": message, "param": param})
+    kind = ERRORS[status]
+    return kind(text=body, content_type="application/json", headers=headers)
+
+
+def bad_param(param: str, message: str) -> web.HTTPException:
+    return error(400, "bad_request", message, param=param)
+
+
+def query(request: web.Request, allowed: Iterable[str]) -> dict[str, str]:
+    allowed = set(allowed)
+    params: dict[str, str] = {}
+    for name, value in request.query.items():
+        if name not in allowed:
+            known = ", ".join(sorted(allowed)) or "none"
+            raise bad_param(name, f"unknown query parameter {name!r}; this route takes: {known}")
+        if name in params:
+            raise bad_param(name, f"query parameter {name!r} is given more than once")
+        params[name] = value
+    return params
+
+
+def int_param(params: Mapping[str, str], name: str, *, default: int, low: int, high: int) -> int:
+    raw = params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise bad_param(name, f"{name} must be an integer, not {raw!r}") from None
+    if not low <= value <= high:
+        raise bad_param(name, f"{name} must be between {low} and {high}, not {value}")
+    return value
+
+
+def job_id_of(request: web.Request) -> str:
+    job_id = request.match_info["job_id"]
+    if not JOB_ID.match(job_id):
+        raise bad_param(
+            "job_id", f"{job_id!r} is not a job id (a lower-case DNS label of at most 40 characters)"
+        )
+    return job_id
+
+
+def iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+# --- shapes ---------------------------------------------------------------------------------
+
+
+def job_summary(record: contract.JobRecord) -> Json:
+    current = record.current
+    return {
+        "id": record.spec.id,
+        "queue": record.spec.queue,
+        "task": record.spec.task or " ".join(record.spec.command or ()),
+        "phase": record.phase.value,
+        "attempts": len(record.attempts),
+        "attempt_state": current.state.value if current else None,
+        "node": current.node if current else None,
+        "reason": record.reason.value if record.reason else None,
+        "message": record.message,
+        "retries": dict(record.retries),
+        "priority": record.spec.priority,
+        "cancel_requested": record.cancel_requested,
+        "submitted_at": iso(record.submitted_at),
+        "updated_at": iso(record.updated_at),
+        "finished_at": iso(record.finished_at),
+    }
+
+
+def attempt_view(attempt: contract.Attempt) -> Json:
+    view: Json = attempt.model_dump(mode="json")
+    view["run_seconds"] = metrics.seconds(attempt.started_at, attempt.finished_at)
+    view["start_seconds"] = metrics.seconds(attempt.created_at, attempt.started_at)
+    return view
+
+
+def _record(request: web.Request, job_id: str) -> contract.JobRecord | None:
+    return request.app[DISPATCHER].index.get(job_id)
+
+
+async def _fresh(request: web.Request, job_id: str) -> contract.JobRecord | None:
+    got = await request.app[DISPATCHER].store.get(job_id)
+    return got[0] if got else None
+
+
+# --- jobs -----------------------------------------------------------------------------------
+
+
+def _cursor_encode(record: contract.JobRecord) -> str:
+    raw = json.dumps([record.submitted_at.isoformat(), record.spec.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _cursor_decode(cursor: str) -> tuple[dt.datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        at, job_id = json.loads(raw)
+        return dt.datetime.fromisoformat(at), str(job_id)
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise bad_param("cursor", "cursor is not one this API returned (use next_cursor as given)") from exc
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    params = query(request, ("state", "queue", "limit", "offset", "cursor"))
+    states: set[str] = set()
+    for state in filter(None, params.get("state", "").split(",")):
+        if state not in {p.value for p in contract.JobPhase}:
+            raise bad_param(
+                "state",
+                f"unknown state {state!r}; states are {', '.join(p.value for p in contract.JobPhase)}",
+            )
+        states.add(state)
+    queue = params.get("queue")
+    if queue is not None and not QUEUE.match(queue):
+        raise bad_param("queue", f"{queue!r} is not a queue name")
+    limit = int_param(params, "limit", default=50, low=1, high=500)
+    offset = int_param(params, "offset", default=0, low=0, high=10**9)
+    if "cursor" in params and "offset" in params:
+        raise bad_param("cursor", "give either cursor or offset, not both")
+    records = [
+        r
+        for r in request.app[DISPATCHER].index.records()
+        if (not states or r.phase.value in states) and (queue is None or r.spec.queue == queue)
+    ]
+    records.sort(key=lambda r: (r.submitted_at, r.spec.id), reverse=True)
+    total = len(records)
+    if "cursor" in params:
+        after = _cursor_decode(params["cursor"])
+        records = [r for r in records if (r.submitted_at, r.spec.id) < after]
+    else:
+        records = records[offset:]
+    page = records[:limit]
+    more = len(records) > limit
+    return web.json_response(
+        {
+            "jobs": [job_summary(r) for r in page],
+            "total": total,
+            "limit": limit,
+            "offset": None if "cursor" in params else offset,
+            "next_cursor": _cursor_encode(page[-1]) if more and page else None,
+        }
+    )
+
+
+async def get_job(request: web.Request) -> web.Response:
+    query(request, ())
+    job_id = job_id_of(request)
+    record = _record(request, job_id) or await _fresh(request, job_id)
+    if record is None:
+        raise error(404, "not_found", f"no job {job_id}")
+    events = await streams.job_events(request.app[DISPATCHER].store.js, job_id)
+    return web.json_response(
+        {
+            "job": job_summary(record),
+            "record": record.model_dump(mode="json"),
+            "attempts": [attempt_view(a) for a in record.attempts],
+            "events": [e.model_dump(mode="json") for e in events],
+        }
+    )
+
+
+# --- nodes and queues -----------------------------------------------------------------------
+
+
+def failure_report(
+    failures: Iterable[metrics.NodeFailure], records: Iterable[contract.JobRecord], *, lost_at: Any
+) -> list[Json]:
+    """Per node failure (newest first): the jobs it cost an attempt and their recovery times."""
+    ordered = sorted(failures, key=lambda f: f.detected_at)
+    records = list(records)
+    report: list[Json] = []
+    for i, failure in enumerate(ordered):
+        until = next((f.detected_at for f in ordered[i + 1 :] if f.node == failure.node), None)
+        jobs: list[Json] = []
+        for record in records:
+            for n, attempt in enumerate(record.attempts):
+                if (
+                    attempt.node != failure.node
+                    or attempt.reason != contract.FailureReason.NODE_LOST
+                    or attempt.finished_at is None
+                    or attempt.finished_at < failure.detected_at - dt.timedelta(seconds=1)
+                    or (until is not None and attempt.finished_at >= until)
+                ):
+                    continue
+                following = record.attempts[n + 1] if n + 1 < len(record.attempts) else None
+                recovered = metrics.seconds(lost_at(attempt), following.started_at if following else None)
+                jobs.append({"id": record.spec.id, "recovery_seconds": recovered})
+        times = [j["recovery_seconds"] for j in jobs if j["recovery_seconds"] is not None]
+        report.append(
+            {
+                "node": failure.node,
+                "detected_at": iso(failure.detected_at),
+                "last_heartbeat": iso(failure.last_heartbeat),
+                "affected_jobs": len(jobs),
+                "recovered_jobs": len(times),
+                "recovery_seconds": {
+                    "max": round(max(times), 3) if times else None,
+                    "p50": round(statistics.median(times), 3) if times else None,
+                },
+                "jobs": jobs[:50],
+            }
+        )
+    return report[::-1]
+
+
+async def list_nodes(request: web.Request) -> web.Response:
+    query(request, ())
+    dispatcher, m = request.app[DISPATCHER], request.app[METRICS]
+    nodes = await dispatcher.backend.list_nodes()
+    m.observe_nodes(nodes)
+    running = collections.Counter(
+        r.current.node
+        for r in dispatcher.index.records()
+        if r.phase == contract.JobPhase.RUNNING and r.current and r.current.node
+    )
+    return web.json_response(
+        {
+            "nodes": [
+                {
+                    "name": n.name,
+                    "ready": n.ready,
+                    "pods": n.pods,
+                    "running_attempts": running[n.name],
+                    "capacity": n.capacity.model_dump(mode="json"),
+                    "allocated_cpu": round(n.allocated_cpu, 3),
+                    "allocated_memory": n.allocated_memory,
+                    "last_heartbeat": iso(n.last_heartbeat),
+                    "not_ready_since": iso(n.not_ready_since),
+                }
+                for n in nodes
+            ],
+            "failures": failure_report(m.failures, dispatcher.index.records(), lost_at=m.lost_at),
+        }
+    )
+
+
+def retry_timeline(
+    records: Iterable[contract.JobRecord], *, now: dt.datetime, window_s: int, buckets: int = 30
+) -> Json:
+    """Retries per reason in ``buckets`` equal slices of the last ``window_s`` seconds.
+
+    A retry is a failed attempt that another attempt follows, or the failed current attempt of
+    a job that is queued again (waiting out its backoff)."""
+    step = window_s / buckets
+    start = now - dt.timedelta(seconds=window_s)
+    series: dict[str, list[int]] = {}
+    for record in records:
+        for n, attempt in enumerate(record.attempts):
+            retried = n + 1 < len(record.attempts) or record.phase == contract.JobPhase.QUEUED
+            if (
+                attempt.state != contract.AttemptState.FAILED
+                or attempt.reason is None
+                or not retried
+                or attempt.finished_at is None
+                or attempt.finished_at < start
+            ):
+                continue
+            slot = min(buckets - 1, int((attempt.finished_at - start).total_seconds() // step))
+            series.setdefault(attempt.reason.value, [0] * buckets)[slot] += 1
+    return {"start": iso(start), "end": iso(now), "bucket_seconds": step, "series": series}
+
+
+async def list_queues(request: web.Request) -> web.Response:
+    params = query(request, ("window",))
+    window = int_param(params, "window", default=900, low=60, high=7 * 86400)
+    dispatcher, m = request.app[DISPATCHER], request.app[METRICS]
+    await m.refresh()
+    records = list(dispatcher.index.records())
+    limits = dispatcher.settings.dispatcher.queue_limits
+    by_queue: dict[str, list[contract.JobRecord]] = collections.defaultdict(list)
+    for record in records:
+        by_queue[record.spec.queue].append(record)
+    queues = []
+    totals: collections.Counter[str] = collections.Counter({p.value: 0 for p in contract.JobPhase})
+    for name in sorted(set(by_queue) | set(m.pending) | set(limits)):
+        phases = collections.Counter(r.phase.value for r in by_queue[name])
+        totals.update(phases)
+        retries: collections.Counter[str] = collections.Counter()
+        for record in by_queue[name]:
+            retries.update(record.retries)
+        pending = m.pending.get(name, 0)
+        queues.append(
+            {
+                "queue": name,
+                "pending": pending,
+                "queued": phases["queued"],
+                "depth": pending + phases["queued"],
+                "running": phases["running"],
+                "jobs": {p.value: phases[p.value] for p in contract.JobPhase},
+                "retries": dict(sorted(retries.items())),
+                "limit": limits.get(name),
+            }
+        )
+    return web.json_response(
+        {
+            "queues": queues,
+            "totals": dict(totals),
+            "dead_letters": m.dead_letters,
+            "retry_timeline": retry_timeline(records, now=contract.utcnow(), window_s=window),
+        }
+    )
+
+
+# --- dead letters ---------------------------------------------------------------------------
+
+
+async def list_dead_letters(request: web.Request) -> web.Response:
+    params = query(request, ("limit", "offset", "reason"))
+    limit = int_param(params, "limit", default=50, low=1, high=500)
+    offset = int_param(params, "offset", default=0, low=0, high=100_000)
+    reason = params.get("reason")
+    if reason is not None and reason not in {r.value for r in contract.FailureReason}:
+        raise bad_param(
+            "reason",
+            f"unknown reason {reason!r}; reasons are {', '.join(r.value for r in contract.FailureReason)}",
+        )
+    dispatcher = request.app[DISPATCHER]
+    found, total = await streams.dead_letters(dispatcher.store.js, limit=limit, offset=offset, reason=reason)
+    letters = []
+    for item in found:
+        letter = item.letter
+        record = dispatcher.index.get(letter.job_id) if letter.job_id else None
+        letters.append(
+            {
+                "seq": item.seq,
+                "job_id": letter.job_id,
+                "reason": letter.reason.value,
+                "message": letter.message,
+                "at": iso(letter.at),
+                "attempts": len(letter.attempts),
+                "subject": letter.subject,
+                "job_phase": record.phase.value if record else None,
+                "retryable": record is not None and record.phase == contract.JobPhase.DEAD,
+            }
+        )
+    return web.json_response({"dead_letters": letters, "total": total, "limit": limit, "offset": offset})
+
+
+# --- mutations ------------------------------------------------------------------------------
+
+
+def authorize(request: web.Request) -> None:
+    """Refuse cross-site requests, and check the bearer token when one is configured."""
+    origin = request.headers.get("Origin")
+    if origin and origin != "null" and urlsplit(origin).netloc != request.host:
+        raise error(403, "forbidden", "cross-origin requests may not change jobs")
+    token = request.app[SETTINGS].token
+    if not token:
+        return
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        raise error(
+            401,
+            "unauthorized",
+            "this endpoint needs 'Authorization: Bearer <token>' (JOBQ_HTTP_TOKEN)",
+            headers={"WWW-Authenticate": 'Bearer realm="jobq"'},
+        )
+    if not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise error(403, "forbidden", "the bearer token is not valid")
+
+
+async def _update(request: web.Request, job_id: str, change: Any) -> contract.JobRecord:
+    """Compare-and-set ``change(record)`` (which may raise an HTTP error) until it sticks."""
+    st = request.app[DISPATCHER].store
+    for _ in range(20):
+        got = await st.get(job_id)
+        if got is None:
+            raise error(404, "not_found", f"no job {job_id}")
+        record, revision = got
+        updated: contract.JobRecord | None = change(record)
+        if updated is None:
+            return record
+        try:
+            await st.update(updated, revision=revision)
+            return updated
+        except store.Conflict:
+            await asyncio.sleep(0.05)
+    raise error(409, "conflict", f"job {job_id} kept changing; try again")
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    query(request, ())
+    authorize(request)
+    job_id = job_id_of(request)
+
+    def change(record: contract.JobRecord) -> contract.JobRecord | None:
+        if record.phase.is_terminal:
+            raise error(409, "conflict", f"job {job_id} is {record.phase}; there is nothing to cancel")
+        if record.cancel_requested:
+            return None
+        return record.model_copy(update={"cancel_requested": True, "updated_at": contract.utcnow()})
+
+    record = await _update(request, job_id, change)
+    return web.json_response({"job": job_summary(record)}, status=202)
+
+
+async def retry_dead_letter(request: web.Request) -> web.Response:
+    query(request, ())
+    authorize(request)
+    job_id = job_id_of(request)
+
+    def change(record: contract.JobRecord) -> contract.JobRecord:
+        if record.phase != contract.JobPhase.DEAD:
+            raise error(409, "conflict", f"job {job_id} is {record.phase}, not dead")
+        return record.model_copy(
+            update={
+                "phase": contract.JobPhase.QUEUED,
+                "app_failures": 0,
+                "disruptions": 0,
+                "avoid_nodes": (),
+                "reason": None,
+                "message": "re-driven from the dead-letter queue",
+                "finished_at": None,
+                "not_before": None,
+                "updated_at": contract.utcnow(),
+            }
+        )
+
+    if await _fresh(request, job_id) is None:
+        raise error(
+            404, "not_found", f"no job {job_id}; an invalid submission must be fixed and submitted again"
+        )
+    record = await _update(request, job_id, change)
+    return web.json_response({"job": job_summary(record)}, status=202)
+
+
+# --- live events (SSE) ----------------------------------------------------------------------
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    params = query(request, ("job_id",))
+    job_filter = params.get("job_id")
+    if job_filter is not None and not JOB_ID.match(job_filter):
+        raise bad_param("job_id", f"{job_filter!r} is not a job id")
+    hub = request.app[HUB]
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
+    await response.prepare(request)
+    queue = hub.subscribe()
+    try:
+        await response.write(b"retry: 2000\n: connected\n\n")
+        while not hub.closed.is_set():
+            try:
+                kind, job_id, data = await asyncio.wait_for(queue.get(), 15)
+            except TimeoutError:
+                await response.write(b": keepalive\n\n")
+                continue
+            if kind == streams.CLOSE:
+                break
+            if kind == "job" and job_filter is not None and job_id != job_filter:
+                continue
+            await response.write(f"event: {kind}\ndata: {data}\n\n".encode())
+    except ConnectionResetError:
+        pass
+    finally:
+        hub.unsubscribe(queue)
+    return response

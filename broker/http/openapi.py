@@ -1,0 +1,472 @@
+"""The OpenAPI 3.1 document of the dispatcher's HTTP interface (served at /api/openapi.json).
+
+Job records and events are described by the wire contract's own pydantic models, so the
+document cannot drift from what the API returns; tests check that every route is documented
+and every documented operation is routed.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from pydantic.json_schema import models_json_schema
+
+from broker import contract
+
+Json = dict[str, Any]
+
+REF = "#/components/schemas/{model}"
+
+
+def _ref(name: str) -> Json:
+    return {"$ref": REF.format(model=name)}
+
+
+def _json(schema: Json, description: str) -> Json:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+ERRORS = {
+    "400": _json(_ref("Error"), "A query or path parameter is invalid; `param` names it."),
+}
+NOT_FOUND = {"404": _json(_ref("Error"), "No such job.")}
+MUTATION_ERRORS = {
+    "401": {
+        **_json(
+            _ref("Error"),
+            "A token is configured (JOBQ_HTTP_TOKEN) and the request has no `Authorization: Bearer` header.",
+        ),
+        "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+    },
+    "403": _json(_ref("Error"), "Wrong token, or a cross-origin request."),
+    "409": _json(_ref("Error"), "The job is not in a state that allows this."),
+}
+
+
+def _query(name: str, schema: Json, description: str) -> Json:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+JOB_ID_PARAM = {
+    "name": "job_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": contract.JOB_ID_PATTERN},
+}
+LIMIT = _query("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}, "Page size.")
+
+
+def _schemas() -> Json:
+    _, generated = models_json_schema(
+        [
+            (contract.JobRecord, "serialization"),
+            (contract.JobEvent, "serialization"),
+            (contract.Attempt, "serialization"),
+        ],
+        ref_template=REF,
+    )
+    schemas: Json = dict(generated.get("$defs", {}))
+    nullable_str = {"type": ["string", "null"]}
+    nullable_time = {"type": ["string", "null"], "format": "date-time"}
+    counts = {"type": "object", "additionalProperties": {"type": "integer"}}
+    schemas.update(
+        {
+            "Error": {
+                "type": "object",
+                "required": ["error", "message"],
+                "properties": {
+                    "error": {"type": "string", "examples": ["bad_request"]},
+                    "message": {"type": "string"},
+                    "param": nullable_str,
+                },
+            },
+            "JobSummary": {
+                "type": "object",
+                "required": ["id", "queue", "phase", "attempts"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "queue": {"type": "string"},
+                    "task": {"type": "string"},
+                    "phase": {"enum": [p.value for p in contract.JobPhase]},
+                    "attempts": {"type": "integer"},
+                    "attempt_state": nullable_str,
+                    "node": nullable_str,
+                    "reason": nullable_str,
+                    "message": {"type": "string"},
+                    "retries": counts,
+                    "priority": {"type": "integer"},
+                    "cancel_requested": {"type": "boolean"},
+                    "submitted_at": nullable_time,
+                    "updated_at": nullable_time,
+                    "finished_at": nullable_time,
+                },
+            },
+            "JobPage": {
+                "type": "object",
+                "required": ["jobs", "total", "limit"],
+                "properties": {
+                    "jobs": {"type": "array", "items": _ref("JobSummary")},
+                    "total": {"type": "integer"},
+                    "limit": {"type": "integer"},
+                    "offset": {"type": ["integer", "null"]},
+                    "next_cursor": {**nullable_str, "description": "Pass as `cursor` for the next page."},
+                },
+            },
+            "AttemptView": {
+                "allOf": [
+                    _ref("Attempt"),
+                    {
+                        "type": "object",
+                        "properties": {
+                            "run_seconds": {"type": ["number", "null"]},
+                            "start_seconds": {"type": ["number", "null"]},
+                        },
+                    },
+                ]
+            },
+            "JobDetail": {
+                "type": "object",
+                "required": ["job", "record", "attempts", "events"],
+                "properties": {
+                    "job": _ref("JobSummary"),
+                    "record": _ref("JobRecord"),
+                    "attempts": {"type": "array", "items": _ref("AttemptView")},
+                    "events": {"type": "array", "items": _ref("JobEvent")},
+                },
+            },
+            "JobAccepted": {"type": "object", "required": ["job"], "properties": {"job": _ref("JobSummary")}},
+            "Node": {
+                "type": "object",
+                "required": ["name", "ready", "pods"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "ready": {"type": "boolean"},
+                    "pods": {"type": "integer"},
+                    "running_attempts": {"type": "integer"},
+                    "capacity": {"type": "object"},
+                    "allocated_cpu": {"type": "number"},
+                    "allocated_memory": {"type": "integer"},
+                    "last_heartbeat": nullable_time,
+                    "not_ready_since": nullable_time,
+                },
+            },
+            "NodeFailure": {
+                "type": "object",
+                "properties": {
+                    "node": {"type": "string"},
+                    "detected_at": nullable_time,
+                    "last_heartbeat": nullable_time,
+                    "affected_jobs": {"type": "integer"},
+                    "recovered_jobs": {"type": "integer"},
+                    "recovery_seconds": {
+                        "type": "object",
+                        "properties": {
+                            "max": {"type": ["number", "null"]},
+                            "p50": {"type": ["number", "null"]},
+                        },
+                    },
+                    "jobs": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "id": {"type": "string"},
+                                "recovery_seconds": {"type": ["number", "null"]},
+                            },
+                        },
+                    },
+                },
+            },
+            "Nodes": {
+                "type": "object",
+                "required": ["nodes", "failures"],
+                "properties": {
+                    "nodes": {"type": "array", "items": _ref("Node")},
+                    "failures": {"type": "array", "items": _ref("NodeFailure")},
+                },
+            },
+            "Queue": {
+                "type": "object",
+                "required": ["queue", "depth"],
+                "properties": {
+                    "queue": {"type": "string"},
+                    "pending": {"type": "integer"},
+                    "queued": {"type": "integer"},
+                    "depth": {"type": "integer", "description": "pending submissions + queued records"},
+                    "running": {"type": "integer"},
+                    "jobs": counts,
+                    "retries": counts,
+                    "limit": {"type": ["integer", "null"]},
+                },
+            },
+            "Queues": {
+                "type": "object",
+                "required": ["queues", "totals"],
+                "properties": {
+                    "queues": {"type": "array", "items": _ref("Queue")},
+                    "totals": counts,
+                    "dead_letters": {"type": "integer"},
+                    "retry_timeline": {
+                        "type": "object",
+                        "properties": {
+                            "start": {"type": "string", "format": "date-time"},
+                            "end": {"type": "string", "format": "date-time"},
+                            "bucket_seconds": {"type": "number"},
+                            "series": {
+                                "type": "object",
+                                "additionalProperties": {"type": "array", "items": {"type": "integer"}},
+                            },
+                        },
+                    },
+                },
+            },
+            "DeadLetterView": {
+                "type": "object",
+                "required": ["seq", "reason"],
+                "properties": {
+                    "seq": {"type": "integer"},
+                    "job_id": nullable_str,
+                    "reason": {"type": "string"},
+                    "message": {"type": "string"},
+                    "at": nullable_time,
+                    "attempts": {"type": "integer"},
+                    "subject": nullable_str,
+                    "job_phase": nullable_str,
+                    "retryable": {"type": "boolean"},
+                },
+            },
+            "DeadLetters": {
+                "type": "object",
+                "required": ["dead_letters", "total"],
+                "properties": {
+                    "dead_letters": {"type": "array", "items": _ref("DeadLetterView")},
+                    "total": {"type": "integer"},
+                    "limit": {"type": "integer"},
+                    "offset": {"type": "integer"},
+                },
+            },
+            "Health": {
+                "type": "object",
+                "required": ["status"],
+                "properties": {
+                    "status": {"type": "string"},
+                    "leader": {"type": "boolean"},
+                    "synced": {"type": "boolean"},
+                    "nats_connected": {"type": "boolean"},
+                    "jobs": {"type": "integer"},
+                    "backend": {"type": "string"},
+                },
+            },
+        }
+    )
+    return schemas
+
+
+@functools.cache
+def document() -> Json:
+    """The OpenAPI 3.1 document (built once)."""
+    states = {
+        "type": "string",
+        "description": "Comma-separated states: " + ", ".join(p.value for p in contract.JobPhase),
+    }
+    paths: Json = {
+        "/": {
+            "get": {
+                "operationId": "dashboard",
+                "summary": "The dashboard page",
+                "tags": ["dashboard"],
+                "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}},
+            }
+        },
+        "/static/{name}": {
+            "get": {
+                "operationId": "dashboardAsset",
+                "summary": "The dashboard's script and stylesheet",
+                "tags": ["dashboard"],
+                "parameters": [
+                    {
+                        "name": "name",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"enum": ["app.js", "style.css"]},
+                    }
+                ],
+                "responses": {
+                    "200": {"description": "The asset", "content": {"text/javascript": {}, "text/css": {}}},
+                    "404": {"description": "No such asset"},
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics (text exposition format)",
+                "tags": ["probes"],
+                "responses": {"200": {"description": "Metrics", "content": {"text/plain": {}}}},
+            }
+        },
+        "/healthz": {
+            "get": {
+                "operationId": "healthz",
+                "summary": "Liveness",
+                "tags": ["probes"],
+                "responses": {"200": _json(_ref("Health"), "The process serves")},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "operationId": "readyz",
+                "summary": "Readiness: index loaded and, if leading, backend synced",
+                "tags": ["probes"],
+                "responses": {
+                    "200": _json(_ref("Health"), "Ready"),
+                    "503": _json(_ref("Health"), "Starting"),
+                },
+            }
+        },
+        "/api/jobs": {
+            "get": {
+                "operationId": "listJobs",
+                "summary": "Jobs, newest first, filtered and paginated",
+                "tags": ["jobs"],
+                "parameters": [
+                    _query("state", states, "Only jobs in these states."),
+                    _query(
+                        "queue", {"type": "string", "pattern": contract.QUEUE_PATTERN}, "Only this queue."
+                    ),
+                    LIMIT,
+                    _query(
+                        "offset",
+                        {"type": "integer", "minimum": 0, "default": 0},
+                        "Skip this many (not with `cursor`).",
+                    ),
+                    _query("cursor", {"type": "string"}, "`next_cursor` of the previous page."),
+                ],
+                "responses": {"200": _json(_ref("JobPage"), "A page of jobs"), **ERRORS},
+            }
+        },
+        "/api/jobs/{job_id}": {
+            "get": {
+                "operationId": "getJob",
+                "summary": "One job: record, attempts and its stored events",
+                "tags": ["jobs"],
+                "parameters": [JOB_ID_PARAM],
+                "responses": {"200": _json(_ref("JobDetail"), "The job"), **ERRORS, **NOT_FOUND},
+            }
+        },
+        "/api/jobs/{job_id}/cancel": {
+            "post": {
+                "operationId": "cancelJob",
+                "summary": "Request cancellation (the leader stops the attempt)",
+                "tags": ["jobs"],
+                "parameters": [JOB_ID_PARAM],
+                "security": [{"bearer": []}, {}],
+                "responses": {
+                    "202": _json(_ref("JobAccepted"), "Cancellation recorded"),
+                    **ERRORS,
+                    **NOT_FOUND,
+                    **MUTATION_ERRORS,
+                },
+            }
+        },
+        "/api/nodes": {
+            "get": {
+                "operationId": "listNodes",
+                "summary": "Nodes with readiness and pods, and recent node failures",
+                "tags": ["nodes"],
+                "responses": {"200": _json(_ref("Nodes"), "Nodes"), **ERRORS},
+            }
+        },
+        "/api/queues": {
+            "get": {
+                "operationId": "listQueues",
+                "summary": "Per queue: depth, jobs by state, retries by reason",
+                "tags": ["queues"],
+                "parameters": [
+                    _query(
+                        "window",
+                        {"type": "integer", "minimum": 60, "maximum": 604800, "default": 900},
+                        "Seconds covered by retry_timeline.",
+                    )
+                ],
+                "responses": {"200": _json(_ref("Queues"), "Queues"), **ERRORS},
+            }
+        },
+        "/api/dead-letters": {
+            "get": {
+                "operationId": "listDeadLetters",
+                "summary": "Dead letters, newest first",
+                "tags": ["dead letters"],
+                "parameters": [
+                    LIMIT,
+                    _query("offset", {"type": "integer", "minimum": 0, "default": 0}, "Skip this many."),
+                    _query(
+                        "reason", {"enum": [r.value for r in contract.FailureReason]}, "Only this reason."
+                    ),
+                ],
+                "responses": {"200": _json(_ref("DeadLetters"), "Dead letters"), **ERRORS},
+            }
+        },
+        "/api/dead-letters/{job_id}/retry": {
+            "post": {
+                "operationId": "retryDeadLetter",
+                "summary": "Re-drive a dead job with fresh retry budgets",
+                "tags": ["dead letters"],
+                "parameters": [JOB_ID_PARAM],
+                "security": [{"bearer": []}, {}],
+                "responses": {
+                    "202": _json(_ref("JobAccepted"), "Queued again"),
+                    **ERRORS,
+                    **NOT_FOUND,
+                    **MUTATION_ERRORS,
+                },
+            }
+        },
+        "/api/events": {
+            "get": {
+                "operationId": "events",
+                "summary": "Server-sent events: `job` (a JobEvent), `node` (readiness "
+                "or pod count changed), `lagged` (events were dropped: refetch)",
+                "tags": ["events"],
+                "parameters": [
+                    _query(
+                        "job_id",
+                        {"type": "string", "pattern": contract.JOB_ID_PATTERN},
+                        "Only this job's `job` events.",
+                    )
+                ],
+                "responses": {
+                    "200": {
+                        "description": "An endless text/event-stream",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    **ERRORS,
+                },
+            }
+        },
+        "/api/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document",
+                "tags": ["meta"],
+                "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")},
+            }
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "jobq dispatcher API",
+            "version": str(contract.CONTRACT_VERSION),
+            "description": "Jobs, nodes, queues, dead letters and live events of a jobq "
+            "dispatcher. Mutations need `Authorization: Bearer <JOBQ_HTTP_TOKEN>` "
+            "when a token is configured.",
+        },
+        "servers": [{"url": "/"}],
+        "paths": paths,
+        "components": {
+            "schemas": _schemas(),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }

@@ -1,0 +1,346 @@
+// jobq dashboard: plain DOM + SVG, no dependencies. Data from the dispatcher's JSON API;
+// live updates from /api/events (server-sent events), with a slow poll as a safety net.
+"use strict";
+
+const STATES = ["queued", "running", "succeeded", "dead", "cancelled"];
+const COLORS = { queued: "#9aa5b1", running: "#3b82f6", succeeded: "#16a34a", dead: "#dc2626",
+                 cancelled: "#a855f7", failed: "#dc2626", pending: "#f59e0b", creating: "#cbd2d9" };
+const REASON_COLORS = ["#ef4444", "#f59e0b", "#3b82f6", "#8b5cf6", "#10b981", "#ec4899", "#14b8a6",
+                       "#6366f1", "#84cc16", "#f97316"];
+const SVGNS = "http://www.w3.org/2000/svg";
+const $ = (id) => document.getElementById(id);
+const reasonColor = {};
+const view = { jobId: null, refreshing: false, again: false, timer: null };
+
+// --- helpers -----------------------------------------------------------------------------
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") node.className = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else if (v !== null && v !== undefined) node.setAttribute(k, v);
+  }
+  for (const child of children) {
+    if (child === null || child === undefined) continue;
+    node.append(child instanceof Node ? child : String(child));
+  }
+  return node;
+}
+
+function svg(tag, attrs, text) {
+  const node = document.createElementNS(SVGNS, tag);
+  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function clear(node) { while (node.firstChild) node.removeChild(node.firstChild); return node; }
+
+function fill(tbody, rows, columns, empty) {
+  clear(tbody);
+  if (!rows.length) tbody.append(el("tr", {}, el("td", { colspan: columns, class: "empty" }, empty)));
+  else tbody.append(...rows);
+}
+
+function time(iso) { return iso ? new Date(iso).toLocaleTimeString() : "-"; }
+function ago(iso) {
+  if (!iso) return "-";
+  const s = (Date.now() - new Date(iso).getTime()) / 1000;
+  return s < 1 ? "now" : s < 90 ? `${s.toFixed(0)}s ago` : `${(s / 60).toFixed(0)}m ago`;
+}
+function secs(v) { return v === null || v === undefined ? "-" : `${Number(v).toFixed(v < 10 ? 2 : 1)}s`; }
+function colorFor(reason) {
+  if (!(reason in reasonColor)) {
+    reasonColor[reason] = REASON_COLORS[Object.keys(reasonColor).length % REASON_COLORS.length];
+  }
+  return reasonColor[reason];
+}
+
+async function api(path, options) {
+  const response = await fetch(path, options);
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const error = new Error(body.message || `${response.status} ${response.statusText}`);
+    error.status = response.status;
+    throw error;
+  }
+  return body;
+}
+
+async function mutate(path) {
+  const headers = {};
+  const token = sessionStorage.getItem("jobq-token");
+  if (token) headers.Authorization = `Bearer ${token}`;
+  try {
+    return await api(path, { method: "POST", headers });
+  } catch (error) {
+    if (error.status === 401 || error.status === 403) {
+      const given = window.prompt("This dispatcher requires its API token (JOBQ_HTTP_TOKEN):");
+      if (given) {
+        sessionStorage.setItem("jobq-token", given);
+        return api(path, { method: "POST", headers: { Authorization: `Bearer ${given}` } });
+      }
+    }
+    throw error;
+  }
+}
+
+// --- rendering ---------------------------------------------------------------------------
+
+function renderStatus(ready, ok) {
+  const leader = $("leader");
+  leader.textContent = ready.leader ? "leader" : "standby";
+  leader.className = `badge ${ready.leader ? "ok" : "warn"}`;
+  const nats = $("nats");
+  nats.textContent = ready.nats_connected ? "NATS connected" : "NATS disconnected";
+  nats.className = `badge ${ready.nats_connected ? "ok" : "bad"}`;
+  $("updated").textContent = ok ? `updated ${new Date().toLocaleTimeString()}` : "update failed";
+}
+
+function renderCounts(q) {
+  const cards = clear($("count-cards"));
+  for (const state of STATES) {
+    cards.append(el("div", { class: `card ${state}`, "data-state": state },
+      el("div", { class: "n" }, q.totals[state] || 0), el("div", { class: "label" }, state)));
+  }
+  cards.append(el("div", { class: "card dead" }, el("div", { class: "n" }, q.dead_letters || 0),
+    el("div", { class: "label" }, "dead letters")));
+  const bar = clear($("count-bar"));
+  const total = STATES.reduce((n, s) => n + (q.totals[s] || 0), 0);
+  let x = 0;
+  for (const state of STATES) {
+    const w = total ? (600 * (q.totals[state] || 0)) / total : 0;
+    if (w > 0) {
+      const rect = svg("rect", { x, y: 0, width: w, height: 18, fill: COLORS[state] });
+      rect.append(svg("title", {}, `${state}: ${q.totals[state]}`));
+      bar.append(rect);
+    }
+    x += w;
+  }
+  const rows = q.queues.map((row) => el("tr", { "data-queue": row.queue },
+    el("td", {}, row.queue), el("td", {}, row.depth), el("td", {}, row.pending), el("td", {}, row.queued),
+    el("td", {}, row.running), el("td", {}, row.jobs.succeeded), el("td", {}, row.jobs.dead),
+    el("td", {}, row.jobs.cancelled),
+    el("td", {}, Object.entries(row.retries).map(([k, v]) => `${k}=${v}`).join(", ") || "-")));
+  fill($("queues").tBodies[0], rows, 9, "no queues yet");
+  const select = $("filter-queue");
+  const known = new Set([...select.options].map((o) => o.value));
+  for (const row of q.queues) if (!known.has(row.queue)) select.append(el("option", {}, row.queue));
+}
+
+function renderRetries(timeline) {
+  const chart = clear($("retry-chart"));
+  const legend = clear($("retry-legend"));
+  const series = Object.entries(timeline.series).sort();
+  const buckets = series.length ? series[0][1].length : 30;
+  const totals = Array.from({ length: buckets }, (_, i) => series.reduce((n, [, v]) => n + v[i], 0));
+  const max = Math.max(1, ...totals);
+  const left = 30, top = 8, width = 560, height = 140, step = width / buckets;
+  $("retry-window").textContent = `(last ${Math.round((buckets * timeline.bucket_seconds) / 60)} min)`;
+  for (const frac of [0, 0.5, 1]) {
+    const y = top + height - frac * height;
+    chart.append(svg("line", { x1: left, x2: left + width, y1: y, y2: y, stroke: "#e3e7ec" }));
+    chart.append(svg("text", { x: left - 4, y: y + 4, "text-anchor": "end" }, Math.round(frac * max)));
+  }
+  for (let i = 0; i < buckets; i++) {
+    let y = top + height;
+    for (const [reason, values] of series) {
+      if (!values[i]) continue;
+      const h = (values[i] / max) * height;
+      y -= h;
+      const rect = svg("rect", { x: left + i * step + 1, y, width: Math.max(1, step - 2), height: h,
+                                 fill: colorFor(reason), "data-reason": reason });
+      rect.append(svg("title", {}, `${reason}: ${values[i]}`));
+      chart.append(rect);
+    }
+  }
+  chart.append(svg("text", { x: left, y: top + height + 16 }, time(timeline.start)));
+  chart.append(svg("text", { x: left + width, y: top + height + 16, "text-anchor": "end" }, "now"));
+  if (!series.length) {
+    chart.append(svg("text", { x: left + width / 2, y: top + height / 2, "text-anchor": "middle" },
+      "no retries in this window"));
+  }
+  for (const [reason, values] of series) {
+    const swatch = el("i");
+    swatch.style.background = colorFor(reason);
+    legend.append(el("span", { "data-reason": reason }, swatch, `${reason} ${values.reduce((a, b) => a + b, 0)}`));
+  }
+}
+
+function renderNodes(data) {
+  const rows = data.nodes.map((n) => el("tr", { "data-node": n.name, class: n.ready ? "" : "notready" },
+    el("td", {}, n.name),
+    el("td", { class: `status ${n.ready ? "ready" : "notready"}` }, n.ready ? "Ready" : "NotReady"),
+    el("td", {}, n.pods), el("td", {}, n.running_attempts),
+    el("td", {}, `${n.allocated_cpu}/${n.capacity.cpu}`),
+    el("td", {}, n.ready ? ago(n.last_heartbeat) : `silent since ${time(n.last_heartbeat)}`)));
+  fill($("nodes").tBodies[0], rows, 6, "no nodes have reported");
+  const failures = data.failures.map((f) => el("tr", { "data-failure": f.node },
+    el("td", {}, f.node), el("td", {}, time(f.detected_at)), el("td", {}, f.affected_jobs),
+    el("td", {}, f.recovered_jobs), el("td", {}, secs(f.recovery_seconds.p50)),
+    el("td", {}, secs(f.recovery_seconds.max))));
+  fill($("failures").tBodies[0], failures, 6, "none since this dispatcher started");
+}
+
+function renderDead(data) {
+  $("dead-total").textContent = `(${data.total})`;
+  const rows = data.dead_letters.map((d) => {
+    const button = d.retryable ? el("button", { type: "button", onclick: async (e) => {
+      e.target.disabled = true;
+      try { await mutate(`/api/dead-letters/${encodeURIComponent(d.job_id)}/retry`); schedule(); }
+      catch (error) { e.target.disabled = false; window.alert(error.message); }
+    } }, "Retry") : null;
+    return el("tr", { "data-dead": d.job_id || d.seq },
+      el("td", {}, d.job_id ? el("a", { href: `#/jobs/${d.job_id}` }, d.job_id) : "-"),
+      el("td", {}, d.reason), el("td", { class: "msg" }, d.message), el("td", {}, time(d.at)),
+      el("td", {}, button));
+  });
+  fill($("dead").tBodies[0], rows, 5, "no dead letters");
+}
+
+function renderJobs(data) {
+  $("jobs-total").textContent = `${data.jobs.length} of ${data.total}`;
+  const rows = data.jobs.map((j) => el("tr", { "data-job": j.id, class: "clickable",
+                                               onclick: () => { location.hash = `#/jobs/${j.id}`; } },
+    el("td", {}, j.id), el("td", {}, j.queue), el("td", {}, j.task),
+    el("td", { class: `state ${j.phase}` }, j.phase), el("td", {}, j.attempts), el("td", {}, j.node || "-"),
+    el("td", {}, Object.entries(j.retries).map(([k, v]) => `${k}=${v}`).join(", ") || "-"),
+    el("td", {}, time(j.submitted_at))));
+  fill($("jobs").tBodies[0], rows, 8, "no jobs");
+}
+
+function renderTimeline(detail) {
+  const chart = $("timeline");
+  clear(chart);
+  const attempts = detail.attempts;
+  const start = new Date(detail.record.submitted_at).getTime();
+  const ends = attempts.map((a) => new Date(a.finished_at || Date.now()).getTime());
+  const end = Math.max(start + 1000, new Date(detail.record.finished_at || Date.now()).getTime(), ...ends);
+  const left = 140, width = 740, row = 22;
+  const height = 30 + row * Math.max(1, attempts.length);
+  chart.setAttribute("viewBox", `0 0 900 ${height}`);
+  const x = (iso) => left + ((new Date(iso).getTime() - start) / (end - start)) * width;
+  chart.append(svg("text", { x: left, y: 12 }, `submitted ${time(detail.record.submitted_at)}`));
+  chart.append(svg("text", { x: left + width, y: 12, "text-anchor": "end" },
+    `${((end - start) / 1000).toFixed(1)}s`));
+  attempts.forEach((a, i) => {
+    const y = 20 + i * row;
+    chart.append(svg("text", { x: 4, y: y + 13 }, `#${a.number} ${a.node || "-"}`));
+    const created = x(a.created_at);
+    const started = a.started_at ? x(a.started_at) : x(a.finished_at || new Date().toISOString());
+    const wait = svg("rect", { x: created, y: y + 4, width: Math.max(1, started - created), height: 10,
+                               fill: "#e5e7eb", "data-attempt": a.number });
+    wait.append(svg("title", {}, `attempt ${a.number}: waiting to start`));
+    chart.append(wait);
+    if (a.started_at) {
+      const stop = x(a.finished_at || new Date().toISOString());
+      const bar = svg("rect", { x: started, y: y + 2, width: Math.max(2, stop - started), height: 14, rx: 2,
+                                fill: COLORS[a.state] || "#9aa5b1", "data-attempt": a.number });
+      bar.append(svg("title", {}, `attempt ${a.number} ${a.state}${a.reason ? ` (${a.reason})` : ""} ` +
+        `ran ${secs(a.run_seconds)}`));
+      chart.append(bar);
+    }
+    if (a.reason) chart.append(svg("text", { x: Math.min(left + width - 60, x(a.finished_at || a.created_at) + 4),
+                                             y: y + 13 }, a.reason));
+  });
+}
+
+async function showDetail(jobId) {
+  view.jobId = jobId;
+  const section = $("detail");
+  section.hidden = false;
+  $("detail-id").textContent = jobId;
+  let detail;
+  try { detail = await api(`/api/jobs/${encodeURIComponent(jobId)}`); }
+  catch (error) { $("detail-msg").textContent = error.message; return; }
+  if (view.jobId !== jobId) return;
+  const j = detail.job;
+  const summary = clear($("detail-summary"));
+  const fields = [["state", j.phase], ["queue", j.queue], ["task", j.task], ["attempts", j.attempts],
+    ["node", j.node || "-"], ["reason", j.reason || "-"], ["submitted", time(j.submitted_at)],
+    ["finished", time(j.finished_at)], ["retries", Object.entries(j.retries).map(([k, v]) => `${k}=${v}`).join(", ") || "-"]];
+  for (const [k, v] of fields) summary.append(el("div", {}, el("span", {}, k), v));
+  if (j.message) summary.append(el("div", {}, el("span", {}, "message"), j.message));
+  renderTimeline(detail);
+  const cancel = $("detail-cancel");
+  cancel.disabled = ["succeeded", "dead", "cancelled"].includes(j.phase) || j.cancel_requested;
+  const rows = detail.attempts.map((a) => el("tr", { "data-attempt": a.number },
+    el("td", {}, a.number), el("td", { class: `state ${a.state}` }, a.state), el("td", {}, a.node || "-"),
+    el("td", {}, a.reason || "-"), el("td", {}, a.exit_code ?? "-"), el("td", {}, secs(a.start_seconds)),
+    el("td", {}, secs(a.run_seconds)), el("td", { class: "msg" }, a.message)));
+  fill($("attempts").tBodies[0], rows, 8, "no attempt yet");
+  const events = clear($("events"));
+  for (const e of detail.events) {
+    events.append(el("li", {}, `${time(e.at)} ${e.type}`, e.attempt ? ` #${e.attempt}` : "",
+      e.node ? ` on ${e.node}` : "", e.reason ? ` (${e.reason})` : "", e.message ? `: ${e.message}` : ""));
+  }
+}
+
+// --- data flow ---------------------------------------------------------------------------
+
+async function refresh() {
+  if (view.refreshing) { view.again = true; return; }
+  view.refreshing = true;
+  try {
+    const state = $("filter-state").value, queue = $("filter-queue").value;
+    const params = new URLSearchParams({ limit: "50" });
+    if (state) params.set("state", state);
+    if (queue) params.set("queue", queue);
+    const [ready, queues, nodes, dead, jobs] = await Promise.all([
+      fetch("/readyz").then((r) => r.json()), api("/api/queues"), api("/api/nodes"),
+      api("/api/dead-letters?limit=20"), api(`/api/jobs?${params}`)]);
+    renderStatus(ready, true);
+    renderCounts(queues);
+    renderRetries(queues.retry_timeline);
+    renderNodes(nodes);
+    renderDead(dead);
+    renderJobs(jobs);
+    if (view.jobId) await showDetail(view.jobId);
+  } catch (error) {
+    $("updated").textContent = `update failed: ${error.message}`;
+  } finally {
+    view.refreshing = false;
+    if (view.again) { view.again = false; schedule(); }
+  }
+}
+
+function schedule(delay = 250) {
+  if (view.timer) return;
+  view.timer = setTimeout(() => { view.timer = null; refresh(); }, delay);
+}
+
+function connect() {
+  const live = $("live");
+  const source = new EventSource("/api/events");
+  source.onopen = () => { live.textContent = "live"; live.className = "badge ok"; schedule(0); };
+  source.onerror = () => { live.textContent = "reconnecting"; live.className = "badge warn"; };
+  source.addEventListener("job", () => schedule());
+  source.addEventListener("node", async () => {
+    try { renderNodes(await api("/api/nodes")); } catch (error) { schedule(); }
+  });
+  source.addEventListener("lagged", () => schedule());
+}
+
+function route() {
+  const match = location.hash.match(/^#\/jobs\/([a-z0-9-]+)$/);
+  if (match) { showDetail(match[1]); $("detail").scrollIntoView({ behavior: "smooth" }); }
+  else { view.jobId = null; $("detail").hidden = true; }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("filter-state").addEventListener("change", () => schedule(0));
+  $("filter-queue").addEventListener("change", () => schedule(0));
+  $("detail-close").addEventListener("click", (e) => { e.preventDefault(); location.hash = ""; });
+  $("detail-cancel").addEventListener("click", async () => {
+    if (!view.jobId) return;
+    try { await mutate(`/api/jobs/${encodeURIComponent(view.jobId)}/cancel`); $("detail-msg").textContent = "cancellation requested"; }
+    catch (error) { $("detail-msg").textContent = error.message; }
+    schedule(0);
+  });
+  window.addEventListener("hashchange", route);
+  route();
+  refresh();
+  connect();
+  setInterval(() => schedule(0), 10000);
+});

@@ -1,0 +1,22 @@
+"""A stack whose dispatcher requires a bearer token for mutations."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from broker.embedded.stack import Stack
+from tests.conftest import start_stack
+
+TOKEN = "test-token-7f3a"
+
+
+@pytest.fixture
+async def token_stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    s = await start_stack(tmp_path, env={"JOBQ_HTTP_TOKEN": TOKEN})
+    try:
+        yield s
+    finally:
+        await s.stop()
