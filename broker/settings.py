@@ -42,6 +42,8 @@ class DispatcherSettings:
     """Every non-terminal job is reconciled at least this often, events or not."""
     heartbeat_timeout_s: float = 10.0
     """A running attempt whose worker is silent this long is lost (heartbeat_lost)."""
+    startup_timeout_s: float = 60.0
+    """A task attempt must send its first heartbeat within this long of starting."""
     node_timeout_s: float = 3.0
     """A node silent this long is NotReady and its attempts are rescheduled (local backend)."""
     lease_ttl_s: float = 5.0
@@ -120,6 +122,7 @@ class Settings:
                 workers=int(number("WORKERS", 16)),
                 resync_interval_s=number("RESYNC_INTERVAL_S", 5.0),
                 heartbeat_timeout_s=number("HEARTBEAT_TIMEOUT_S", 10.0),
+                startup_timeout_s=number("STARTUP_TIMEOUT_S", 60.0),
                 node_timeout_s=number("NODE_TIMEOUT_S", 3.0),
                 lease_ttl_s=number("LEASE_TTL_S", 5.0),
                 reschedule_on_node_loss=flag("RESCHEDULE_ON_NODE_LOSS", True),

@@ -34,11 +34,15 @@ class Observed:
     """Whether the current attempt stored a result (only looked up once its pod succeeded)."""
     queue_full: bool = False
     """The job's queue is at its concurrency limit."""
+    ready_nodes: frozenset[str] | None = None
+    """Names of the Ready nodes (None: unknown), to relax anti-affinity that would block forever."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Limits:
     heartbeat_timeout_s: float = 10.0
+    startup_timeout_s: float = 60.0
+    """How long a task attempt may take to send its first heartbeat (a busy node starts slowly)."""
     """An attempt whose worker is silent this long (after starting) is lost."""
     default_policy: contract.RetryPolicy = retry_policy.DEFAULT_POLICY
     queue_policies: Mapping[str, contract.RetryPolicy] = dataclasses.field(default_factory=dict)
@@ -68,7 +72,21 @@ def policy_of(job: contract.JobRecord, limits: Limits) -> contract.RetryPolicy:
     return job.spec.retry or limits.queue_policies.get(job.spec.queue) or limits.default_policy
 
 
-def pod_spec(job: contract.JobRecord, attempt: contract.Attempt, limits: Limits) -> contract.PodSpec:
+def effective_avoid(job: contract.JobRecord, ready_nodes: frozenset[str] | None) -> tuple[str, ...]:
+    """Nodes the next attempt must avoid: those that lost this job, unless they are all the
+    Ready nodes there are (then waiting would be forever; a node that is Ready again is used)."""
+    if ready_nodes and ready_nodes <= set(job.avoid_nodes):
+        return ()
+    return job.avoid_nodes
+
+
+def pod_spec(
+    job: contract.JobRecord,
+    attempt: contract.Attempt,
+    limits: Limits,
+    *,
+    ready_nodes: frozenset[str] | None = None,
+) -> contract.PodSpec:
     spec = job.spec
     env = dict(limits.extra_env)
     env.update({"JOBQ_JOB_ID": spec.id, "JOBQ_ATTEMPT": str(attempt.number), "JOBQ_QUEUE": spec.queue})
@@ -89,7 +107,7 @@ def pod_spec(job: contract.JobRecord, attempt: contract.Attempt, limits: Limits)
         env=env,
         image=spec.image or limits.image,
         resources=spec.requests,
-        avoid_nodes=job.avoid_nodes,
+        avoid_nodes=effective_avoid(job, ready_nodes),
     )
 
 
@@ -155,7 +173,7 @@ def fail_current(
         reason, app_failures=app_failures, disruptions=disruptions, policy=policy_of(job, limits), rng=rng
     )
     avoid = job.avoid_nodes
-    if reason in (Reason.NODE_LOST, Reason.HEARTBEAT_LOST) and ended.node and ended.node not in avoid:
+    if reason == Reason.NODE_LOST and ended.node and ended.node not in avoid:
         avoid = (*avoid, ended.node)
     retries = dict(job.retries)
     base = dict(
@@ -321,7 +339,7 @@ def decide(
         )
         return Action(
             record=record,
-            create=pod_spec(record, attempt, limits),
+            create=pod_spec(record, attempt, limits, ready_nodes=seen.ready_nodes),
             requeue_after=1.0,
             events=(_event(record, contract.EventType.ATTEMPT_CREATED, now=now, attempt=attempt),),
             summary="create_attempt",
@@ -331,7 +349,11 @@ def decide(
     pod = next((p for p in seen.pods if p.name == current.pod), None)
     if pod is None:
         if current.state == State.CREATING:
-            return Action(create=pod_spec(job, current, limits), requeue_after=1.0, summary="create_pod")
+            return Action(
+                create=pod_spec(job, current, limits, ready_nodes=seen.ready_nodes),
+                requeue_after=1.0,
+                summary="create_pod",
+            )
         return fail_current(
             job, Reason.DELETED, now=now, rng=rng, limits=limits, message=f"pod {current.pod} disappeared"
         )
@@ -396,8 +418,9 @@ def _running(
             message=f"ran longer than timeout_s={job.spec.timeout_s}",
         )
     if job.spec.task is not None and pod.phase == contract.PodPhase.RUNNING:
-        alive = max(started, seen.last_heartbeat) if seen.last_heartbeat else started
-        if (now - alive).total_seconds() > limits.heartbeat_timeout_s:
+        silent_s = (now - (seen.last_heartbeat or started)).total_seconds()
+        allowed_s = limits.heartbeat_timeout_s if seen.last_heartbeat else limits.startup_timeout_s
+        if silent_s > allowed_s:
             return fail_current(
                 job,
                 Reason.HEARTBEAT_LOST,
@@ -406,7 +429,7 @@ def _running(
                 rng=rng,
                 limits=limits,
                 delete=(pod.name,),
-                message=f"no heartbeat for {limits.heartbeat_timeout_s}s",
+                message=f"no heartbeat for {silent_s:.1f}s (allowed {allowed_s}s)",
             )
     wait = limits.heartbeat_timeout_s / 2
     if job.spec.timeout_s is not None:

@@ -118,8 +118,11 @@ class Reconciler:
         limit = self._queue_limits.get(record.spec.queue)
         queue_full = (record.phase == contract.JobPhase.QUEUED and limit is not None
                       and self._index.running_in(record.spec.queue) >= limit)
-        return decisions.Observed(pods=pods, last_heartbeat=last_heartbeat,
-                                  result_exists=result_exists, queue_full=queue_full)
+        ready_nodes = None
+        if record.avoid_nodes and not record.phase.is_terminal:
+            ready_nodes = frozenset(n.name for n in await self._backend.list_nodes() if n.ready)
+        return decisions.Observed(pods=pods, last_heartbeat=last_heartbeat, result_exists=result_exists,
+                                  queue_full=queue_full, ready_nodes=ready_nodes)
 
     async def _apply(self, record: contract.JobRecord, revision: int,
                      action: decisions.Action) -> float | None:

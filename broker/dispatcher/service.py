@@ -48,6 +48,7 @@ class Dispatcher:
         self.queue = WorkQueue(priority_of=self._priority)
         self.observer = observer or reconcile.Observer()
         self.limits = decide.Limits(heartbeat_timeout_s=d.heartbeat_timeout_s,
+                                    startup_timeout_s=d.startup_timeout_s,
                                     nats_url=config.nats.url, image=config.backend.image,
                                     reschedule_on_node_loss=d.reschedule_on_node_loss,
                                     queue_policies=dict(d.queue_policies))

@@ -234,3 +234,30 @@ def test_finished_job_cleans_up_leftover_pods() -> None:
     record = job(phase=Phase.SUCCEEDED, attempts=(attempt(state=State.SUCCEEDED),), result_attempt=1)
     action = run(record, pod(phase=Pod.SUCCEEDED, exit_code=0))
     assert action.delete == ("job-j1-1",) and action.record is None
+
+
+def test_silent_worker_gets_a_startup_grace_before_its_first_heartbeat() -> None:
+    slow_start = job(phase=Phase.RUNNING, attempts=(attempt(started=NOW - dt.timedelta(seconds=30)),))
+    assert run(slow_start, pod(), heartbeat=None).summary == "watching"
+    too_slow = job(phase=Phase.RUNNING, attempts=(attempt(started=NOW - dt.timedelta(seconds=90)),))
+    lost = run(too_slow, pod(), heartbeat=None)
+    assert lost.record is not None and lost.record.current is not None
+    assert lost.record.current.reason == Reason.HEARTBEAT_LOST
+
+
+def test_heartbeat_loss_does_not_blacklist_the_node() -> None:
+    action = run(
+        job(phase=Phase.RUNNING, attempts=(attempt(started=NOW - dt.timedelta(seconds=60)),)),
+        pod(),
+        heartbeat=NOW - dt.timedelta(seconds=30),
+    )
+    assert action.record is not None and action.record.avoid_nodes == ()
+
+
+def test_anti_affinity_is_relaxed_when_every_ready_node_lost_the_job_once() -> None:
+    record = job(avoid_nodes=("node-1", "node-2"))
+    assert run(record, ready_nodes=frozenset({"node-1", "node-2", "node-3"})).create.avoid_nodes == (  # type: ignore[union-attr]
+        "node-1",
+        "node-2",
+    )
+    assert run(record, ready_nodes=frozenset({"node-1", "node-2"})).create.avoid_nodes == ()  # type: ignore[union-attr]
