@@ -14,7 +14,6 @@ from pydantic import ValidationError
 
 from broker import contract
 
-
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 
 
