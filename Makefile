@@ -26,6 +26,7 @@ typecheck: setup
 	$(BIN)/mypy
 
 test: setup lint typecheck
+	@bash tests/tools/ensure_chromium.sh || echo "make test: no Chromium; browser tests will skip (or fail under CI)"
 	$(BIN)/python -m pytest -q tests
 
 clean:
