@@ -20,7 +20,7 @@ log = structlog.get_logger("jobq.app")
 
 def make_backend(config: settings.Settings, nc: NATS) -> base.ClusterBackend:
     if config.backend.kind == "kubernetes":
-        from broker.backends import kubernetes  # type: ignore[attr-defined]  # optional dependency
+        from broker.backends import kubernetes  # optional dependency (kubernetes_asyncio), imported on demand
 
         backend: base.ClusterBackend = kubernetes.KubernetesBackend(
             config.backend, nc=nc, node_timeout_s=config.dispatcher.node_timeout_s)

@@ -85,8 +85,12 @@ def cli(ctx: click.Context, log_format: str | None, log_level: str) -> None:
 @click.option("--nats-port", default=4222, show_default=True, help="Port of the NATS we start (-1: free).")
 @click.option("--http-port", default=8222, show_default=True, help="Dashboard/API port (0: free).")
 @click.option("--dispatchers", default=1, show_default=True, help="Dispatchers (one leads, others stand by).")
+@click.option("--backend", type=click.Choice(["local", "kubernetes"]), default="local", show_default=True,
+              help="Where pods run: local node agents, or a Kubernetes cluster (no local nodes).")
+@click.option("--kubeconfig", type=click.Path(path_type=Path), default=None,
+              help="Kubeconfig for --backend kubernetes (default: the one of `jobq dev-cluster up`).")
 def up(nodes: int, node_cpu: float, node_memory: str, data_dir: Path, nats_url: str | None,
-       nats_port: int, http_port: int, dispatchers: int) -> None:
+       nats_port: int, http_port: int, dispatchers: int, backend: str, kubeconfig: Path | None) -> None:
     """Run the embedded stack in the foreground until Ctrl-C.
 
     Starts a real nats-server with JetStream (unless --nats is given), the dispatcher and NODES
@@ -98,6 +102,16 @@ def up(nodes: int, node_cpu: float, node_memory: str, data_dir: Path, nats_url: 
     config = runner.stack_config(data_dir=data_dir, nodes=nodes, node_cpu=node_cpu,
                                  node_memory=node_memory, nats_url=nats_url, nats_port=nats_port,
                                  http_port=http_port, dispatchers=dispatchers)
+    if backend == "kubernetes":
+        import dataclasses
+
+        from broker.devcluster import nodes as kubelets
+
+        try:
+            env = kubelets.stack_env(kubeconfig)
+        except kubelets.NodeError as exc:
+            raise click.ClickException(str(exc)) from None
+        config = dataclasses.replace(config, nodes=0, env={**config.env, **env})
     _run(runner.run_up(config))
 
 
@@ -115,9 +129,13 @@ def up(nodes: int, node_cpu: float, node_memory: str, data_dir: Path, nats_url: 
 @click.option("--nats", "nats_url", default=None, metavar="URL",
               help="Use this NATS server instead of starting one.")
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait for the workload.")
+@click.option("--backend", type=click.Choice(["local", "kubernetes"]), default="local", show_default=True,
+              help="Where pods run: local node agents, or Kubernetes (--kill-node then kills a kubelet).")
+@click.option("--kubeconfig", type=click.Path(path_type=Path), default=None,
+              help="Kubeconfig for --backend kubernetes (default: the one of `jobq dev-cluster up`).")
 def demo(jobs: int, nodes: int, node_cpu: float, node_memory: str, kill_node: bool, as_json: bool,
          data_dir: Path | None,
-         nats_url: str | None, timeout: float) -> None:
+         nats_url: str | None, timeout: float, backend: str, kubeconfig: Path | None) -> None:
     """Start the embedded stack, run a workload of real ML jobs, print a summary, stop.
 
     The workload trains, evaluates and sweeps scikit-learn classifiers on bundled data sets, then
@@ -129,7 +147,8 @@ def demo(jobs: int, nodes: int, node_cpu: float, node_memory: str, kill_node: bo
         raise click.BadParameter("at least 4 jobs", param_hint="--jobs")
     summary = _run(demo_mod.run_demo(jobs=jobs, nodes=nodes, node_cpu=node_cpu, node_memory=node_memory,
                                      kill_node=kill_node, data_dir=data_dir,
-                                     nats_url=nats_url, timeout_s=timeout, as_json=as_json))
+                                     nats_url=nats_url, timeout_s=timeout, as_json=as_json,
+                                     backend=backend, kubeconfig=kubeconfig))
     if summary["lost"] or summary["succeeded"] != summary["submitted"] or summary["duplicate_results"]:
         sys.exit(1)
 

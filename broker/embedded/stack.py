@@ -29,6 +29,9 @@ from broker.embedded.natsserver import NatsServer
 from workers import pod_runtime
 
 STATE_FILE = "stack.json"
+CONTROL_SUBJECT = "jobq.stack.control"
+"""Request/reply to the stack supervisor (chaos rollbacks): JSON {"op": "state" | "start_node" |
+"start_dispatcher" | "start_nats", "name"/"index": ...} -> {"ok": bool, "error": str, ...}."""
 Progress = Callable[[str], None]
 
 
@@ -60,6 +63,8 @@ class StackConfig:
     env: Mapping[str, str] = dataclasses.field(default_factory=dict)
     """Extra JOBQ_* settings for the dispatchers and nodes (e.g. JOBQ_NODE_TIMEOUT_S)."""
     node_heartbeat_s: float = 1.0
+    nats_servers: int = 1
+    """1, or 3 for a NATS cluster (servers jobq-0..2, fixed ports, streams at R3)."""
 
 
 def _cli(*args: str) -> list[str]:
@@ -78,6 +83,9 @@ class Stack:
         self.nc: NATS | None = None
         self._node_seen: dict[str, float] = {}
         self._node_sub: object | None = None
+        self.nats_cluster: list[NatsServer] = []
+        """Every nats-server we run (just ``self.nats`` unless nats_servers > 1)."""
+        self._control_sub: object | None = None
 
     @property
     def logs(self) -> Path:
@@ -90,21 +98,27 @@ class Stack:
     def _env(self) -> dict[str, str]:
         env = {**os.environ, **self.config.env, "JOBQ_NATS_URL": self.nats_url,
                "JOBQ_LOG_FORMAT": self.config.log_format}
+        if len(self.nats_cluster) > 1:
+            env.setdefault("JOBQ_NATS_REPLICAS", "3")
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 
     async def start(self) -> None:
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
-        if not self.nats_url:
+        if not self.nats_url and self.config.nats_servers > 1:
+            await self._start_nats_cluster(self.config.nats_servers)
+        elif not self.nats_url:
             self.progress("starting nats-server (JetStream)")
             self.nats = NatsServer(store_dir=self.config.data_dir / "nats", port=self.config.nats_port)
+            self.nats_cluster = [self.nats]
             try:
                 self.nats_url = await self.nats.start()
             except Exception as exc:
                 raise StackError(f"nats-server failed to start: {exc}") from exc
         self.nc = await natsutil.connect(self.nats_url, name="jobq-stack")
         self._node_sub = await self.nc.subscribe(contract.NODE_STATUS_WILDCARD, cb=self._on_node)
+        self._control_sub = await self.nc.subscribe(CONTROL_SUBJECT, cb=self._on_control)
         self.progress(f"nats at {self.nats_url}; starting {self.config.dispatchers} dispatcher(s) "
                       f"and {self.config.nodes} node(s)")
         for i in range(self.config.dispatchers):
@@ -113,6 +127,72 @@ class Stack:
             await self.start_node(f"node-{n}")
         await self.wait_ready()
         self.write_state()
+
+    async def _start_nats_cluster(self, size: int) -> None:
+        """``size`` clustered servers on fixed ports, so a restarted member keeps its name, store
+        and address and the connect URL (all members) stays valid."""
+        self.progress(f"starting a {size}-server nats cluster (JetStream)")
+        client_ports = [self.config.nats_port if i == 0 and self.config.nats_port > 0 else free_port()
+                        for i in range(size)]
+        cluster_ports = [free_port() for _ in range(size)]
+        for i in range(size):
+            routes = [f"nats://127.0.0.1:{p}" for j, p in enumerate(cluster_ports) if j != i]
+            self.nats_cluster.append(NatsServer(
+                store_dir=self.config.data_dir / f"nats-{i}", port=client_ports[i], name=f"jobq-{i}",
+                cluster=("jobq", cluster_ports[i], routes)))
+        self.nats = self.nats_cluster[0]
+        try:
+            await asyncio.gather(*(server.start() for server in self.nats_cluster))
+        except Exception as exc:
+            raise StackError(f"nats cluster failed to start: {exc}") from exc
+        self.nats_url = ",".join(f"nats://127.0.0.1:{p}" for p in client_ports)
+
+    def signal_nats(self, index: int, sig: signal.Signals = signal.SIGKILL) -> None:
+        """Signal one nats-server of the cluster (SIGKILL = the broker machine dies)."""
+        process = self.nats_cluster[index].process
+        if process is not None and process.returncode is None:
+            os.kill(process.pid, sig)
+
+    async def start_nats(self, index: int) -> None:
+        """Restart a stopped member with its old name, ports and store."""
+        server = self.nats_cluster[index]
+        if server.process is not None and server.process.returncode is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(server.process.wait(), 2)
+            if server.process.returncode is None:
+                raise StackError(f"nats-server {server.name} is still running (pid {server.process.pid})")
+        await server.start()
+        self.write_state()
+
+    async def _on_control(self, msg: Msg) -> None:
+        try:
+            request = json.loads(msg.data or b"{}")
+            op = request.get("op")
+            if op == "start_node":
+                name = str(request["name"])
+                old = self.nodes.get(name)
+                if old is not None and old.returncode is None:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(old.wait(), 2)
+                    if old.returncode is None:
+                        raise StackError(f"node {name} is still running (pid {old.pid})")
+                await self.start_node(name)
+            elif op == "start_dispatcher":
+                index = int(request["index"])
+                old_d = self.dispatchers.get(index)
+                if old_d is not None and old_d.returncode is None:
+                    raise StackError(f"dispatcher {index} is still running (pid {old_d.pid})")
+                await self.start_dispatcher(index)
+                self.write_state()
+            elif op == "start_nats":
+                await self.start_nats(int(request["index"]))
+            elif op != "state":
+                raise StackError(f"unknown op {op!r}")
+            reply: dict[str, object] = {"ok": True, "state": self.state()}
+        except Exception as exc:
+            reply = {"ok": False, "error": str(exc)}
+        with contextlib.suppress(Exception):
+            await msg.respond(json.dumps(reply).encode())
 
     async def _on_node(self, msg: Msg) -> None:
         self._node_seen[msg.subject.split(".")[2]] = time.monotonic()
@@ -136,6 +216,12 @@ class Stack:
 
     def signal_node(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
         """Signal a node agent (SIGKILL = the machine dies; its pods die with it)."""
+        if name not in self.nodes and self.config.env.get("JOBQ_BACKEND") == "kubernetes":
+            from broker.devcluster import nodes as kubelets  # the dev cluster's simulated kubelets
+
+            if not kubelets.kill_kubelet(Path(self.config.env["JOBQ_KUBECONFIG"]).parent, name, sig):
+                raise StackError(f"no running kubelet agent for node {name} in the dev cluster")
+            return
         os.kill(self.nodes[name].pid, sig)
 
     def signal_dispatcher(self, index: int, sig: signal.Signals = signal.SIGKILL) -> None:
@@ -171,13 +257,17 @@ class Stack:
                 raise StackError(f"dispatcher {index} exited with {process.returncode}; "
                                  f"last log lines from {log}:\n{tail}")
 
+    def state(self) -> dict[str, object]:
+        return {"nats_url": self.nats_url, "http_url": self.http_url, "pid": os.getpid(),
+                "nodes": {name: p.pid for name, p in self.nodes.items()},
+                "dispatchers": {str(i): p.pid for i, p in self.dispatchers.items()},
+                "http_ports": {str(i): port for i, port in self.http_ports.items()},
+                "nats_pid": self.nats.process.pid if self.nats and self.nats.process else None,
+                "nats_servers": {s.name: s.process.pid if s.process else None for s in self.nats_cluster},
+                "data_dir": str(self.config.data_dir.resolve())}
+
     def write_state(self) -> None:
-        state = {"nats_url": self.nats_url, "http_url": self.http_url, "pid": os.getpid(),
-                 "nodes": {name: p.pid for name, p in self.nodes.items()},
-                 "dispatchers": {str(i): p.pid for i, p in self.dispatchers.items()},
-                 "http_ports": {str(i): port for i, port in self.http_ports.items()},
-                 "nats_pid": self.nats.process.pid if self.nats and self.nats.process else None,
-                 "data_dir": str(self.config.data_dir.resolve())}
+        state = self.state()
         path = self.config.data_dir / STATE_FILE
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2))
@@ -191,8 +281,7 @@ class Stack:
         if self.nc is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.nc.drain(), 5)
-        if self.nats is not None:
-            await self.nats.stop()
+        await asyncio.gather(*(server.stop() for server in self.nats_cluster))
         with contextlib.suppress(OSError):
             (self.config.data_dir / STATE_FILE).unlink()
 

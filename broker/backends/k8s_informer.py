@@ -1,0 +1,147 @@
+"""A small informer: list, then watch from the list's resourceVersion, keep a cache of raw objects.
+
+Watches ask for bookmarks (so a reconnect resumes from a recent resourceVersion), re-list on
+410 Gone, and back off on 429/5xx and on broken connections. ``synced`` is set after the first
+successful list. Every change calls ``on_change(kind, old, new)`` (``new`` is None on delete).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import structlog
+
+log = structlog.get_logger("jobq.backend.kubernetes")
+
+Obj = dict[str, Any]
+ListFn = Callable[..., Awaitable[Any]]
+OnChange = Callable[[str, Obj | None, Obj | None], None]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+        self.retry_after = retry_after
+
+
+async def call(request: Awaitable[Any]) -> Obj:
+    """Await a kubernetes_asyncio call made with ``_preload_content=False``: JSON body or ApiError."""
+    resp: aiohttp.ClientResponse = await request
+    async with resp:
+        body = await resp.read()
+        if not 200 <= resp.status < 300:
+            try:
+                message = str(json.loads(body).get("message", ""))
+            except ValueError:
+                message = body[:300].decode(errors="replace")
+            retry_after = resp.headers.get("Retry-After")
+            raise ApiError(resp.status, message,
+                           retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None)
+        data: Obj = json.loads(body) if body else {}
+        return data
+
+
+def key_of(obj: Obj) -> str:
+    meta = obj["metadata"]
+    return f"{meta.get('namespace', '')}/{meta['name']}"
+
+
+class Informer:
+    def __init__(self, kind: str, list_fn: ListFn, on_change: OnChange, *,
+                 watch_timeout_s: int = 240) -> None:
+        self.kind = kind
+        self._list = list_fn
+        self._on_change = on_change
+        self._watch_timeout_s = watch_timeout_s
+        self.items: dict[str, Obj] = {}
+        self.synced = asyncio.Event()
+        self.relists = 0
+
+    def _apply(self, kind: str, obj: Obj) -> None:
+        key = key_of(obj)
+        old = self.items.get(key)
+        if kind == "DELETED":
+            self.items.pop(key, None)
+            self._on_change(self.kind, old, None)
+        else:
+            self.items[key] = obj
+            self._on_change(self.kind, old, obj)
+
+    def upsert(self, obj: Obj) -> None:
+        """Take an object we got from a write (create), unless the cache has a newer one."""
+        old = self.items.get(key_of(obj))
+        if old is None:
+            self._apply("ADDED", obj)
+
+    async def _relist(self) -> str:
+        listing = await call(self._list(_preload_content=False))
+        fresh = {key_of(o): o for o in listing.get("items", [])}
+        for key in [k for k in self.items if k not in fresh]:
+            self._apply("DELETED", self.items[key])
+        for obj in fresh.values():
+            if self.items.get(key_of(obj), {}).get("metadata", {}).get("resourceVersion") != \
+                    obj["metadata"].get("resourceVersion"):
+                self._apply("MODIFIED", obj)
+        self.relists += 1
+        self.synced.set()
+        version: str = listing["metadata"]["resourceVersion"]
+        return version
+
+    async def run(self) -> None:
+        backoff = 0.1
+        version: str | None = None
+        while True:
+            try:
+                if version is None:
+                    version = await self._relist()
+                version = await self._watch(version)
+                backoff = 0.1
+            except ApiError as exc:
+                if exc.status == 410:
+                    log.info("watch_expired", kind=self.kind, reason="gone")
+                    version = None
+                    continue
+                delay = exc.retry_after or backoff
+                log.warning("watch_failed", kind=self.kind, status=exc.status, error=exc.message,
+                            retry_in_s=round(delay, 2))
+                await asyncio.sleep(delay)
+                backoff = min(backoff * 2, 5.0)
+                if exc.status not in (429,) and exc.status < 500:
+                    version = None
+            except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
+                log.warning("watch_failed", kind=self.kind, error=repr(exc), retry_in_s=round(backoff, 2))
+                await asyncio.sleep(backoff * (1 + random.random() / 2))
+                backoff = min(backoff * 2, 5.0)
+
+    async def _watch(self, version: str) -> str:
+        """One watch request; returns the resourceVersion to resume from."""
+        resp: aiohttp.ClientResponse = await self._list(
+            watch=True, resource_version=version, allow_watch_bookmarks=True,
+            timeout_seconds=self._watch_timeout_s, _preload_content=False,
+            _request_timeout=aiohttp.ClientTimeout(sock_connect=5, sock_read=self._watch_timeout_s + 30))
+        async with resp:
+            if resp.status != 200:
+                body = await resp.read()
+                try:
+                    message = str(json.loads(body).get("message", ""))
+                except ValueError:
+                    message = body[:200].decode(errors="replace")
+                raise ApiError(resp.status, message)
+            async for line in resp.content:
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                obj = event["object"]
+                if event["type"] == "ERROR":
+                    raise ApiError(int(obj.get("code", 500)), str(obj.get("message", "")))
+                version = obj["metadata"]["resourceVersion"]
+                if event["type"] != "BOOKMARK":
+                    self._apply(event["type"], obj)
+        return version

@@ -1,0 +1,146 @@
+"""Pure translation between jobq's PodSpec/PodState and Kubernetes Pod and Node objects (dicts)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from broker import contract
+from broker.backends import base
+
+Obj = dict[str, Any]
+
+LABEL_JOB = "jobq.dev/job-id"
+LABEL_ATTEMPT = "jobq.dev/attempt"
+LABEL_QUEUE = "jobq.dev/queue"
+LABEL_MANAGED = "app.kubernetes.io/managed-by"
+MANAGED_BY = "jobq"
+GPU_RESOURCE = "nvidia.com/gpu"
+CONTAINER = "task"
+RUN_AS_USER = 65532
+"""Non-root uid for task containers (the distroless ``nonroot`` user)."""
+GRACE_S = 10
+
+
+def pod_manifest(spec: contract.PodSpec, *, namespace: str, image: str,
+                 allow_privileged: bool = False) -> Obj:
+    """The Pod for ``spec``: hardened, restartPolicy Never, anti-affine to the nodes to avoid."""
+    requests: Obj = {"cpu": f"{round(spec.resources.cpu * 1000)}m", "memory": spec.resources.memory}
+    limits: Obj = {"memory": spec.resources.memory}
+    if spec.resources.gpu:
+        requests[GPU_RESOURCE] = limits[GPU_RESOURCE] = str(spec.resources.gpu)
+    container: Obj = {
+        "name": CONTAINER,
+        "image": spec.image or image,
+        "command": list(spec.command),
+        "env": [{"name": k, "value": v} for k, v in sorted(spec.env.items())],
+        "resources": {"requests": requests, "limits": limits},
+        "securityContext": {"allowPrivilegeEscalation": False, "privileged": False,
+                            "runAsNonRoot": True, "runAsUser": RUN_AS_USER,
+                            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}},
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod_spec: Obj = {
+        "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": GRACE_S,
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS_USER,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [container],
+    }
+    if spec.avoid_nodes:
+        pod_spec["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "kubernetes.io/hostname", "operator": "NotIn", "values": list(spec.avoid_nodes)}]}]}}}
+    pod: Obj = {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": spec.name, "namespace": namespace,
+                     "labels": {LABEL_JOB: spec.job_id, LABEL_ATTEMPT: str(spec.attempt),
+                                LABEL_QUEUE: spec.queue, LABEL_MANAGED: MANAGED_BY}},
+        "spec": pod_spec,
+    }
+    validate(pod, allow_privileged=allow_privileged)
+    return pod
+
+
+def validate(pod: Obj, *, allow_privileged: bool) -> None:
+    """Refuse privileged containers, privilege escalation and host access unless the operator allows it."""
+    if allow_privileged:
+        return
+    spec = pod["spec"]
+    problems = [f"spec.{key}" for key in ("hostNetwork", "hostPID", "hostIPC") if spec.get(key)]
+    problems += [f"volume {v.get('name')} is a hostPath" for v in spec.get("volumes", []) if "hostPath" in v]
+    for c in spec["containers"]:
+        ctx = c.get("securityContext") or {}
+        if ctx.get("privileged"):
+            problems.append(f"container {c['name']} is privileged")
+        if ctx.get("allowPrivilegeEscalation", True):
+            problems.append(f"container {c['name']} allows privilege escalation")
+        if ctx.get("capabilities", {}).get("add"):
+            problems.append(f"container {c['name']} adds capabilities")
+    if problems:
+        raise base.PodRejected("pod is not allowed without allow_privileged: " + "; ".join(problems))
+
+
+def parse_time(raw: str | None) -> dt.datetime | None:
+    if not raw:
+        return None
+    return dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
+
+
+def conditions(obj: Obj) -> dict[str, Obj]:
+    return {c["type"]: c for c in (obj.get("status") or {}).get("conditions") or []}
+
+
+def pod_state(pod: Obj, *, node_ready: bool) -> base.PodState:
+    """What the dispatcher sees of a Pod. A pod being deleted by someone else counts as failed."""
+    meta, status = pod["metadata"], pod.get("status") or {}
+    labels = meta.get("labels") or {}
+    phase = contract.PodPhase(status.get("phase") or "Pending")
+    container: Obj = next(iter(status.get("containerStatuses") or []), {})
+    state = container.get("state") or {}
+    terminated = state.get("terminated") or {}
+    running = state.get("running") or {}
+    exit_code: int | None = terminated.get("exitCode")
+    reason = terminated.get("reason") or status.get("reason") or ""
+    if status.get("reason") == "Evicted":
+        reason = "Evicted"
+    if meta.get("deletionTimestamp") and phase not in (contract.PodPhase.SUCCEEDED, contract.PodPhase.FAILED):
+        disrupted = conditions(pod).get("DisruptionTarget", {}).get("status") == "True"
+        phase, reason = contract.PodPhase.FAILED, "Evicted" if disrupted else "Deleted"
+    started = parse_time(running.get("startedAt") or terminated.get("startedAt") or status.get("startTime"))
+    return base.PodState(
+        name=meta["name"], job_id=labels.get(LABEL_JOB, ""), attempt=int(labels.get(LABEL_ATTEMPT, "0")),
+        phase=phase, node=pod.get("spec", {}).get("nodeName"), node_ready=node_ready, exit_code=exit_code,
+        reason=reason, started_at=started, finished_at=parse_time(terminated.get("finishedAt")))
+
+
+def quantity_cpu(raw: str) -> float:
+    raw = str(raw)
+    return int(raw[:-1]) / 1000 if raw.endswith("m") else float(raw)
+
+
+def node_capacity(node: Obj) -> contract.Resources:
+    alloc = (node.get("status") or {}).get("allocatable") or {}
+    memory = str(alloc.get("memory", "0"))
+    try:
+        contract.parse_memory(memory)
+    except ValueError:
+        memory = "0"
+    return contract.Resources(cpu=max(quantity_cpu(alloc.get("cpu", "0")), 0.001), memory=memory,
+                              gpu=min(int(alloc.get(GPU_RESOURCE, 0)), 16))
+
+
+def pod_requests(pod: Obj) -> tuple[float, int]:
+    cpu, memory = 0.0, 0
+    for c in pod.get("spec", {}).get("containers", []):
+        req = (c.get("resources") or {}).get("requests") or {}
+        if "cpu" in req:
+            cpu += quantity_cpu(req["cpu"])
+        if "memory" in req:
+            try:
+                memory += contract.parse_memory(str(req["memory"]))
+            except ValueError:
+                pass
+    return cpu, memory

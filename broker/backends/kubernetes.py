@@ -1,0 +1,292 @@
+"""KubernetesBackend: each attempt is a Pod in one namespace of a real Kubernetes cluster.
+
+Pods are named ``job-<job_id>-<attempt>`` and labelled with the job id and attempt, so creating
+one twice is harmless (409 AlreadyExists is adoption) and ``list_pods`` needs no API call: three
+informers (pods with our label, Nodes, node Leases) keep a cache that the dispatcher reads every
+pass. A node counts as lost (``node_ready=False``) as soon as either
+
+* its ``Ready`` condition is not ``True`` (the node lifecycle controller marks it Unknown after
+  ``--node-monitor-grace-period``), or
+* its Lease in ``kube-node-lease`` has not been renewed for ``node_timeout_s`` (the kubelet's own
+  heartbeat, seen directly: faster than the controller's grace period),
+
+whichever comes first. Pods on a lost node are force-deleted (``gracePeriodSeconds=0``): the
+dispatcher has already fenced the attempt, and nothing else would ever finish their deletion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Self, TypeVar
+
+import aiohttp
+import structlog
+from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio import config as k8s_config
+
+from broker import contract, settings
+from broker.backends import base, k8s_objects
+from broker.backends.k8s_informer import ApiError, Informer, Obj, call
+
+log = structlog.get_logger("jobq.backend.kubernetes")
+
+T = TypeVar("T")
+LEASE_NAMESPACE = "kube-node-lease"
+
+
+class KubernetesBackend:
+    name = "kubernetes"
+
+    def __init__(self, config: settings.BackendSettings, *, nc: object | None = None,
+                 node_timeout_s: float = 3.0, retries: int = 4) -> None:
+        self._config = config
+        self._ns = config.namespace
+        self._node_timeout_s = node_timeout_s
+        self._retries = retries
+        self._api: k8s.ApiClient | None = None
+        self._wakeups: asyncio.Queue[str] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._lease_seen: dict[str, float] = {}
+        """Node -> time.monotonic() when its Lease renewTime last advanced (or its age at list)."""
+        self._lease_renew: dict[str, str] = {}
+        self._ready: dict[str, bool] = {}
+        self._not_ready_since: dict[str, dt.datetime] = {}
+        self.pods: Informer | None = None
+        self.nodes: Informer | None = None
+        self.leases: Informer | None = None
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        try:
+            if self._config.kubeconfig:
+                self._api = await k8s_config.new_client_from_config(config_file=self._config.kubeconfig)
+            else:
+                load_incluster: Any = k8s_config.load_incluster_config
+                load_incluster()
+                self._api = k8s.ApiClient()
+        except (OSError, k8s_config.ConfigException) as exc:
+            raise base.BackendUnavailable(f"cannot load Kubernetes credentials: {exc}") from exc
+        # Raw dict bodies and _preload_content=False responses: the generated types do not apply.
+        core: Any = k8s.CoreV1Api(self._api)
+        coord: Any = k8s.CoordinationV1Api(self._api)
+        self._core = core
+        selector = f"{k8s_objects.LABEL_MANAGED}={k8s_objects.MANAGED_BY},{k8s_objects.LABEL_JOB}"
+        self.pods = Informer("pod", functools.partial(core.list_namespaced_pod, self._ns,
+                                                       label_selector=selector), self._on_change)
+        self.nodes = Informer("node", core.list_node, self._on_change)
+        self.leases = Informer("lease", functools.partial(coord.list_namespaced_lease, LEASE_NAMESPACE),
+                               self._on_change)
+        for informer in (self.pods, self.nodes, self.leases):
+            self._tasks.append(asyncio.create_task(informer.run(), name=f"k8s-informer-{informer.kind}"))
+        self._tasks.append(asyncio.create_task(self._watch_liveness(), name="k8s-liveness"))
+        self._tasks.append(asyncio.create_task(self._ensure_namespace(), name="k8s-namespace"))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._api is not None:
+            await self._api.close()
+
+    async def wait_synced(self) -> None:
+        assert self.pods and self.nodes and self.leases, "use the backend as an async context manager"
+        await asyncio.gather(self.pods.synced.wait(), self.nodes.synced.wait(), self.leases.synced.wait())
+
+    async def _ensure_namespace(self) -> None:
+        body = {"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": self._ns, "labels": {k8s_objects.LABEL_MANAGED: k8s_objects.MANAGED_BY}}}
+        try:
+            await self._retry(lambda: self._core.create_namespace(body, _preload_content=False), "namespace")
+            log.info("namespace_created", namespace=self._ns)
+        except base.BackendError as exc:
+            cause = exc.__cause__
+            if not (isinstance(cause, ApiError) and cause.status in (409, 403)):
+                log.warning("namespace_not_ensured", namespace=self._ns, error=str(exc))
+
+    # --- API calls --------------------------------------------------------------------------
+
+    async def _retry(self, request: Callable[[], Awaitable[Any]], what: str) -> Obj:
+        """One API call; 429/5xx and connection errors are retried with backoff, others mapped."""
+        delay = 0.1
+        for attempt in range(self._retries + 1):
+            try:
+                return await call(request())
+            except ApiError as exc:
+                if exc.status == 429 or exc.status >= 500:
+                    if attempt == self._retries:
+                        raise base.BackendUnavailable(f"{what}: {exc}") from exc
+                    await asyncio.sleep(exc.retry_after or delay)
+                elif exc.status == 422:
+                    raise base.PodRejected(f"{what}: {exc.message}") from exc
+                else:
+                    raise base.BackendError(f"{what}: {exc}") from exc
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                if attempt == self._retries:
+                    raise base.BackendUnavailable(f"{what}: cannot reach the API server: {exc!r}") from exc
+                await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+        raise AssertionError("unreachable")
+
+    # --- observing --------------------------------------------------------------------------
+
+    def _on_change(self, kind: str, old: Obj | None, new: Obj | None) -> None:
+        obj = new or old
+        assert obj is not None
+        if kind == "pod":
+            job_id = (obj["metadata"].get("labels") or {}).get(k8s_objects.LABEL_JOB)
+            if job_id:
+                self._wakeups.put_nowait(job_id)
+        elif kind == "lease":
+            node = obj["metadata"]["name"]
+            renew = (new or {}).get("spec", {}).get("renewTime")
+            if new is None:
+                self._lease_seen.pop(node, None)
+                self._lease_renew.pop(node, None)
+            elif renew and renew != self._lease_renew.get(node):
+                self._lease_renew[node] = renew
+                at = k8s_objects.parse_time(renew)
+                age = max(0.0, (contract.utcnow() - at).total_seconds()) if at else 0.0
+                # A live stream delivers renewals as they happen; a (re)list may show an old one.
+                self._lease_seen[node] = time.monotonic() - (age if old is None else 0.0)
+            self._check_node(node)
+        elif kind == "node":
+            self._check_node(obj["metadata"]["name"])
+
+    def _node_verdict(self, node: str) -> tuple[bool, str]:
+        assert self.nodes is not None
+        if not self.nodes.synced.is_set():
+            return True, ""  # not known yet; wait_synced() gates the dispatcher until it is
+        obj = self.nodes.items.get(f"/{node}")
+        if obj is None:
+            return False, "node_deleted"
+        if k8s_objects.conditions(obj).get("Ready", {}).get("status") != "True":
+            return False, "condition_not_ready"
+        seen = self._lease_seen.get(node)
+        now = time.monotonic()
+        # Every Lease stale at once is more likely our watch than every node: then trust the
+        # conditions alone (the node lifecycle controller has the same "disruption mode").
+        if (seen is not None and now - seen > self._node_timeout_s
+                and any(now - other <= self._node_timeout_s for other in self._lease_seen.values())):
+            return False, "lease_expired"
+        return True, ""
+
+    def _check_node(self, node: str) -> None:
+        if self.nodes is None or not self.nodes.synced.is_set():
+            return
+        ready, reason = self._node_verdict(node)
+        before = self._ready.get(node)
+        if before == ready:
+            return
+        self._ready[node] = ready
+        if ready:
+            self._not_ready_since.pop(node, None)
+            if before is not None:
+                log.info("node_ready", node=node)
+        else:
+            self._not_ready_since[node] = contract.utcnow()
+            log.warning("node_not_ready", node=node, reason=reason)
+        if before is not None:
+            for pod in self._pods_on(node):
+                job_id = (pod["metadata"].get("labels") or {}).get(k8s_objects.LABEL_JOB)
+                if job_id:
+                    self._wakeups.put_nowait(job_id)
+
+    def _pods_on(self, node: str) -> list[Obj]:
+        assert self.pods is not None
+        return [p for p in self.pods.items.values() if p.get("spec", {}).get("nodeName") == node]
+
+    async def _watch_liveness(self) -> None:
+        while True:
+            await asyncio.sleep(min(0.25, self._node_timeout_s / 4))
+            if self.nodes is not None:
+                for key in list(self.nodes.items):
+                    self._check_node(key.lstrip("/"))
+
+    def node_ready(self, node: str | None) -> bool:
+        if node is None:
+            return True
+        ready, _ = self._node_verdict(node)
+        return ready
+
+    async def watch(self) -> AsyncIterator[str]:
+        while True:
+            yield await self._wakeups.get()
+
+    # --- reading ----------------------------------------------------------------------------
+
+    async def list_pods(self, *, job_id: str | None = None) -> list[base.PodState]:
+        assert self.pods is not None
+        out = []
+        for pod in self.pods.items.values():
+            labels = pod["metadata"].get("labels") or {}
+            if job_id is None or labels.get(k8s_objects.LABEL_JOB) == job_id:
+                node = pod.get("spec", {}).get("nodeName")
+                out.append(k8s_objects.pod_state(pod, node_ready=self.node_ready(node)))
+        return out
+
+    async def list_nodes(self) -> list[base.NodeState]:
+        assert self.nodes is not None
+        states = []
+        for obj in sorted(self.nodes.items.values(), key=lambda o: str(o["metadata"]["name"])):
+            name = obj["metadata"]["name"]
+            active = [p for p in self._pods_on(name)
+                      if (p.get("status") or {}).get("phase", "Pending") in ("Pending", "Running")]
+            cpu = sum(k8s_objects.pod_requests(p)[0] for p in active)
+            memory = sum(k8s_objects.pod_requests(p)[1] for p in active)
+            ready = k8s_objects.conditions(obj).get("Ready", {})
+            renew = self._lease_renew.get(name) or ready.get("lastHeartbeatTime")
+            states.append(base.NodeState(
+                name=name, ready=self.node_ready(name), capacity=k8s_objects.node_capacity(obj),
+                allocated_cpu=cpu, allocated_memory=memory, pods=len(active),
+                last_heartbeat=k8s_objects.parse_time(renew),
+                not_ready_since=self._not_ready_since.get(name)))
+        return states
+
+    # --- acting -----------------------------------------------------------------------------
+
+    async def create_pod(self, spec: contract.PodSpec) -> None:
+        assert self.pods is not None
+        body = k8s_objects.pod_manifest(spec, namespace=self._ns, image=self._config.image,
+                                        allow_privileged=self._config.allow_privileged)
+        try:
+            created = await self._retry(
+                lambda: self._core.create_namespaced_pod(self._ns, body, _preload_content=False),
+                f"create pod {spec.name}")
+        except base.BackendError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ApiError) and cause.status == 409:
+                log.info("pod_adopted", pod=spec.name, job_id=spec.job_id, attempt=spec.attempt)
+                return
+            if isinstance(cause, ApiError) and cause.status == 403 and "serviceaccount" not in cause.message:
+                raise base.PodRejected(f"create pod {spec.name}: {cause.message}") from cause
+            raise
+        self.pods.upsert(created)
+        log.info("pod_created", pod=spec.name, job_id=spec.job_id, attempt=spec.attempt, namespace=self._ns)
+
+    async def delete_pod(self, name: str) -> None:
+        assert self.pods is not None
+        pod = self.pods.items.get(f"{self._ns}/{name}")
+        node = pod.get("spec", {}).get("nodeName") if pod else None
+        force = node is not None and not self.node_ready(node)
+        body: Obj = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
+        if force:
+            body["gracePeriodSeconds"] = 0
+        try:
+            await self._retry(lambda: self._core.delete_namespaced_pod(name, self._ns, body=body,
+                                                                        _preload_content=False),
+                              f"delete pod {name}")
+        except base.BackendError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ApiError) and cause.status == 404:
+                return
+            raise
+        labels = (pod or {}).get("metadata", {}).get("labels") or {}
+        log.info("pod_deleted", pod=name, node=node, force=force, job_id=labels.get(k8s_objects.LABEL_JOB),
+                 attempt=labels.get(k8s_objects.LABEL_ATTEMPT),
+                 reason="node_not_ready" if force else "requested")

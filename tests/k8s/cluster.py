@@ -1,0 +1,97 @@
+"""One real control plane per test session, shared by tests/k8s and tests/contract.
+
+Started lazily by ``shared_cluster()``; components and kubelet agents die with the test process
+(parent-death signal) and are stopped explicitly at exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from broker.devcluster import nodes
+from broker.devcluster.build import BuildError, ensure_binaries
+from broker.devcluster.controlplane import ControlPlane, ControlPlaneConfig
+
+NODE_NAMES = ("k8s-node-1", "k8s-node-2", "k8s-node-3")
+NODE_CPU = 4.0
+
+
+def _say(line: str) -> None:
+    sys.__stderr__.write(f"[k8s] {line}\n")
+    sys.__stderr__.flush()
+
+
+@dataclass
+class DevCluster:
+    plane: ControlPlane
+    state_dir: Path
+    startup_s: float
+    build_s: float
+    killed: set[str] = field(default_factory=set)
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.plane.kubeconfig
+
+    def start_node(self, name: str) -> None:
+        nodes.start_kubelet(self.state_dir, nodes.NodeSpec(name, cpu=NODE_CPU, memory="8Gi"), detached=False)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL the node agent: the node dies with its pods."""
+        assert nodes.kill_kubelet(self.state_dir, name, signal.SIGKILL), f"{name} was not running"
+        self.killed.add(name)
+
+    def heal(self) -> None:
+        """Restart killed agents and wait until every node is Ready again."""
+        running = nodes.load(self.state_dir)
+        for name in NODE_NAMES:
+            entry = running.get(name)
+            if entry is None or not entry.ref.alive():
+                self.start_node(name)
+        self.killed.clear()
+        nodes.wait_ready(self.state_dir, list(NODE_NAMES), timeout_s=60)
+
+    def stop(self) -> None:
+        nodes.stop_all(self.state_dir, timeout=5)
+        self.plane.stop()
+
+
+_cluster: DevCluster | None = None
+
+
+def shared_cluster() -> DevCluster:
+    """The session's cluster (built and started on first use), or a skip/fail when Go is missing."""
+    global _cluster
+    if _cluster is not None:
+        return _cluster
+    started = time.monotonic()
+    try:
+        ensure_binaries(progress=_say)
+    except BuildError as exc:
+        message = f"Kubernetes tests need the Go-built control plane: {str(exc).splitlines()[0]}"
+        if os.environ.get("JOBQ_REQUIRE_K8S") == "1":
+            pytest.fail(message + " (JOBQ_REQUIRE_K8S=1)", pytrace=False)
+        pytest.skip(message)
+    build_s = time.monotonic() - started
+    state_dir = Path(tempfile.mkdtemp(prefix="jobq-k8s-"))
+    plane = ControlPlane(ControlPlaneConfig(state_dir=state_dir, detached=False), progress=_say)
+    plane.start()
+    cluster = DevCluster(plane=plane, state_dir=state_dir, startup_s=0.0, build_s=build_s)
+    for name in NODE_NAMES:
+        cluster.start_node(name)
+    nodes.wait_ready(state_dir, list(NODE_NAMES), timeout_s=90)
+    cluster.startup_s = time.monotonic() - started - build_s
+    _say(f"control plane + {len(NODE_NAMES)} kubelet agents Ready in {cluster.startup_s:.1f}s "
+         f"(binaries located in {build_s:.1f}s); state in {state_dir}")
+    atexit.register(cluster.stop)
+    _cluster = cluster
+    return cluster

@@ -1,0 +1,54 @@
+"""Fixtures for tests against the real Kubernetes control plane (marker ``k8s``)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from broker.embedded.stack import Stack
+from submitter.client import JobqClient
+from tests.conftest import start_stack
+from tests.k8s.cluster import DevCluster, shared_cluster
+
+
+@pytest.fixture(scope="session")
+def k8s_cluster() -> DevCluster:
+    return shared_cluster()
+
+
+@pytest.fixture
+def cluster(k8s_cluster: DevCluster) -> Iterator[DevCluster]:
+    """The shared cluster with all three nodes Ready (agents killed by a test are restarted)."""
+    k8s_cluster.heal()
+    yield k8s_cluster
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"jobq-t-{uuid.uuid4().hex[:8]}"
+
+
+def k8s_env(cluster: DevCluster, namespace: str) -> dict[str, str]:
+    # Ten pods importing scikit-learn at once on two shared cores take >10 s to send their first
+    # heartbeat, so the heartbeat timeout is relaxed; node loss is detected from the Lease anyway.
+    return {"JOBQ_BACKEND": "kubernetes", "JOBQ_KUBECONFIG": str(cluster.kubeconfig),
+            "JOBQ_NAMESPACE": namespace, "JOBQ_HEARTBEAT_TIMEOUT_S": "30"}
+
+
+@pytest.fixture
+async def k8s_stack(tmp_path: Path, cluster: DevCluster, namespace: str) -> AsyncIterator[Stack]:
+    """NATS + one dispatcher on the Kubernetes backend; no local node agents."""
+    stack = await start_stack(tmp_path, nodes=0, env=k8s_env(cluster, namespace))
+    try:
+        yield stack
+    finally:
+        await stack.stop()
+
+
+@pytest.fixture
+async def k8s_client(k8s_stack: Stack) -> AsyncIterator[JobqClient]:
+    async with JobqClient(k8s_stack.nats_url) as c:
+        yield c
