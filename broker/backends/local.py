@@ -38,6 +38,7 @@ class _Node:
     ready: bool = True
     not_ready_since: dt.datetime | None = None
     placed: dict[str, contract.PodSpec] = dataclasses.field(default_factory=dict)
+    placed_at: dict[str, float] = dataclasses.field(default_factory=dict)
     """Pods we asked this node to run that its status does not show yet."""
     forgotten: set[str] = dataclasses.field(default_factory=set)
     """Pods deleted while the node was unreachable; hidden until the node reports them again."""
@@ -106,9 +107,18 @@ class LocalBackend:
                 log.info("node_ready", node=status.name)
                 self._wake_pods(status.pods)
         reported = {p.name for p in status.pods}
+        expired = time.monotonic() - self._request_timeout_s - 5 * status.interval_s
         for name in list(node.placed):
-            if name in reported:
+            if name in reported or node.placed_at.get(name, 0.0) < expired:
+                # Reported: the node runs it. Not reported long after we asked: the create never
+                # landed (lost in a NATS failover); forget it so the dispatcher asks again.
+                if name not in reported:
+                    log.warning(
+                        "placement_expired", pod=name, node=status.name, job_id=node.placed[name].job_id
+                    )
+                    self._wakeups.put_nowait(node.placed[name].job_id)
                 del node.placed[name]
+                node.placed_at.pop(name, None)
         node.forgotten &= reported
 
     def _wake_pods(self, pods: list[contract.PodStatus] | tuple[contract.PodStatus, ...]) -> None:
@@ -122,8 +132,12 @@ class LocalBackend:
             for node in self._nodes.values():
                 if node.ready and now - node.seen > self._node_timeout_s:
                     node.ready, node.not_ready_since = False, contract.utcnow()
-                    log.warning("node_not_ready", node=node.status.name,
-                                silent_s=round(now - node.seen, 2), reason="heartbeat_missed")
+                    log.warning(
+                        "node_not_ready",
+                        node=node.status.name,
+                        silent_s=round(now - node.seen, 2),
+                        reason="heartbeat_missed",
+                    )
                     self._wake_pods(node.status.pods)
                     for spec in node.placed.values():
                         self._wakeups.put_nowait(spec.job_id)
@@ -139,28 +153,49 @@ class LocalBackend:
         for node in self._nodes.values():
             for p in node.status.pods:
                 if (job_id is None or p.job_id == job_id) and p.name not in node.forgotten:
-                    pods.append(base.PodState(
-                        name=p.name, job_id=p.job_id, attempt=p.attempt, phase=p.phase,
-                        node=node.status.name, node_ready=node.ready, exit_code=p.exit_code,
-                        reason=p.reason, started_at=p.started_at, finished_at=p.finished_at))
+                    pods.append(
+                        base.PodState(
+                            name=p.name,
+                            job_id=p.job_id,
+                            attempt=p.attempt,
+                            phase=p.phase,
+                            node=node.status.name,
+                            node_ready=node.ready,
+                            exit_code=p.exit_code,
+                            reason=p.reason,
+                            started_at=p.started_at,
+                            finished_at=p.finished_at,
+                        )
+                    )
             for spec in node.placed.values():
                 if job_id is None or spec.job_id == job_id:
-                    pods.append(base.PodState(
-                        name=spec.name, job_id=spec.job_id, attempt=spec.attempt,
-                        phase=contract.PodPhase.PENDING, node=node.status.name, node_ready=node.ready))
+                    pods.append(
+                        base.PodState(
+                            name=spec.name,
+                            job_id=spec.job_id,
+                            attempt=spec.attempt,
+                            phase=contract.PodPhase.PENDING,
+                            node=node.status.name,
+                            node_ready=node.ready,
+                        )
+                    )
         return pods
 
     async def list_nodes(self) -> list[base.NodeState]:
-        return [self._node_state(node) for node in sorted(self._nodes.values(),
-                                                          key=lambda n: n.status.name)]
+        return [self._node_state(node) for node in sorted(self._nodes.values(), key=lambda n: n.status.name)]
 
     def _node_state(self, node: _Node) -> base.NodeState:
         cpu, memory = self._allocated(node)
         return base.NodeState(
-            name=node.status.name, ready=node.ready, capacity=node.status.capacity,
-            allocated_cpu=cpu, allocated_memory=memory,
+            name=node.status.name,
+            ready=node.ready,
+            capacity=node.status.capacity,
+            allocated_cpu=cpu,
+            allocated_memory=memory,
             pods=sum(1 for p in node.status.pods if _is_active(p)) + len(node.placed),
-            last_heartbeat=node.status.at, not_ready_since=node.not_ready_since)
+            last_heartbeat=node.status.at,
+            not_ready_since=node.not_ready_since,
+        )
 
     @staticmethod
     def _allocated(node: _Node) -> tuple[float, int]:
@@ -181,21 +216,25 @@ class LocalBackend:
                 continue
             cpu, memory = self._allocated(node)
             cap = node.status.capacity
-            if (cpu + spec.resources.cpu > cap.cpu + 1e-9
-                    or memory + spec.resources.memory_bytes > cap.memory_bytes
-                    or spec.resources.gpu > cap.gpu):
+            if (
+                cpu + spec.resources.cpu > cap.cpu + 1e-9
+                or memory + spec.resources.memory_bytes > cap.memory_bytes
+                or spec.resources.gpu > cap.gpu
+            ):
                 continue
             candidates.append(((cpu + spec.resources.cpu) / cap.cpu, node.status.name, node))
         if not candidates:
             ready = [n.status.name for n in self._nodes.values() if n.ready]
             raise base.Unschedulable(
                 f"no Ready node fits cpu={spec.resources.cpu} memory={spec.resources.memory} "
-                f"gpu={spec.resources.gpu} (ready: {ready or 'none'}, avoiding: {list(spec.avoid_nodes)})")
+                f"gpu={spec.resources.gpu} (ready: {ready or 'none'}, avoiding: {list(spec.avoid_nodes)})"
+            )
         return min(candidates, key=lambda c: (c[0], c[1]))[2]
 
     def _find(self, name: str) -> list[_Node]:
-        return [n for n in self._nodes.values()
-                if name in n.placed or any(p.name == name for p in n.status.pods)]
+        return [
+            n for n in self._nodes.values() if name in n.placed or any(p.name == name for p in n.status.pods)
+        ]
 
     async def create_pod(self, spec: contract.PodSpec) -> None:
         async with self._place_lock:
@@ -204,14 +243,18 @@ class LocalBackend:
             node = self._choose_node(spec)
             placed = spec.model_copy(update={"node": node.status.name})
             node.placed[spec.name] = placed
+            node.placed_at[spec.name] = time.monotonic()
         try:
-            reply = await self._nc.request(contract.node_create_subject(node.status.name),
-                                           placed.model_dump_json().encode(),
-                                           timeout=self._request_timeout_s)
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+            reply = await self._nc.request(
+                contract.node_create_subject(node.status.name),
+                placed.model_dump_json().encode(),
+                timeout=self._request_timeout_s,
+            )
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError, TimeoutError) as exc:
             raise base.PlacementUncertain(
                 f"node {node.status.name} did not answer the create request for {spec.name}",
-                node=node.status.name) from exc
+                node=node.status.name,
+            ) from exc
         except nats.errors.Error as exc:
             node.placed.pop(spec.name, None)
             raise base.BackendUnavailable(f"NATS request failed: {exc}") from exc
@@ -219,8 +262,9 @@ class LocalBackend:
         if not answer.ok:
             node.placed.pop(spec.name, None)
             raise base.Unschedulable(f"node {node.status.name} refused {spec.name}: {answer.error}")
-        log.info("pod_created", pod=spec.name, node=node.status.name, job_id=spec.job_id,
-                 attempt=spec.attempt)
+        log.info(
+            "pod_created", pod=spec.name, node=node.status.name, job_id=spec.job_id, attempt=spec.attempt
+        )
 
     async def delete_pod(self, name: str) -> None:
         for node in self._find(name):
@@ -229,13 +273,17 @@ class LocalBackend:
                 node.forgotten.add(name)
                 continue
             try:
-                reply = await self._nc.request(contract.node_delete_subject(node.status.name),
-                                               name.encode(), timeout=self._request_timeout_s)
-            except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                reply = await self._nc.request(
+                    contract.node_delete_subject(node.status.name),
+                    name.encode(),
+                    timeout=self._request_timeout_s,
+                )
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError, TimeoutError):
                 node.forgotten.add(name)
                 continue
             except nats.errors.Error as exc:
                 raise base.BackendUnavailable(f"NATS request failed: {exc}") from exc
             if contract.NodeReply.model_validate_json(reply.data).ok:
                 node.status = node.status.model_copy(
-                    update={"pods": tuple(p for p in node.status.pods if p.name != name)})
+                    update={"pods": tuple(p for p in node.status.pods if p.name != name)}
+                )

@@ -54,13 +54,11 @@ class Lease:
                 return True
             except nats.js.errors.KeyWrongLastSequenceError:
                 if not waited:
-                    log.info("lease_standby", holder=await self.holder())
+                    with contextlib.suppress(nats.errors.Error, TimeoutError):
+                        log.info("lease_standby", holder=await self.holder())
                 waited = True
-            except (
-                nats.errors.TimeoutError,
-                nats.js.errors.ServiceUnavailableError,
-                nats.errors.NoRespondersError,
-            ) as exc:
+            except (nats.errors.Error, TimeoutError) as exc:
+                # A JetStream leader election or a reconnect: keep trying, never give up.
                 log.warning("lease_unavailable", error=type(exc).__name__)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._ttl_s / 4)
@@ -82,7 +80,7 @@ class Lease:
             except nats.js.errors.KeyWrongLastSequenceError as exc:
                 self._revision = None
                 raise LeaseLost("another dispatcher holds the lease") from exc
-            except (nats.errors.Error, nats.js.errors.Error) as exc:
+            except (nats.errors.Error, TimeoutError) as exc:
                 if loop.time() - last_ok > self._ttl_s * 0.75:
                     self._revision = None
                     raise LeaseLost(f"lease not renewed for {self._ttl_s * 0.75:.1f}s") from exc

@@ -1,0 +1,231 @@
+"""Where the stack under test is, and what this chaos run has done to it so far.
+
+Every activity is a plain synchronous function (Chaos Toolkit calls them from its main thread),
+so each one opens its own short-lived NATS connection through :func:`run_async`.
+
+The stack is found from the experiment's configuration: ``nats_url`` (JOBQ_NATS_URL) if set,
+else ``<data_dir>/stack.json`` (JOBQ_DATA_DIR, default ``.jobq``), the file ``jobq up`` writes.
+Restarts go through the stack supervisor's control subject, so they work the same against
+``jobq up`` and against the stack ``jobq chaos run`` starts.
+
+Chaos Toolkit cannot pass an action's output to a later probe, so each run keeps a small state
+file, ``<data_dir>/chaos/<run_id>.json``: the burst it submitted and every disruption (what, when,
+which process). Probes and the HTML report read it back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import os
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+from nats.aio.client import Client as NATS
+
+from broker import contract, natsutil
+from broker.embedded.stack import CONTROL_SUBJECT, read_state
+from submitter.client import JobqClient
+
+log = structlog.get_logger("jobq.chaos")
+
+T = TypeVar("T")
+Configuration = dict[str, Any] | None
+
+BURST_LABEL = "chaos-run"
+"""Label key put on every job of a burst; its value is the run id."""
+DEFAULT_NATS = "nats://127.0.0.1:4222"
+NODE_SILENT_S = 3.0
+"""A node whose last heartbeat is older than this is not ready (the dispatcher's default)."""
+
+
+class ChaosError(RuntimeError):
+    """The stack could not be found or did not do what an activity needed."""
+
+
+def run_async(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    return asyncio.run(factory())
+
+
+# --- configuration -------------------------------------------------------------------------
+
+
+def data_dir(configuration: Configuration) -> Path:
+    value = (configuration or {}).get("data_dir") or os.environ.get("JOBQ_DATA_DIR") or ".jobq"
+    return Path(str(value))
+
+
+def stack_state(configuration: Configuration) -> dict[str, Any]:
+    """The stack supervisor's stack.json ({} when the stack was given by URL only)."""
+    state = read_state(data_dir(configuration))
+    return dict(state) if state else {}
+
+
+def nats_url(configuration: Configuration) -> str:
+    explicit = str((configuration or {}).get("nats_url") or "")
+    if explicit:
+        return explicit
+    url = stack_state(configuration).get("nats_url")
+    if isinstance(url, str) and url:
+        return url
+    return os.environ.get("JOBQ_NATS_URL") or DEFAULT_NATS
+
+
+def run_id(configuration: Configuration) -> str:
+    value = str((configuration or {}).get("run_id") or "")
+    if not value or value.startswith("${"):
+        raise ChaosError(
+            "the experiment's configuration has no run_id (a dynamic probe "
+            "chaos.probes.new_run_id provides one)"
+        )
+    return value
+
+
+def new_run_id() -> str:
+    return "c" + dt.datetime.now(dt.UTC).strftime("%H%M%S") + os.urandom(2).hex()
+
+
+# --- the run's state file ------------------------------------------------------------------
+
+
+@dataclasses.dataclass(slots=True)
+class RunState:
+    run_id: str
+    burst: list[str] = dataclasses.field(default_factory=list)
+    submitted_at: str | None = None
+    disruptions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    gave_up_waiting_at: str | None = None
+    """Set when a wait for the burst timed out after the method: later probes do not wait again."""
+
+    @classmethod
+    def path_for(cls, configuration: Configuration) -> Path:
+        return data_dir(configuration) / "chaos" / f"{run_id(configuration)}.json"
+
+    @classmethod
+    def load(cls, configuration: Configuration) -> RunState:
+        path = cls.path_for(configuration)
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return cls(run_id=run_id(configuration))
+        return cls(
+            run_id=raw["run_id"],
+            burst=list(raw.get("burst", [])),
+            submitted_at=raw.get("submitted_at"),
+            disruptions=list(raw.get("disruptions", [])),
+            gave_up_waiting_at=raw.get("gave_up_waiting_at"),
+        )
+
+    def save(self, configuration: Configuration) -> None:
+        path = self.path_for(configuration)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(dataclasses.asdict(self), indent=2))
+        tmp.replace(path)
+
+
+def record_disruption(configuration: Configuration, disruption: dict[str, Any]) -> None:
+    state = RunState.load(configuration)
+    state.disruptions.append(disruption)
+    state.save(configuration)
+    log.info("chaos_disruption", run_id=state.run_id, **disruption)
+
+
+def update_disruption(configuration: Configuration, index: int, **fields: Any) -> None:
+    state = RunState.load(configuration)
+    state.disruptions[index].update(fields)
+    state.save(configuration)
+
+
+def now_iso() -> str:
+    return contract.utcnow().isoformat()
+
+
+def parse_time(value: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(value)
+
+
+# --- talking to the stack ------------------------------------------------------------------
+
+
+async def with_client(configuration: Configuration, use: Callable[[JobqClient], Awaitable[T]]) -> T:
+    async with JobqClient(nats_url(configuration), name="jobq-chaos") as client:
+        return await use(client)
+
+
+async def control(nc: NATS, op: str, **fields: Any) -> dict[str, Any]:
+    """Ask the stack supervisor to (re)start something; raises ChaosError if it refuses."""
+    payload = json.dumps({"op": op, **fields}).encode()
+    try:
+        msg = await natsutil.retry(lambda: nc.request(CONTROL_SUBJECT, payload, timeout=30), attempts=8)
+    except Exception as exc:
+        raise ChaosError(
+            f"the stack supervisor did not answer {op!r} on {CONTROL_SUBJECT} ({exc!r}); "
+            "restarts need a stack started by `jobq up` or `jobq chaos run`"
+        ) from exc
+    reply: dict[str, Any] = json.loads(msg.data)
+    if not reply.get("ok"):
+        raise ChaosError(f"stack supervisor refused {op!r}: {reply.get('error')}")
+    return reply
+
+
+async def node_statuses(nc: NATS, *, window_s: float = 1.5) -> dict[str, contract.NodeStatus]:
+    """The latest heartbeat of every node that sent one within ``window_s``."""
+    seen: dict[str, contract.NodeStatus] = {}
+
+    async def on_status(msg: Any) -> None:
+        with contextlib.suppress(ValueError):
+            status = contract.NodeStatus.model_validate_json(msg.data)
+            seen[status.name] = status
+
+    sub = await nc.subscribe(contract.NODE_STATUS_WILDCARD, cb=on_status)
+    try:
+        await asyncio.sleep(window_s)
+    finally:
+        await sub.unsubscribe()
+    return seen
+
+
+async def burst_records(client: JobqClient, ids: list[str]) -> dict[str, contract.JobRecord | None]:
+    return {job_id: await client.get(job_id) for job_id in ids}
+
+
+async def wait_terminal(
+    client: JobqClient, ids: list[str], *, timeout_s: float, configuration: Configuration = None
+) -> bool:
+    """Wait until every job has a terminal record; False if the deadline passed first. With the
+    run's ``configuration``, a timeout is remembered so that the next probe does not wait again."""
+    state = RunState.load(configuration) if configuration else None
+    if state is not None and state.gave_up_waiting_at:
+        timeout_s = 0.5
+    try:
+        await client.wait(ids, timeout=timeout_s)
+    except TimeoutError:
+        if state is not None and not state.gave_up_waiting_at:
+            state.gave_up_waiting_at = now_iso()
+            state.save(configuration)
+        return False
+    return True
+
+
+async def count_events(client: JobqClient, job_id: str, kind: contract.EventType) -> int:
+    return sum(1 for e in await client.events(job_id) if e.type == kind)
+
+
+async def poll(check: Callable[[], Awaitable[bool]], *, timeout_s: float, interval_s: float = 0.2) -> bool:
+    """Poll ``check`` until it is true or ``timeout_s`` passes (activities bring their own deadline,
+    because Chaos Toolkit does not enforce timeouts of Python activities)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with contextlib.suppress(Exception):
+            if await check():
+                return True
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(interval_s)
