@@ -4,8 +4,10 @@ report from a journal alone. Fast: no stack."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +91,26 @@ def test_report_from_the_journal_alone_names_the_killed_node() -> None:
     html = report.render(journal, None, problems=["the steady state deviated"])
     assert "node-2" in html and "DEVIATED" in html and "t &lt;x&gt;" in html
     json.dumps(journal)
+
+
+def test_chaos_discover_finds_the_extension(tmp_path: Path) -> None:
+    """`chaos discover jobq` works on the installed distribution (no install, no network)."""
+    chaos_cli = shutil.which("chaos") or str(Path(sys.executable).parent / "chaos")
+    out = subprocess.run(
+        [chaos_cli, "--no-version-check", "discover", "--no-install", "--no-system-info", "jobq"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    discovered = json.loads((tmp_path / "discovery.json").read_text())
+    names = {a["name"] for a in discovered["activities"]}
+    assert {
+        "kill_nodes",
+        "partition_node",
+        "kill_dispatcher_leader",
+        "kill_nats_server",
+        "lost_jobs",
+    } <= names
