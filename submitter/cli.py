@@ -85,12 +85,15 @@ def cli(ctx: click.Context, log_format: str | None, log_level: str) -> None:
 @click.option("--nats-port", default=4222, show_default=True, help="Port of the NATS we start (-1: free).")
 @click.option("--http-port", default=8222, show_default=True, help="Dashboard/API port (0: free).")
 @click.option("--dispatchers", default=1, show_default=True, help="Dispatchers (one leads, others stand by).")
+@click.option("--nats-servers", type=click.Choice(["1", "3"]), default="1", show_default=True,
+              help="NATS servers to start: 3 makes a cluster with replicated (R3) streams.")
 @click.option("--backend", type=click.Choice(["local", "kubernetes"]), default="local", show_default=True,
               help="Where pods run: local node agents, or a Kubernetes cluster (no local nodes).")
 @click.option("--kubeconfig", type=click.Path(path_type=Path), default=None,
               help="Kubeconfig for --backend kubernetes (default: the one of `jobq dev-cluster up`).")
 def up(nodes: int, node_cpu: float, node_memory: str, data_dir: Path, nats_url: str | None,
-       nats_port: int, http_port: int, dispatchers: int, backend: str, kubeconfig: Path | None) -> None:
+       nats_port: int, http_port: int, dispatchers: int, nats_servers: str, backend: str,
+       kubeconfig: Path | None) -> None:
     """Run the embedded stack in the foreground until Ctrl-C.
 
     Starts a real nats-server with JetStream (unless --nats is given), the dispatcher and NODES
@@ -101,7 +104,8 @@ def up(nodes: int, node_cpu: float, node_memory: str, data_dir: Path, nats_url: 
 
     config = runner.stack_config(data_dir=data_dir, nodes=nodes, node_cpu=node_cpu,
                                  node_memory=node_memory, nats_url=nats_url, nats_port=nats_port,
-                                 http_port=http_port, dispatchers=dispatchers)
+                                 http_port=http_port, dispatchers=dispatchers,
+                                 nats_servers=int(nats_servers))
     if backend == "kubernetes":
         import dataclasses
 

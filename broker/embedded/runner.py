@@ -13,12 +13,13 @@ from broker.embedded.stack import Stack, StackConfig, StackError
 
 
 def stack_config(*, data_dir: Path, nodes: int, node_cpu: float, node_memory: str, nats_url: str | None,
-                 nats_port: int, http_port: int, dispatchers: int) -> StackConfig:
+                 nats_port: int, http_port: int, dispatchers: int, nats_servers: int = 1) -> StackConfig:
     import os
 
     return StackConfig(data_dir=data_dir, nodes=nodes, node_cpu=node_cpu, node_memory=node_memory,
                        nats_url=nats_url, nats_port=nats_port, http_port=http_port,
-                       dispatchers=dispatchers, log_format=os.environ.get("JOBQ_LOG_FORMAT", "json"))
+                       dispatchers=dispatchers, nats_servers=nats_servers,
+                       log_format=os.environ.get("JOBQ_LOG_FORMAT", "json"))
 
 
 def say(message: str) -> None:
