@@ -254,3 +254,9 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 def _print_progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
+
+
+# Shared with other Go builds in this package (helm.py): same lock, environment and runner.
+file_lock = _file_lock
+go_env = _go_env
+run_go = _run_go

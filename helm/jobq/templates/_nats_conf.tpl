@@ -1,0 +1,38 @@
+{{/* The bundled NATS server's configuration (nats.yaml); hashed into the pods' annotations. */}}
+{{- define "jobq.natsConf" -}}
+{{- $name := include "jobq.natsName" . }}
+{{- $b := .Values.nats.bundled }}
+{{- $auth := .Values.nats.auth }}
+{{- $headless := printf "%s-headless" $name -}}
+# $POD_NAME and the credentials below are resolved from the container's environment.
+server_name: $POD_NAME
+pid_file: /var/run/nats/nats.pid
+listen: 0.0.0.0:4222
+http: 0.0.0.0:8222
+lame_duck_grace_period: 5s
+lame_duck_duration: 30s
+jetstream {
+  store_dir: /data
+  max_file_store: {{ $b.jetstream.maxFileStore }}
+  max_memory_store: {{ $b.jetstream.maxMemoryStore }}
+}
+cluster {
+  name: {{ $name }}
+  listen: 0.0.0.0:6222
+  routes: [
+    {{- range $i := until (int $b.replicas) }}
+    nats://{{ $name }}-{{ $i }}.{{ $headless }}.{{ $.Release.Namespace }}.svc.{{ $b.clusterDomain }}:6222
+    {{- end }}
+  ]
+}
+{{- if $auth.userSecret.name }}
+authorization {
+  user: $JOBQ_NATS_USER
+  password: $JOBQ_NATS_PASSWORD
+}
+{{- else if $auth.tokenSecret.name }}
+authorization {
+  token: $JOBQ_NATS_TOKEN
+}
+{{- end }}
+{{- end -}}
