@@ -22,7 +22,9 @@ import sys
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=48)
     parser.add_argument("--node-cpu", default="6", help="passed to jobq demo")
@@ -31,19 +33,39 @@ def main() -> None:
     window = float(os.environ.get("JOBQ_NODE_TIMEOUT_S", "3"))
     samples: list[float] = []
     for run in range(args.runs):
-        out = subprocess.run([sys.executable, "-m", "submitter.cli", "demo", "--kill-node", "--json",
-                              "--jobs", str(args.jobs), "--node-cpu", args.node_cpu,
-                              "--node-memory", args.node_memory], capture_output=True, text=True, check=False)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "submitter.cli",
+                "demo",
+                "--kill-node",
+                "--json",
+                "--jobs",
+                str(args.jobs),
+                "--node-cpu",
+                args.node_cpu,
+                "--node-memory",
+                args.node_memory,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         summary = json.loads(out.stdout.strip().splitlines()[-1])
         rec = summary.get("recovery_seconds", {})
         samples += rec.get("samples", [])
-        print(f"run {run + 1}: affected {summary.get('affected_jobs')}, p50 {rec.get('p50')}s, "
-              f"max {rec.get('max')}s, lost {summary['lost']}, duplicates {summary['duplicate_results']}, "
-              f"succeeded {summary['succeeded']}/{summary['submitted']}")
+        print(
+            f"run {run + 1}: affected {summary.get('affected_jobs')}, p50 {rec.get('p50')}s, "
+            f"max {rec.get('max')}s, lost {summary['lost']}, duplicates {summary['duplicate_results']}, "
+            f"succeeded {summary['succeeded']}/{summary['submitted']}"
+        )
     if samples:
         p50, worst = statistics.median(samples), max(samples)
-        print(f"all runs: {len(samples)} affected jobs, recovery p50 {p50:.2f}s max {worst:.2f}s; "
-              f"detection window {window:.1f}s; p50/window = {p50 / window:.2f}")
+        print(
+            f"all runs: {len(samples)} affected jobs, recovery p50 {p50:.2f}s max {worst:.2f}s; "
+            f"detection window {window:.1f}s; p50/window = {p50 / window:.2f}"
+        )
 
 
 if __name__ == "__main__":
