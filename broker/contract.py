@@ -80,6 +80,12 @@ EXIT_NATS_UNREACHABLE = 4
 """The worker could not reach NATS: an infrastructure disruption, not the task's fault."""
 
 
+POD_NATS_CREDS_PATH = "/etc/jobq/nats/nats.creds"
+"""Where a task pod finds the ``creds`` key of the operator's JOBQ_POD_NATS_SECRET (Kubernetes).
+The volume is optional, so the file is missing when the Secret has no such key: the runner then
+ignores JOBQ_NATS_CREDS at this path and uses the Secret's user/password or token instead."""
+
+
 def nats_auth_options(environ: Mapping[str, str]) -> dict[str, Any]:
     """nats.connect() credentials from JOBQ_NATS_CREDS, JOBQ_NATS_USER/PASSWORD or JOBQ_NATS_TOKEN."""
     options: dict[str, Any] = {}

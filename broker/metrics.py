@@ -137,7 +137,7 @@ class Metrics(reconcile.Observer):
         )
         self.wait = Histogram(
             "jobq_wait_seconds",
-            "Submit -> first attempt running.",
+            "Submit -> the job's first attempt to run.",
             ["queue"],
             buckets=LATENCY_BUCKETS,
             registry=r,
@@ -235,10 +235,12 @@ class Metrics(reconcile.Observer):
                     self.run.labels(queue=queue, outcome=attempt.state.value).observe(ran)
 
     def _started(self, record: contract.JobRecord, attempt: contract.Attempt) -> None:
-        if attempt.number == 1:
+        earlier = record.attempts[: attempt.number - 1]
+        if not any(a.started_at for a in earlier):  # the job's first attempt to run at all
             waited = seconds(record.submitted_at, attempt.started_at)
             if waited is not None:
                 self.wait.labels(queue=record.spec.queue).observe(waited)
+        if attempt.number == 1:
             return
         lost = record.attempts[attempt.number - 2]
         if lost.reason == contract.FailureReason.NODE_LOST:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Mapping
 from typing import Literal
 
@@ -15,6 +16,12 @@ from pydantic import ValidationError
 from broker import contract
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+LABEL_KEY = re.compile(
+    r"([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
+TOLERATION_KEYS = frozenset({"key", "operator", "value", "effect", "tolerationSeconds"})
+TOLERATION_EFFECTS = frozenset({"", "NoSchedule", "PreferNoSchedule", "NoExecute"})
 
 
 class SettingsError(ValueError):
@@ -83,6 +90,41 @@ class BackendSettings:
     """Image of task pods on Kubernetes."""
     allow_privileged: bool = False
     """Operators may allow privileged pods and host mounts; jobs never can by themselves."""
+    pod_service_account: str = ""
+    """serviceAccountName of task pods (JOBQ_POD_SERVICE_ACCOUNT). Empty: the namespace's
+    ``default`` account with no token mounted; set: the account's own automount setting applies."""
+    image_pull_secrets: tuple[str, ...] = ()
+    """Secrets in the jobs namespace for pulling task images (JOBQ_POD_IMAGE_PULL_SECRETS="a,b")."""
+    gpu_node_selector: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """nodeSelector of pods that request GPUs only (JOBQ_GPU_NODE_SELECTOR="k=v,k2=v2")."""
+    gpu_tolerations: tuple[Mapping[str, object], ...] = ()
+    """Tolerations of pods that request GPUs only, as a JSON list of Kubernetes tolerations
+    (JOBQ_GPU_TOLERATIONS='[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]')."""
+    pod_nats_secret: str = ""
+    """Secret in the jobs namespace with the task pods' NATS credentials (JOBQ_POD_NATS_SECRET):
+    optional keys ``user``/``password``/``token`` become JOBQ_NATS_USER/PASSWORD/TOKEN, an optional
+    key ``creds`` is mounted at ``contract.POD_NATS_CREDS_PATH`` (JOBQ_NATS_CREDS). The kubelet
+    reads it; the dispatcher never does."""
+    resource_profiles: Mapping[str, contract.Resources] = dataclasses.field(default_factory=dict)
+    """Operator overrides of the built-in profiles (small, medium, large, gpu) as JSON, fields
+    not given keep the built-in value: JOBQ_RESOURCE_PROFILES='{"gpu": {"memory": "32Gi"}}'.
+    ``small`` also applies to jobs that name neither a profile nor resources."""
+
+    def __post_init__(self) -> None:
+        for name, value in (("JOBQ_POD_SERVICE_ACCOUNT", self.pod_service_account),
+                            ("JOBQ_POD_NATS_SECRET", self.pod_nats_secret),
+                            *(("JOBQ_POD_IMAGE_PULL_SECRETS", v) for v in self.image_pull_secrets)):
+            if value and not DNS_SUBDOMAIN.fullmatch(value):
+                raise SettingsError(f"{name}: {value!r} is not a valid Kubernetes object name")
+        for key, value in self.gpu_node_selector.items():
+            if not LABEL_KEY.fullmatch(key) or not LABEL_VALUE.fullmatch(value):
+                raise SettingsError(f"JOBQ_GPU_NODE_SELECTOR: {key}={value} is not a valid label")
+        for toleration in self.gpu_tolerations:
+            check_toleration(toleration)
+        unknown = sorted(set(self.resource_profiles) - set(contract.PROFILES))
+        if unknown:
+            raise SettingsError(f"JOBQ_RESOURCE_PROFILES may only override the built-in profiles "
+                                f"{sorted(contract.PROFILES)}, not {unknown}")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -140,6 +182,13 @@ class Settings:
                 namespace=get("NAMESPACE", "jobq-jobs"),
                 image=get("IMAGE", "jobq:latest"),
                 allow_privileged=flag("ALLOW_PRIVILEGED", False),
+                pod_service_account=get("POD_SERVICE_ACCOUNT", "").strip(),
+                image_pull_secrets=tuple(
+                    filter(None, (n.strip() for n in get("POD_IMAGE_PULL_SECRETS", "").split(",")))),
+                gpu_node_selector=parse_node_selector(get("GPU_NODE_SELECTOR", "")),
+                gpu_tolerations=parse_tolerations(get("GPU_TOLERATIONS", "")),
+                pod_nats_secret=get("POD_NATS_SECRET", "").strip(),
+                resource_profiles=parse_resource_profiles(get("RESOURCE_PROFILES", "")),
             ),
         )
 
@@ -166,3 +215,75 @@ def parse_queue_limits(raw: str) -> dict[str, int]:
             raise SettingsError(f"JOBQ_QUEUE_LIMITS entry {part!r} is not queue=number")
         limits[queue.strip()] = int(value)
     return limits
+
+
+def parse_node_selector(raw: str) -> dict[str, str]:
+    selector: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise SettingsError(f"JOBQ_GPU_NODE_SELECTOR entry {part!r} is not label=value")
+        selector[key.strip()] = value.strip()
+    return selector
+
+
+def check_toleration(toleration: Mapping[str, object]) -> None:
+    """A Kubernetes toleration, checked as far as the API server would (SettingsError if not)."""
+    def bad(why: str) -> SettingsError:
+        return SettingsError(f"JOBQ_GPU_TOLERATIONS: {dict(toleration)!r} {why}")
+
+    unknown = sorted(set(toleration) - TOLERATION_KEYS)
+    if unknown:
+        raise bad(f"has unknown keys {unknown}; allowed: {sorted(TOLERATION_KEYS)}")
+    if any(not isinstance(toleration.get(k, ""), str) for k in ("key", "operator", "value", "effect")):
+        raise bad("has a non-string key, operator, value or effect")
+    operator = toleration.get("operator", "Equal")
+    if operator not in ("Equal", "Exists"):
+        raise bad("has an operator other than Equal or Exists")
+    if operator == "Exists" and toleration.get("value"):
+        raise bad("has a value with operator Exists")
+    if not toleration.get("key") and operator != "Exists":
+        raise bad("has no key, which needs operator Exists")
+    if toleration.get("effect", "") not in TOLERATION_EFFECTS:
+        raise bad(f"has an effect not in {sorted(TOLERATION_EFFECTS - {''})}")
+    seconds = toleration.get("tolerationSeconds")
+    if seconds is not None and (not isinstance(seconds, int) or isinstance(seconds, bool)
+                                or toleration.get("effect") != "NoExecute"):
+        raise bad("has tolerationSeconds that is not an integer with effect NoExecute")
+
+
+def parse_tolerations(raw: str) -> tuple[dict[str, object], ...]:
+    if not raw.strip():
+        return ()
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise SettingsError(f"JOBQ_GPU_TOLERATIONS is not JSON: {exc}") from None
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise SettingsError("JOBQ_GPU_TOLERATIONS must be a JSON list of toleration objects")
+    return tuple(value)
+
+
+def parse_resource_profiles(raw: str) -> dict[str, contract.Resources]:
+    """Overrides of built-in profiles; fields an override leaves out keep the built-in value."""
+    if not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+        if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+            raise ValueError("not a JSON object of profile name -> {cpu, memory, gpu}")
+        unknown = sorted(set(value) - set(contract.PROFILES))
+        if unknown:
+            raise ValueError(f"only the built-in profiles {sorted(contract.PROFILES)} may be "
+                             f"overridden, not {unknown}")
+    except ValueError as exc:
+        raise SettingsError(f"JOBQ_RESOURCE_PROFILES: {exc}") from None
+    profiles: dict[str, contract.Resources] = {}
+    for name, res in value.items():
+        try:
+            merged = {**contract.PROFILES[name].model_dump(), **res}
+            profiles[name] = contract.Resources.model_validate(merged)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise SettingsError(f"JOBQ_RESOURCE_PROFILES: profile {name!r}: {problems}") from None
+    return profiles

@@ -111,7 +111,16 @@ class RunnerSettings:
                    node=environ.get("JOBQ_NODE") or None,
                    heartbeat_s=number("JOBQ_HEARTBEAT_S", 1.0),
                    connect_wait_s=number("JOBQ_NATS_WAIT_S", 30.0),
-                   auth=contract.nats_auth_options(environ))
+                   auth=contract.nats_auth_options(_without_missing_pod_creds(environ)))
+
+
+def _without_missing_pod_creds(environ: Mapping[str, str]) -> Mapping[str, str]:
+    """Drop JOBQ_NATS_CREDS when it names the pod's optional creds mount and the operator's
+    NATS Secret has no ``creds`` key (see contract.POD_NATS_CREDS_PATH); any other path is kept."""
+    if environ.get("JOBQ_NATS_CREDS") == contract.POD_NATS_CREDS_PATH and not os.path.exists(
+            contract.POD_NATS_CREDS_PATH):
+        return {k: v for k, v in environ.items() if k != "JOBQ_NATS_CREDS"}
+    return environ
 
 
 class NatsUnreachable(ConnectionError):

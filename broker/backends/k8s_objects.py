@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import posixpath
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from broker import contract
@@ -20,11 +22,24 @@ CONTAINER = "task"
 RUN_AS_USER = 65532
 """Non-root uid for task containers (the distroless ``nonroot`` user)."""
 GRACE_S = 10
+NATS_SECRET_VOLUME = "nats-auth"
+NATS_SECRET_ENV = (("JOBQ_NATS_USER", "user"), ("JOBQ_NATS_PASSWORD", "password"),
+                   ("JOBQ_NATS_TOKEN", "token"))
+"""Env of task pods -> key of the operator's NATS Secret (JOBQ_POD_NATS_SECRET); ``creds`` is a file."""
+NATS_SECRET_CREDS_KEY = "creds"
 
 
 def pod_manifest(spec: contract.PodSpec, *, namespace: str, image: str,
-                 allow_privileged: bool = False) -> Obj:
-    """The Pod for ``spec``: hardened, restartPolicy Never, anti-affine to the nodes to avoid."""
+                 allow_privileged: bool = False, service_account: str = "",
+                 image_pull_secrets: Sequence[str] = (), gpu_node_selector: Mapping[str, str] | None = None,
+                 gpu_tolerations: Sequence[Mapping[str, object]] = (), nats_secret: str = "") -> Obj:
+    """The Pod for ``spec``: hardened, restartPolicy Never, anti-affine to the nodes to avoid.
+
+    The operator's pod defaults (settings.BackendSettings): ``service_account`` (empty: the
+    namespace's default account, no token mounted), ``image_pull_secrets``, a node selector and
+    tolerations for pods that request GPUs only, and ``nats_secret``, a Secret whose optional keys
+    become the worker's NATS credentials (see NATS_SECRET_ENV; the kubelet reads it, not us).
+    """
     requests: Obj = {"cpu": f"{round(spec.resources.cpu * 1000)}m", "memory": spec.resources.memory}
     limits: Obj = {"memory": spec.resources.memory}
     if spec.resources.gpu:
@@ -43,12 +58,24 @@ def pod_manifest(spec: contract.PodSpec, *, namespace: str, image: str,
     pod_spec: Obj = {
         "restartPolicy": "Never",
         "terminationGracePeriodSeconds": GRACE_S,
-        "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS_USER,
                             "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [container],
     }
+    if service_account:
+        pod_spec["serviceAccountName"] = service_account  # its automountServiceAccountToken applies
+    else:
+        pod_spec["automountServiceAccountToken"] = False
+    if image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": name} for name in image_pull_secrets]
+    if spec.resources.gpu:
+        if gpu_node_selector:
+            pod_spec["nodeSelector"] = dict(gpu_node_selector)
+        if gpu_tolerations:
+            pod_spec["tolerations"] = [dict(t) for t in gpu_tolerations]
+    if nats_secret:
+        add_nats_secret(pod_spec, container, nats_secret)
     if spec.avoid_nodes:
         pod_spec["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
             "nodeSelectorTerms": [{"matchExpressions": [
@@ -62,6 +89,23 @@ def pod_manifest(spec: contract.PodSpec, *, namespace: str, image: str,
     }
     validate(pod, allow_privileged=allow_privileged)
     return pod
+
+
+def add_nats_secret(pod_spec: Obj, container: Obj, secret: str) -> None:
+    """Credentials from ``secret``, every key optional: user/password/token as env (secretKeyRef),
+    ``creds`` as a read-only file at contract.POD_NATS_CREDS_PATH named by JOBQ_NATS_CREDS (the
+    runner ignores that path when the key, hence the file, is missing)."""
+    replaced = {name for name, _ in NATS_SECRET_ENV} | {"JOBQ_NATS_CREDS"}
+    env = [e for e in container["env"] if e["name"] not in replaced]
+    env += [{"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}}
+            for name, key in NATS_SECRET_ENV]
+    env.append({"name": "JOBQ_NATS_CREDS", "value": contract.POD_NATS_CREDS_PATH})
+    container["env"] = env
+    directory, filename = posixpath.split(contract.POD_NATS_CREDS_PATH)
+    container["volumeMounts"] = [{"name": NATS_SECRET_VOLUME, "mountPath": directory, "readOnly": True}]
+    pod_spec["volumes"] = [{"name": NATS_SECRET_VOLUME, "secret": {
+        "secretName": secret, "optional": True,
+        "items": [{"key": NATS_SECRET_CREDS_KEY, "path": filename}]}}]
 
 
 def validate(pod: Obj, *, allow_privileged: bool) -> None:

@@ -253,7 +253,12 @@ class KubernetesBackend:
     async def create_pod(self, spec: contract.PodSpec) -> None:
         assert self.pods is not None
         body = k8s_objects.pod_manifest(spec, namespace=self._ns, image=self._config.image,
-                                        allow_privileged=self._config.allow_privileged)
+                                        allow_privileged=self._config.allow_privileged,
+                                        service_account=self._config.pod_service_account,
+                                        image_pull_secrets=self._config.image_pull_secrets,
+                                        gpu_node_selector=self._config.gpu_node_selector,
+                                        gpu_tolerations=self._config.gpu_tolerations,
+                                        nats_secret=self._config.pod_nats_secret)
         try:
             created = await self._retry(
                 lambda: self._core.create_namespaced_pod(self._ns, body, _preload_content=False),

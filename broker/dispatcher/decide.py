@@ -52,6 +52,8 @@ class Limits:
     image: str | None = None
     """Default container image for task pods (Kubernetes)."""
     extra_env: tuple[tuple[str, str], ...] = ()
+    profiles: Mapping[str, contract.Resources] = dataclasses.field(default_factory=dict)
+    """The operator's overrides of contract.PROFILES (JOBQ_RESOURCE_PROFILES), by profile name."""
     reschedule_on_node_loss: bool = True
     """False only for the chaos negative control: attempts on a lost node are left alone."""
 
@@ -80,6 +82,13 @@ def effective_avoid(job: contract.JobRecord, ready_nodes: frozenset[str] | None)
     return job.avoid_nodes
 
 
+def requests(spec: contract.JobSpec, limits: Limits) -> contract.Resources:
+    """The job's resources, or its profile's (``small`` if none) as the operator overrides it."""
+    if spec.resources is not None:
+        return spec.resources
+    return limits.profiles.get(spec.profile or "small") or spec.requests
+
+
 def pod_spec(
     job: contract.JobRecord,
     attempt: contract.Attempt,
@@ -106,7 +115,7 @@ def pod_spec(
         command=command,
         env=env,
         image=spec.image or limits.image,
-        resources=spec.requests,
+        resources=requests(spec, limits),
         avoid_nodes=effective_avoid(job, ready_nodes),
     )
 

@@ -51,7 +51,8 @@ class Dispatcher:
                                     startup_timeout_s=d.startup_timeout_s,
                                     nats_url=config.nats.url, image=config.backend.image,
                                     reschedule_on_node_loss=d.reschedule_on_node_loss,
-                                    queue_policies=dict(d.queue_policies))
+                                    queue_policies=dict(d.queue_policies),
+                                    profiles=dict(config.backend.resource_profiles))
         self.reconciler = reconcile.Reconciler(
             store=st, backend=backend, index=self.index, heartbeats=self.heartbeats,
             limits=self.limits, queue_limits=dict(d.queue_limits), observer=self.observer,

@@ -36,6 +36,17 @@ OPTIONS: dict[str, dict[str, str]] = {
         "dispatcher.queueLimits.default": "50",
         "dispatcher.queuePolicies.gpu.max_attempts": "5",
     },
+    "task-pod-defaults": {
+        "backend.podServiceAccount": "jobq-task",
+        "backend.imagePullSecrets[0]": "regcred",
+        "backend.imagePullSecrets[1]": "regcred-2",
+        "backend.gpuNodeSelector.pool": "gpu",
+        "backend.gpuTolerations[0].key": "nvidia.com/gpu",
+        "backend.gpuTolerations[0].operator": "Exists",
+        "backend.gpuTolerations[0].effect": "NoSchedule",
+        "backend.podNatsSecret": "jobq-pod-nats",
+        "backend.resourceProfiles.gpu.memory": "32Gi",
+    },
     "existing-service-account": {"serviceAccount.create": "false", "serviceAccount.name": "jobq-sa"},
     "no-namespace": {"backend.createNamespace": "false"},
     "single-replica": {"dispatcher.replicas": "1"},
@@ -211,6 +222,23 @@ def test_queue_settings_reach_the_dispatcher(helm: Path) -> None:
     assert config.dispatcher.queue_policies["gpu"].max_attempts == 5
 
 
+def test_task_pod_defaults_reach_the_dispatcher(helm: Path) -> None:
+    env = dispatcher_env(render(helm, OPTIONS["task-pod-defaults"]))
+    backend = settings.Settings.from_env({k: v for k, v in env.items() if isinstance(v, str)}).backend
+    assert backend.pod_service_account == "jobq-task"
+    assert backend.image_pull_secrets == ("regcred", "regcred-2")
+    assert dict(backend.gpu_node_selector) == {"pool": "gpu"}
+    assert backend.gpu_tolerations == (
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},)
+    assert backend.pod_nats_secret == "jobq-pod-nats"
+    assert backend.resource_profiles["gpu"].memory == "32Gi"
+    assert backend.resource_profiles["gpu"].gpu == 1  # fields left out keep the built-in value
+    default = settings.Settings.from_env(
+        {k: v for k, v in dispatcher_env(render(helm, {})).items() if isinstance(v, str)}).backend
+    assert not (default.pod_service_account or default.image_pull_secrets or default.gpu_node_selector
+                or default.gpu_tolerations or default.pod_nats_secret or default.resource_profiles)
+
+
 BAD_VALUES = [
     ({"dispatcher.replicas": "str:two"}, "/dispatcher/replicas': got string, want integer"),
     ({"nats.mode": "embedded"}, "/nats/mode': value must be one of 'external', 'bundled'"),
@@ -227,6 +255,9 @@ BAD_VALUES = [
     ({"nats.mode": "bundled", "nats.auth.credsSecret.name": "c"}, "operator (JWT) mode"),
     ({"dispatcher.podDisruptionBudget.minAvailable": "2"}, "no node can ever be drained"),
     ({"serviceAccount.create": "false"}, "serviceAccount.name is required"),
+    ({"backend.resourceProfiles.huge.cpu": "64"}, "/backend/resourceProfiles"),
+    ({"backend.gpuTolerations[0].operator": "Maybe"}, "/backend/gpuTolerations/0/operator"),
+    ({"backend.podServiceAccount": "Bad_SA"}, "/backend/podServiceAccount"),
 ]
 
 

@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml  # type: ignore[import-untyped]  # no types-PyYAML in the venv
@@ -301,7 +302,21 @@ def test_rbac_denies_everything_else(release: Release) -> None:
     assert not allowed, f"the API server allows: {allowed}"
 
 
-def test_task_pods_pass_pod_security_as_the_service_account(release: Release, tmp_path: Path) -> None:
+# The operator's task pod defaults (JOBQ_POD_*, JOBQ_GPU_*): a pull secret, the GPU selector and
+# tolerations, the NATS Secret as optional env and volume; "default" names the account explicitly.
+POD_DEFAULTS: dict[str, Any] = {
+    "service_account": "default",
+    "image_pull_secrets": ("regcred",),
+    "gpu_node_selector": {"nvidia.com/gpu.present": "true"},
+    "gpu_tolerations": ({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},),
+    "nats_secret": "jobq-pod-nats",
+}
+
+
+@pytest.mark.parametrize("defaults", [{}, POD_DEFAULTS], ids=["plain", "pod-defaults"])
+def test_task_pods_pass_pod_security_as_the_service_account(
+    release: Release, tmp_path: Path, defaults: dict[str, Any]
+) -> None:
     """The pod the backend creates, created as the dispatcher's account, is admitted (restricted)."""
     spec = contract.PodSpec(
         name="job-helmcheck-1",
@@ -312,7 +327,7 @@ def test_task_pods_pass_pod_security_as_the_service_account(release: Release, tm
         env={"JOBQ_JOB_ID": "helmcheck"},
         resources=contract.Resources(cpu=0.5, memory="256Mi", gpu=1),
     )
-    body = k8s_objects.pod_manifest(spec, namespace=release.jobs_namespace, image="jobq:0.1.0")
+    body = k8s_objects.pod_manifest(spec, namespace=release.jobs_namespace, image="jobq:0.1.0", **defaults)
     path = tmp_path / "pod.json"
     path.write_text(json.dumps(body))
     deadline = time.monotonic() + 15  # a new namespace has no default ServiceAccount for ~1 s

@@ -84,6 +84,14 @@ app.kubernetes.io/component: nats
 {{- join "," $parts -}}
 {{- end -}}
 
+{{- define "jobq.gpuNodeSelector" -}}
+{{- $parts := list -}}
+{{- range $label, $value := .Values.backend.gpuNodeSelector -}}
+{{- $parts = append $parts (printf "%s=%s" $label $value) -}}
+{{- end -}}
+{{- join "," $parts -}}
+{{- end -}}
+
 {{/* Checks the schema cannot express. */}}
 {{- define "jobq.validate" -}}
 {{- $auth := .Values.nats.auth -}}
