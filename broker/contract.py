@@ -406,6 +406,26 @@ class JobRecord(_Model):
     def current(self) -> Attempt | None:
         return self.attempts[-1] if self.attempts else None
 
+    def cancelling(self, *, now: dt.datetime) -> JobRecord:
+        """This job with a cancellation requested; the dispatcher carries it out."""
+        return self.model_copy(update={"cancel_requested": True, "updated_at": now})
+
+    def redriven(self, *, now: dt.datetime) -> JobRecord:
+        """This dead job queued again with fresh retry budgets; its attempt history is kept."""
+        return self.model_copy(
+            update={
+                "phase": JobPhase.QUEUED,
+                "app_failures": 0,
+                "disruptions": 0,
+                "avoid_nodes": (),
+                "reason": None,
+                "message": "re-driven from the dead-letter queue",
+                "finished_at": None,
+                "not_before": None,
+                "updated_at": now,
+            }
+        )
+
 
 # --- messages ---------------------------------------------------------------------------------
 

@@ -214,7 +214,7 @@ class JobqClient:
             record = contract.JobRecord.model_validate_json(entry.value or b"{}")
             if record.phase.is_terminal or record.cancel_requested:
                 return record
-            updated = record.model_copy(update={"cancel_requested": True, "updated_at": contract.utcnow()})
+            updated = record.cancelling(now=contract.utcnow())
             try:
                 await kv.update(job_id, updated.model_dump_json().encode(), last=entry.revision)
                 return updated
@@ -270,19 +270,7 @@ class JobqClient:
         record = contract.JobRecord.model_validate_json(entry.value or b"{}")
         if record.phase != contract.JobPhase.DEAD:
             raise JobqError(f"job {job_id} is {record.phase}, not dead")
-        revived = record.model_copy(
-            update={
-                "phase": contract.JobPhase.QUEUED,
-                "app_failures": 0,
-                "disruptions": 0,
-                "avoid_nodes": (),
-                "reason": None,
-                "message": "re-driven from the dead-letter queue",
-                "finished_at": None,
-                "not_before": None,
-                "updated_at": contract.utcnow(),
-            }
-        )
+        revived = record.redriven(now=contract.utcnow())
         try:
             await kv.update(job_id, revived.model_dump_json().encode(), last=entry.revision)
         except nats.js.errors.KeyWrongLastSequenceError:

@@ -443,7 +443,7 @@ async def cancel_job(request: web.Request) -> web.Response:
             raise error(409, "conflict", f"job {job_id} is {record.phase}; there is nothing to cancel")
         if record.cancel_requested:
             return None
-        return record.model_copy(update={"cancel_requested": True, "updated_at": contract.utcnow()})
+        return record.cancelling(now=contract.utcnow())
 
     record = await _update(request, job_id, change)
     return web.json_response({"job": job_summary(record)}, status=202)
@@ -457,19 +457,7 @@ async def retry_dead_letter(request: web.Request) -> web.Response:
     def change(record: contract.JobRecord) -> contract.JobRecord:
         if record.phase != contract.JobPhase.DEAD:
             raise error(409, "conflict", f"job {job_id} is {record.phase}, not dead")
-        return record.model_copy(
-            update={
-                "phase": contract.JobPhase.QUEUED,
-                "app_failures": 0,
-                "disruptions": 0,
-                "avoid_nodes": (),
-                "reason": None,
-                "message": "re-driven from the dead-letter queue",
-                "finished_at": None,
-                "not_before": None,
-                "updated_at": contract.utcnow(),
-            }
-        )
+        return record.redriven(now=contract.utcnow())
 
     if await _fresh(request, job_id) is None:
         raise error(
