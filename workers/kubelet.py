@@ -32,18 +32,12 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 
 from broker import contract
+from broker.k8sapi import ApiError, Obj, call
 from workers import pod_runtime
 from workers.node_agent import pod_command
 
 log = structlog.get_logger("jobq.kubelet")
 
-Obj = dict[str, Any]
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"HTTP {status}: {message}")
-        self.status = status
 
 
 def now_iso(*, micro: bool = False) -> str:
@@ -53,21 +47,6 @@ def now_iso(*, micro: bool = False) -> str:
 
 def _iso(at: dt.datetime | None) -> str | None:
     return at.strftime("%Y-%m-%dT%H:%M:%SZ") if at else None
-
-
-async def call(request: Awaitable[Any]) -> Obj:
-    """Await a kubernetes_asyncio call made with ``_preload_content=False``; JSON body or ApiError."""
-    resp: aiohttp.ClientResponse = await request
-    async with resp:
-        body = await resp.read()
-        if not 200 <= resp.status < 300:
-            try:
-                message = str(json.loads(body).get("message", body[:300]))
-            except ValueError:
-                message = body[:300].decode(errors="replace")
-            raise ApiError(resp.status, message)
-        data: Obj = json.loads(body) if body else {}
-        return data
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

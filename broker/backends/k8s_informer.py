@@ -16,36 +16,12 @@ from typing import Any
 import aiohttp
 import structlog
 
+from broker.k8sapi import ApiError, Obj, call
+
 log = structlog.get_logger("jobq.backend.kubernetes")
 
-Obj = dict[str, Any]
 ListFn = Callable[..., Awaitable[Any]]
 OnChange = Callable[[str, Obj | None, Obj | None], None]
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, *, retry_after: float | None = None) -> None:
-        super().__init__(f"HTTP {status}: {message}")
-        self.status = status
-        self.message = message
-        self.retry_after = retry_after
-
-
-async def call(request: Awaitable[Any]) -> Obj:
-    """Await a kubernetes_asyncio call made with ``_preload_content=False``: JSON body or ApiError."""
-    resp: aiohttp.ClientResponse = await request
-    async with resp:
-        body = await resp.read()
-        if not 200 <= resp.status < 300:
-            try:
-                message = str(json.loads(body).get("message", ""))
-            except ValueError:
-                message = body[:300].decode(errors="replace")
-            retry_after = resp.headers.get("Retry-After")
-            raise ApiError(resp.status, message,
-                           retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None)
-        data: Obj = json.loads(body) if body else {}
-        return data
 
 
 def key_of(obj: Obj) -> str:

@@ -30,7 +30,8 @@ from kubernetes_asyncio import config as k8s_config
 
 from broker import contract, settings
 from broker.backends import base, k8s_objects
-from broker.backends.k8s_informer import ApiError, Informer, Obj, call
+from broker.backends.k8s_informer import Informer
+from broker.k8sapi import ApiError, Obj, call
 
 log = structlog.get_logger("jobq.backend.kubernetes")
 
