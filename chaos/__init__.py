@@ -15,5 +15,6 @@ def discover(discover_system: bool = True) -> dict[str, Any]:
 
     discovery: dict[str, Any] = initialize_discovery_result("jobq", __version__, "jobq")
     discovery["activities"].extend(discover_actions("chaos.actions"))
+    discovery["activities"].extend(discover_actions("chaos.k8s_actions"))
     discovery["activities"].extend(discover_probes("chaos.probes"))
     return discovery

@@ -12,6 +12,7 @@ import asyncio
 import copy
 import dataclasses
 import json
+import os
 import shutil
 import threading
 import time
@@ -63,6 +64,15 @@ def stack_requirements(experiment: Mapping[str, Any]) -> dict[str, Any]:
         if ext.get("name") == "jobq":
             return dict(ext.get("stack", {}))
     return {}
+
+
+def kubernetes_env() -> dict[str, str]:
+    """JOBQ_BACKEND/JOBQ_KUBECONFIG for a stack on the Kubernetes backend (experiments whose jobq
+    extension says ``"backend": "kubernetes"``): $JOBQ_KUBECONFIG, else the dev cluster's."""
+    from broker.devcluster.nodes import stack_env
+
+    explicit = os.environ.get("JOBQ_KUBECONFIG")
+    return stack_env(Path(explicit) if explicit else None)
 
 
 def problems(journal: Mapping[str, Any]) -> list[str]:
@@ -177,8 +187,17 @@ def run(
     started = time.monotonic()
     run_id = target.new_run_id()
     background: BackgroundStack | None = None
+    k8s_vars: dict[str, str] = {}
     if nats_url is None:
         needs = stack_requirements(experiment)
+        stack_env = dict(stack_env or {})
+        if needs.get("backend") == "kubernetes":
+            if "JOBQ_KUBECONFIG" not in stack_env:
+                stack_env = {**kubernetes_env(), **stack_env}
+            stack_env.setdefault("JOBQ_BACKEND", "kubernetes")
+            k8s_vars = {"kubeconfig": stack_env["JOBQ_KUBECONFIG"]}
+            if stack_env.get("JOBQ_NAMESPACE"):
+                k8s_vars["namespace"] = stack_env["JOBQ_NAMESPACE"]
         data_dir = data_dir or Path(".jobq") / f"chaos-{path.stem}"
         if data_dir.exists():
             shutil.rmtree(data_dir)
@@ -196,7 +215,13 @@ def run(
         background.start()
         nats_url = background.stack.nats_url
     data_dir = data_dir or Path(".jobq")
-    configuration = {"data_dir": str(data_dir), "nats_url": nats_url, "run_id": run_id, **(config_vars or {})}
+    configuration = {
+        "data_dir": str(data_dir),
+        "nats_url": nats_url,
+        "run_id": run_id,
+        **k8s_vars,
+        **(config_vars or {}),
+    }
     log.info("chaos_run_started", experiment=path.stem, run_id=run_id, nats=nats_url, data_dir=str(data_dir))
     try:
         journal: dict[str, Any] = run_experiment(
