@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -85,6 +86,32 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
 @pytest.fixture
 async def client(stack: Stack) -> AsyncIterator[JobqClient]:
     async with JobqClient(stack.nats_url) as c:
+        yield c
+
+
+@pytest.fixture(
+    params=["local", pytest.param("kubernetes", marks=[pytest.mark.k8s, pytest.mark.timeout(300)])]
+)
+async def any_stack(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stack]:
+    """The stack on each backend: three local node agents, or the real Kubernetes control plane
+    with three simulated kubelets (built and started once per session; see tests/k8s)."""
+    if request.param == "local":
+        s = await start_stack(tmp_path)
+    else:
+        from tests.k8s.cluster import k8s_env, shared_cluster
+
+        cluster = shared_cluster()
+        cluster.heal()
+        s = await start_stack(tmp_path, nodes=0, env=k8s_env(cluster, f"jobq-t-{uuid.uuid4().hex[:8]}"))
+    try:
+        yield s
+    finally:
+        await s.stop()
+
+
+@pytest.fixture
+async def any_client(any_stack: Stack) -> AsyncIterator[JobqClient]:
+    async with JobqClient(any_stack.nats_url) as c:
         yield c
 
 

@@ -19,8 +19,8 @@ from tests.integration.helpers import wait_running
 FAST_RETRY = {"max_attempts": 3, "backoff_base_s": 0.5, "backoff_cap_s": 2.0}
 
 
-async def test_task_that_fails_twice_then_succeeds(client: JobqClient) -> None:
-    handle = await client.submit(task="demo.flaky", args={"succeed_on": 3}, retry=FAST_RETRY)
+async def test_task_that_fails_twice_then_succeeds(any_client: JobqClient) -> None:
+    handle = await any_client.submit(task="demo.flaky", args={"succeed_on": 3}, retry=FAST_RETRY)
     record = await handle.wait(timeout=90)
     assert record.phase == contract.JobPhase.SUCCEEDED
     assert [a.reason for a in record.attempts] == ["app_error", "app_error", None]
@@ -33,30 +33,34 @@ async def test_task_that_fails_twice_then_succeeds(client: JobqClient) -> None:
         gap = (following.created_at - failed.finished_at).total_seconds()
         ceiling = min(FAST_RETRY["backoff_cap_s"], FAST_RETRY["backoff_base_s"] * 2 ** (n - 1))
         assert 0 <= gap <= ceiling + 1.5, (n, gap)
-    kinds = [e.type for e in await client.events(handle.id)]
+    kinds = [e.type for e in await any_client.events(handle.id)]
     assert kinds.count("retry_scheduled") == 2 and kinds[-1] == "succeeded"
 
 
-async def test_non_retryable_exit_code_goes_straight_to_dead(client: JobqClient) -> None:
-    handle = await client.submit(
+async def test_non_retryable_exit_code_goes_straight_to_dead(any_client: JobqClient) -> None:
+    handle = await any_client.submit(
         task="demo.exit", args={"code": 42}, retry={**FAST_RETRY, "non_retryable_exit_codes": [42]}
     )
     record = await handle.wait(timeout=60)
     assert record.phase == contract.JobPhase.DEAD and record.reason == contract.FailureReason.NON_RETRYABLE
     assert len(record.attempts) == 1 and record.attempts[0].exit_code == 42
-    letters = [letter for _, letter in await client.dead_letters() if letter.job_id == handle.id]
+    letters = [letter for _, letter in await any_client.dead_letters() if letter.job_id == handle.id]
     assert len(letters) == 1 and letters[0].attempts[0].exit_code == 42
 
 
-async def test_exhausted_retries_end_dead_and_can_be_redriven(stack: Stack, client: JobqClient) -> None:
-    handle = await client.submit(task="demo.exit", args={"code": 1}, retry={**FAST_RETRY, "max_attempts": 2})
+async def test_exhausted_retries_end_dead_and_can_be_redriven(
+    any_stack: Stack, any_client: JobqClient
+) -> None:
+    handle = await any_client.submit(
+        task="demo.exit", args={"code": 1}, retry={**FAST_RETRY, "max_attempts": 2}
+    )
     record = await handle.wait(timeout=60)
     assert record.phase == contract.JobPhase.DEAD and len(record.attempts) == 2
     assert "max_attempts=2" in record.message
     listing = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "submitter.cli", "dlq", "list"],
-        env=cli_env(stack),
+        env=cli_env(any_stack),
         capture_output=True,
         text=True,
         check=True,
@@ -65,21 +69,21 @@ async def test_exhausted_retries_end_dead_and_can_be_redriven(stack: Stack, clie
     await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "submitter.cli", "dlq", "retry", handle.id],
-        env=cli_env(stack),
+        env=cli_env(any_stack),
         capture_output=True,
         text=True,
         check=True,
     )
     for _ in range(100):
-        again = await client.get(handle.id)
+        again = await any_client.get(handle.id)
         if again is not None and again.phase.is_terminal and len(again.attempts) == 4:
             break
         await asyncio.sleep(0.2)
     assert again is not None and again.phase == contract.JobPhase.DEAD and len(again.attempts) == 4
 
 
-async def test_deadline_kills_the_attempt_as_timeout(client: JobqClient) -> None:
-    handle = await client.submit(
+async def test_deadline_kills_the_attempt_as_timeout(any_client: JobqClient) -> None:
+    handle = await any_client.submit(
         task="demo.sleep", args={"seconds": 60}, timeout_s=1.5, retry={**FAST_RETRY, "max_attempts": 1}
     )
     record = await handle.wait(timeout=60)

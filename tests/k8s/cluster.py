@@ -90,8 +90,21 @@ def shared_cluster() -> DevCluster:
         cluster.start_node(name)
     nodes.wait_ready(state_dir, list(NODE_NAMES), timeout_s=90)
     cluster.startup_s = time.monotonic() - started - build_s
-    _say(f"control plane + {len(NODE_NAMES)} kubelet agents Ready in {cluster.startup_s:.1f}s "
-         f"(binaries located in {build_s:.1f}s); state in {state_dir}")
+    _say(
+        f"control plane + {len(NODE_NAMES)} kubelet agents Ready in {cluster.startup_s:.1f}s "
+        f"(binaries located in {build_s:.1f}s); state in {state_dir}"
+    )
     atexit.register(cluster.stop)
     _cluster = cluster
     return cluster
+
+
+def k8s_env(cluster: DevCluster, namespace: str) -> dict[str, str]:
+    # Ten pods importing scikit-learn at once on two shared cores take >10 s to send their first
+    # heartbeat, so the heartbeat timeout is relaxed; node loss is detected from the Lease anyway.
+    return {
+        "JOBQ_BACKEND": "kubernetes",
+        "JOBQ_KUBECONFIG": str(cluster.kubeconfig),
+        "JOBQ_NAMESPACE": namespace,
+        "JOBQ_HEARTBEAT_TIMEOUT_S": "30",
+    }

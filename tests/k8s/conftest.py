@@ -11,7 +11,7 @@ import pytest
 from broker.embedded.stack import Stack
 from submitter.client import JobqClient
 from tests.conftest import start_stack
-from tests.k8s.cluster import DevCluster, shared_cluster
+from tests.k8s.cluster import DevCluster, k8s_env, shared_cluster
 
 
 @pytest.fixture(scope="session")
@@ -29,13 +29,6 @@ def cluster(k8s_cluster: DevCluster) -> Iterator[DevCluster]:
 @pytest.fixture
 def namespace() -> str:
     return f"jobq-t-{uuid.uuid4().hex[:8]}"
-
-
-def k8s_env(cluster: DevCluster, namespace: str) -> dict[str, str]:
-    # Ten pods importing scikit-learn at once on two shared cores take >10 s to send their first
-    # heartbeat, so the heartbeat timeout is relaxed; node loss is detected from the Lease anyway.
-    return {"JOBQ_BACKEND": "kubernetes", "JOBQ_KUBECONFIG": str(cluster.kubeconfig),
-            "JOBQ_NAMESPACE": namespace, "JOBQ_HEARTBEAT_TIMEOUT_S": "30"}
 
 
 @pytest.fixture
