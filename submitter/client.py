@@ -25,6 +25,10 @@ from nats.js import JetStreamContext
 
 from broker import contract, natsutil
 
+_FINAL_EVENTS = frozenset(
+    {contract.EventType.SUCCEEDED, contract.EventType.DEAD, contract.EventType.CANCELLED}
+)
+
 
 class JobqError(Exception):
     """Base of the SDK's errors."""
@@ -222,8 +226,25 @@ class JobqClient:
                 await asyncio.sleep(0.05)
         raise JobqError(f"could not record the cancellation of {job_id}: the record kept changing")
 
-    async def events(self, job_id: str) -> builtins.list[contract.JobEvent]:
-        """Every event recorded for the job, oldest first."""
+    async def events(
+        self, job_id: str, *, settled: bool = False, timeout: float = 10.0
+    ) -> builtins.list[contract.JobEvent]:
+        """Every event recorded for the job, oldest first.
+
+        The dispatcher writes a job's record before it publishes the events of that transition,
+        so right after ``wait()`` the last event may still be on its way: ``settled=True`` waits
+        (up to ``timeout`` seconds) until the events include the job's final one.
+        """
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            events = await self._events_now(job_id)
+            if not settled or any(e.type in _FINAL_EVENTS for e in events):
+                return events
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"job {job_id} has no final event after {timeout}s")
+            await asyncio.sleep(0.1)
+
+    async def _events_now(self, job_id: str) -> builtins.list[contract.JobEvent]:
         sub = await self.js.subscribe(
             contract.event_subject(job_id),
             ordered_consumer=True,

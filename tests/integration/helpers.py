@@ -53,4 +53,5 @@ async def node_status(stack: Stack, name: str, *, timeout: float = 10) -> contra
 
 
 async def success_events(client: JobqClient, job_id: str) -> int:
-    return sum(1 for e in await client.events(job_id) if e.type == contract.EventType.SUCCEEDED)
+    events = await client.events(job_id, settled=True)
+    return sum(1 for e in events if e.type == contract.EventType.SUCCEEDED)

@@ -110,7 +110,9 @@ async def test_partitioned_node_comes_back_its_stale_attempts_are_fenced(
         record = records[job_id]
         assert record.result_attempt == len(record.attempts) > 1
         assert record.attempts[0].reason == contract.FailureReason.NODE_LOST
-        assert any(e.type == contract.EventType.STALE for e in await client.events(job_id)), job_id
+        assert any(e.type == contract.EventType.STALE for e in await client.events(job_id, settled=True)), (
+            job_id
+        )
 
 
 async def test_dispatcher_kill_9_then_restart_adopts_running_pods(stack: Stack, client: JobqClient) -> None:

@@ -75,7 +75,7 @@ async def test_sdk_plain_nats_and_cli_jobs_all_succeed(stack: Stack, client: Job
     assert evaluated.job_id == "cli-0"
 
     for job_id in (sdk[3].id, "raw-7", "cli-2"):
-        kinds = [e.type for e in await client.events(job_id)]
+        kinds = [e.type for e in await client.events(job_id, settled=True)]
         assert kinds == ["accepted", "attempt_created", "attempt_started", "succeeded"], (job_id, kinds)
         record = records[job_id]
         assert record.result_attempt == 1 and record.finished_at is not None

@@ -33,7 +33,7 @@ async def test_task_that_fails_twice_then_succeeds(any_client: JobqClient) -> No
         gap = (following.created_at - failed.finished_at).total_seconds()
         ceiling = min(FAST_RETRY["backoff_cap_s"], FAST_RETRY["backoff_base_s"] * 2 ** (n - 1))
         assert 0 <= gap <= ceiling + 1.5, (n, gap)
-    kinds = [e.type for e in await any_client.events(handle.id)]
+    kinds = [e.type for e in await any_client.events(handle.id, settled=True)]
     assert kinds.count("retry_scheduled") == 2 and kinds[-1] == "succeeded"
 
 
