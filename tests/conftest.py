@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nats.aio.client import Client as NATS
@@ -73,14 +75,21 @@ async def start_stack(
     return stack
 
 
-@pytest.fixture
-async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
-    """The embedded stack: nats-server, one dispatcher and three node agents, as processes."""
-    s = await start_stack(tmp_path)
+@contextlib.asynccontextmanager
+async def running_stack(tmp_path: Path, **options: Any) -> AsyncIterator[Stack]:
+    """``start_stack`` as a context manager: the stack is stopped however the test ends."""
+    s = await start_stack(tmp_path, **options)
     try:
         yield s
     finally:
         await s.stop()
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    """The embedded stack: nats-server, one dispatcher and three node agents, as processes."""
+    async with running_stack(tmp_path) as s:
+        yield s
 
 
 @pytest.fixture
@@ -95,18 +104,15 @@ async def client(stack: Stack) -> AsyncIterator[JobqClient]:
 async def any_stack(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stack]:
     """The stack on each backend: three local node agents, or the real Kubernetes control plane
     with three simulated kubelets (built and started once per session; see tests/k8s)."""
-    if request.param == "local":
-        s = await start_stack(tmp_path)
-    else:
+    options: dict[str, Any] = {}
+    if request.param == "kubernetes":
         from tests.k8s.cluster import k8s_env, shared_cluster
 
         cluster = shared_cluster()
         cluster.heal()
-        s = await start_stack(tmp_path, nodes=0, env=k8s_env(cluster, f"jobq-t-{uuid.uuid4().hex[:8]}"))
-    try:
+        options = {"nodes": 0, "env": k8s_env(cluster, f"jobq-t-{uuid.uuid4().hex[:8]}")}
+    async with running_stack(tmp_path, **options) as s:
         yield s
-    finally:
-        await s.stop()
 
 
 @pytest.fixture

@@ -8,15 +8,12 @@ from pathlib import Path
 import pytest
 
 from broker.embedded.stack import Stack
-from tests.conftest import start_stack
+from tests.conftest import running_stack
 
 TOKEN = "test-token-7f3a"
 
 
 @pytest.fixture
 async def token_stack(tmp_path: Path) -> AsyncIterator[Stack]:
-    s = await start_stack(tmp_path, env={"JOBQ_HTTP_TOKEN": TOKEN})
-    try:
+    async with running_stack(tmp_path, env={"JOBQ_HTTP_TOKEN": TOKEN}) as s:
         yield s
-    finally:
-        await s.stop()

@@ -13,7 +13,7 @@ import pytest
 from broker import contract
 from broker.embedded.stack import Stack
 from submitter.client import JobqClient
-from tests.conftest import cli_env, start_stack
+from tests.conftest import cli_env, running_stack
 from tests.integration.helpers import wait_running
 
 FAST_RETRY = {"max_attempts": 3, "backoff_base_s": 0.5, "backoff_cap_s": 2.0}
@@ -95,11 +95,8 @@ async def test_deadline_kills_the_attempt_as_timeout(any_client: JobqClient) -> 
 @pytest.fixture
 async def held_stack(tmp_path: Path) -> AsyncIterator[Stack]:
     """A stack whose queue 'held' may run nothing, so its jobs stay queued."""
-    s = await start_stack(tmp_path, nodes=1, env={"JOBQ_QUEUE_LIMITS": "held=0"})
-    try:
+    async with running_stack(tmp_path, nodes=1, env={"JOBQ_QUEUE_LIMITS": "held=0"}) as s:
         yield s
-    finally:
-        await s.stop()
 
 
 async def test_cancel_queued_and_running_jobs(held_stack: Stack) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from broker.embedded.stack import Stack
 from submitter.client import JobqClient
-from tests.conftest import start_stack
+from tests.conftest import running_stack
 from tests.k8s.cluster import DevCluster, k8s_env, shared_cluster
 
 
@@ -34,11 +34,8 @@ def namespace() -> str:
 @pytest.fixture
 async def k8s_stack(tmp_path: Path, cluster: DevCluster, namespace: str) -> AsyncIterator[Stack]:
     """NATS + one dispatcher on the Kubernetes backend; no local node agents."""
-    stack = await start_stack(tmp_path, nodes=0, env=k8s_env(cluster, namespace))
-    try:
+    async with running_stack(tmp_path, nodes=0, env=k8s_env(cluster, namespace)) as stack:
         yield stack
-    finally:
-        await stack.stop()
 
 
 @pytest.fixture
