@@ -14,6 +14,8 @@ Subjects (``<x>`` is a placeholder)::
     jobq.node.<node>.status             node agent heartbeat with its pods (core NATS)
     jobq.node.<node>.pods.create        request/reply: run a pod on that node
     jobq.node.<node>.pods.delete        request/reply: kill and forget a pod
+    jobq.node.<node>.pods.log           request/reply: bytes of a pod's log (NodeLogRequest)
+    jobq.logs                           request/reply: a job attempt's output (LogRequest)
 
 Buckets: ``jobq_jobs`` (job records, CAS-updated), ``jobq_results`` (one entry per attempt,
 key ``<job_id>.<n>``), ``jobq_idempotency`` (idempotency key digest -> job id), ``jobq_leader``
@@ -58,6 +60,8 @@ EVENTS_WILDCARD = "jobq.events.>"
 DEAD_WILDCARD = "jobq.dead.>"
 HEARTBEAT_WILDCARD = "jobq.attempt.*.*.hb"
 NODE_STATUS_WILDCARD = "jobq.node.*.status"
+LOGS_SUBJECT = "jobq.logs"
+"""Request/reply (LogRequest -> LogChunk), served by every dispatcher replica."""
 
 HEADER_MSG_ID = "Nats-Msg-Id"
 """JetStream de-duplication header; set it to the job's idempotency key (or its id)."""
@@ -130,6 +134,10 @@ def node_create_subject(node: str) -> str:
 
 def node_delete_subject(node: str) -> str:
     return f"jobq.node.{node}.pods.delete"
+
+
+def node_log_subject(node: str) -> str:
+    return f"jobq.node.{node}.pods.log"
 
 
 def result_key(job_id: str, attempt: int) -> str:
@@ -380,6 +388,11 @@ class Attempt(_Model):
     reason: FailureReason | None = None
     exit_code: int | None = None
     message: str = ""
+    log_tail: str = ""
+    """The last lines the attempt printed, captured before its pod was deleted (failed attempts:
+    the container's termination message, which the kubelet fills from the log on error)."""
+    waiting_reason: str = ""
+    """Why the attempt's pod is not running yet, e.g. the scheduler's FailedScheduling message."""
     created_at: dt.datetime
     started_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None
@@ -491,6 +504,8 @@ class PodStatus(_Model):
     finished_at: dt.datetime | None = None
     pid: int | None = None
     resources: Resources = Resources()
+    log_tail: str = ""
+    """Last lines of the pod's log once it failed (bounded by LOG_TAIL_BYTES / LOG_TAIL_LINES)."""
 
 
 class NodeStatus(_Model):
@@ -505,9 +520,71 @@ class NodeStatus(_Model):
     at: dt.datetime = Field(default_factory=utcnow)
 
 
+LOG_TAIL_BYTES = 2048
+LOG_TAIL_LINES = 80
+"""A failed attempt keeps at most this much of its output in its record (Kubernetes'
+FallbackToLogsOnError uses the same bounds for a container's termination message)."""
+
+
+def tail_of(data: bytes) -> str:
+    """The last LOG_TAIL_LINES lines / LOG_TAIL_BYTES bytes of ``data``, decoded leniently."""
+    lines = data[-LOG_TAIL_BYTES:].decode(errors="replace").splitlines()
+    return "\n".join(lines[-LOG_TAIL_LINES:])
+
+
+class LogRequest(_Model):
+    """Request on ``LOGS_SUBJECT``: the output of one attempt of a job, from a byte offset."""
+
+    job_id: str
+    attempt: int | None = Field(default=None, ge=1, description="Default: the current attempt")
+    offset: int = Field(default=0, ge=0, description="Byte offset to read from")
+    limit: int = Field(default=64 * 1024, ge=1, le=1024 * 1024, description="Bytes to return at most")
+
+
+class LogChunk(_Model):
+    """Reply on ``LOGS_SUBJECT``. ``data`` is the bytes from ``offset`` decoded leniently;
+    ``next_offset`` counts bytes. ``finished``: the attempt is over and no more output will come.
+    ``error`` is set (and ``data`` empty) when the log cannot be read; ``tail`` then carries the
+    lines the record kept."""
+
+    job_id: str
+    attempt: int | None = None
+    pod: str | None = None
+    node: str | None = None
+    offset: int = 0
+    data: str = ""
+    next_offset: int = 0
+    finished: bool = False
+    error: str = ""
+    tail: str = ""
+
+
 class NodeReply(_Model):
     ok: bool
     error: str = ""
+
+
+class NodeLogRequest(_Model):
+    """Request on ``jobq.node.<node>.pods.log``: bytes of one pod's log file from ``offset``."""
+
+    pod: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=253)
+    offset: int = Field(default=0, ge=0)
+    limit: int = Field(default=64 * 1024, ge=1, le=512 * 1024)
+
+
+class NodeLogReply(_Model):
+    """The node's answer: ``ok`` False (with ``error``) when it has no log for that pod. The log
+    stays readable after the pod is deleted, for as long as the node keeps its work directory.
+    ``data`` is URL-safe base64 in JSON."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_bytes="base64", val_json_bytes="base64")
+
+    ok: bool
+    error: str = ""
+    data: bytes = b""
+    next_offset: int = 0
+    running: bool = False
+    """The pod is still running on this node: more output may come."""
 
 
 class DeadLetter(_Model):

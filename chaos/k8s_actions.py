@@ -1,5 +1,6 @@
-"""Chaos Toolkit actions for the Kubernetes backend: kill or restart a node agent (our simulated
-kubelet), cordon, drain or delete a Node.
+"""Chaos Toolkit actions for the Kubernetes backend: kill a node (machine death: our simulated
+kubelet and its pods) or only its kubelet process, restart the kubelet, cordon, drain or delete a
+Node.
 
 The cluster is found from the experiment's configuration: ``kubeconfig`` (JOBQ_KUBECONFIG,
 default: the dev cluster's, ``jobq dev-cluster kubeconfig``), ``namespace`` (JOBQ_NAMESPACE, the
@@ -36,12 +37,14 @@ __all__ = [
     "delete_node",
     "drain_node",
     "kill_kubelet",
+    "kill_kubelet_process",
     "restart_kubelet",
     "uncordon_node",
 ]
 
 JOBQ_PODS = f"{k8s_objects.LABEL_MANAGED}={k8s_objects.MANAGED_BY}"
 CORDON_KINDS = ("node_cordon", "node_drain")
+KILL_KINDS = ("node_kill", "kubelet_kill")
 
 
 # --- the cluster --------------------------------------------------------------------------
@@ -149,19 +152,44 @@ def kill_kubelet(
     timeout_s: float = 60.0,
     configuration: Configuration = None,
 ) -> dict[str, Any]:
-    """SIGKILL the node agent of ``name`` (or of the ``busiest`` node: most running burst jobs):
-    the node dies with its pods, its Lease stops, the node lifecycle controller marks it NotReady."""
+    """Machine death of ``name`` (or of the ``busiest`` node: most running burst jobs): SIGKILL of
+    its node agent and of every pod the agent started. Its Lease stops; the node lifecycle
+    controller marks it NotReady after its grace period (stock: 50 s)."""
+    return _kill(name, min_running, timeout_s, configuration, machine=True)
+
+
+def kill_kubelet_process(
+    name: str = "busiest",
+    min_running: int = 3,
+    timeout_s: float = 60.0,
+    configuration: Configuration = None,
+) -> dict[str, Any]:
+    """SIGKILL only the kubelet process of ``name``: its pods keep running (as containers outlive
+    a real kubelet) while its Lease stops. ``restart_kubelet`` brings it back; it adopts them.
+    Recorded as ``kubelet_kill``, recovered when the kubelet is back."""
+    return _kill(name, min_running, timeout_s, configuration, machine=False)
+
+
+def _kill(name: str, min_running: int, timeout_s: float, configuration: Configuration, *,
+          machine: bool) -> dict[str, Any]:
+    directory = cluster_dir(configuration)
     try:
         victim = _victim(configuration, name, min_running=min_running, timeout_s=timeout_s)
-        entry = nodes.load(cluster_dir(configuration)).get(victim)
+        entry = nodes.load(directory).get(victim)
         pods = _pod_refs(pods_on(configuration, victim))
         at = target.now_iso()
-        if entry is None or not nodes.kill_kubelet(cluster_dir(configuration), victim, signal.SIGKILL):
-            raise ChaosError(f"no live node agent {victim} in {cluster_dir(configuration)}")
+        if entry is None:
+            raise ChaosError(f"no node agent {victim} recorded in {directory}")
+        if machine:
+            killed = nodes.kill_node(directory, victim)
+        else:
+            killed = nodes.kill_kubelet(directory, victim, signal.SIGKILL)
+        if not killed:
+            raise ChaosError(f"no live node agent {victim} in {directory}")
     except ChaosError as exc:
         raise ActivityFailed(str(exc)) from exc
     disruption = {
-        "kind": "node_kill",
+        "kind": "node_kill" if machine else "kubelet_kill",
         "target": victim,
         "pid": entry.pid,
         "signal": "SIGKILL",
@@ -175,9 +203,10 @@ def kill_kubelet(
 def restart_kubelet(
     name: str | None = None, timeout_s: float = 60.0, configuration: Configuration = None
 ) -> dict[str, Any]:
-    """Start again ``name`` (default: every agent killed in this run) and wait until Ready."""
+    """Start again ``name`` (default: every agent killed in this run) and wait until Ready. A
+    kubelet whose pods survived adopts them."""
     state = RunState.load(configuration)
-    killed = sorted({d["target"] for d in state.disruptions if d["kind"] == "node_kill"})
+    killed = sorted({d["target"] for d in state.disruptions if d["kind"] in KILL_KINDS})
     wanted = [name] if name else killed
     directory = cluster_dir(configuration)
     restarted = {}
@@ -192,8 +221,9 @@ def restart_kubelet(
         raise ActivityFailed(str(exc)) from exc
     at = target.now_iso()
     for i, d in enumerate(state.disruptions):
-        if d["kind"] == "node_kill" and d["target"] in restarted and "restarted_at" not in d:
-            target.update_disruption(configuration, i, restarted_at=at)
+        if d["kind"] in KILL_KINDS and d["target"] in restarted and "restarted_at" not in d:
+            extra = {"recovered_at": at} if d["kind"] == "kubelet_kill" else {}
+            target.update_disruption(configuration, i, restarted_at=at, **extra)
     return {"restarted": restarted, "ready": wanted, "at": at}
 
 

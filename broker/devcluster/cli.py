@@ -1,13 +1,17 @@
 """``up`` / ``down`` / ``status`` / ``kubeconfig`` / ``build`` for the dev cluster.
 
 ``up`` starts the control plane and N simulated kubelets (``workers.kubelet``), all detached,
-and returns once every node is Ready. Backs ``jobq dev-cluster ...`` and
+and returns once every node is Ready. Node-failure handling is upstream's (kubelets renew their
+Lease every 10 s; the controller's grace period is 50 s, tolerations 300 s) unless
+``--fastest-safe-node-failure`` (``ControlPlaneConfig.fastest_safe``) or
+``--node-monitor-grace-period`` say otherwise. Backs ``jobq dev-cluster ...`` and
 ``python -m broker.devcluster ...``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -35,10 +39,18 @@ def node_names(count: int) -> list[str]:
 
 
 def up(state_dir: Path, *, node_count: int = 3, node_cpu: float = 4.0, node_memory: str = "8Gi",
-       node_monitor_grace_period: str = "5s", say: Say = _stderr) -> ClusterState:
-    """Start the control plane and ``node_count`` kubelet agents in the background; wait for Ready."""
+       node_monitor_grace_period: str | None = None, fastest_safe: bool = False,
+       say: Say = _stderr) -> ClusterState:
+    """Start the control plane and ``node_count`` kubelet agents in the background; wait for Ready.
+
+    Stock node-failure settings; ``fastest_safe``: ``ControlPlaneConfig.fastest_safe()``;
+    ``node_monitor_grace_period`` overrides the grace period of either.
+    """
     started = time.monotonic()
-    config = ControlPlaneConfig(state_dir=state_dir, node_monitor_grace_period=node_monitor_grace_period)
+    config = ControlPlaneConfig.fastest_safe(state_dir=state_dir) if fastest_safe else ControlPlaneConfig(
+        state_dir=state_dir)
+    if node_monitor_grace_period:
+        config = dataclasses.replace(config, node_monitor_grace_period=node_monitor_grace_period)
     plane = ControlPlane(config, progress=say)
     state = plane.start()
     names = node_names(node_count)
@@ -55,7 +67,7 @@ def up(state_dir: Path, *, node_count: int = 3, node_cpu: float = 4.0, node_memo
 
 
 def down(state_dir: Path, *, say: Say = _stderr) -> bool:
-    """Stop the kubelet agents (their pods die), then the control plane. False if nothing ran."""
+    """Stop the kubelet agents and kill their pods, then the control plane. False if nothing ran."""
     stopped = nodes.stop_all(state_dir)
     if stopped:
         say(f"devcluster: stopped {stopped} kubelet agent(s)")
@@ -71,7 +83,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmd_up.add_argument("--nodes", type=int, default=3)
     cmd_up.add_argument("--node-cpu", type=float, default=4.0)
     cmd_up.add_argument("--node-memory", default="8Gi")
-    cmd_up.add_argument("--node-monitor-grace-period", default="5s")
+    cmd_up.add_argument("--node-monitor-grace-period", default=None,
+                        help="kube-controller-manager grace period (default: stock 50s)")
+    cmd_up.add_argument("--fastest-safe-node-failure", action="store_true",
+                        help="grace 20s, monitor period 1s, tolerations 1s, eviction 10/s "
+                             "(ControlPlaneConfig.fastest_safe)")
     sub.add_parser("down", help="stop the cluster started by 'up'")
     sub.add_parser("status", help="show component and node liveness")
     sub.add_parser("kubeconfig", help="print the admin kubeconfig's path")
@@ -86,7 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{name}: {path}")
         elif args.command == "up":
             state = up(state_dir, node_count=args.nodes, node_cpu=args.node_cpu, node_memory=args.node_memory,
-                       node_monitor_grace_period=args.node_monitor_grace_period)
+                       node_monitor_grace_period=args.node_monitor_grace_period,
+                       fastest_safe=args.fastest_safe_node_failure)
             print(f"export KUBECONFIG={state.kubeconfig}")
         elif args.command == "down":
             if not down(state_dir):

@@ -6,7 +6,9 @@ Layout under the PKI directory:
 ``kube-scheduler.crt/key``, ``sa.key/pub`` (service-account token signing),
 ``front-proxy-ca.crt/key`` and ``front-proxy-client.crt/key`` (the apiserver's request-header
 authentication for aggregated APIs; without it the controllers log errors about a missing
-requestheader CA bundle every few seconds).
+requestheader CA bundle every few seconds), ``apiserver-kubelet-client.crt/key`` (the apiserver's
+identity towards kubelets, for ``pods/log``: CN kube-apiserver-kubelet-client, O system:masters).
+Kubelet serving certificates are issued per node (``issue_serving_cert``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ APISERVER_DNS = (
 APISERVER_IPS = ("127.0.0.1", "10.0.0.1")
 """Loopback plus the first address of the service CIDR (the ``kubernetes`` Service)."""
 FRONT_PROXY_CLIENT_CN = "front-proxy-client"
+KUBELET_CLIENT_CN = "kube-apiserver-kubelet-client"
+"""The apiserver's client identity when it calls a kubelet (logs); kubelets accept it."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,7 @@ class Pki:
     sa_public_key: Path
     front_proxy_ca: CertPair
     front_proxy_client: CertPair
+    apiserver_kubelet_client: CertPair
 
     @classmethod
     def at(cls, directory: Path) -> Pki:
@@ -75,6 +80,7 @@ class Pki:
             sa_public_key=directory / "sa.pub",
             front_proxy_ca=pair("front-proxy-ca"),
             front_proxy_client=pair("front-proxy-client"),
+            apiserver_kubelet_client=pair("apiserver-kubelet-client"),
         )
 
 
@@ -111,6 +117,7 @@ def generate_pki(directory: Path) -> Pki:
         (pki.admin, "kubernetes-admin", ("system:masters",)),
         (pki.controller_manager, "system:kube-controller-manager", ()),
         (pki.scheduler, "system:kube-scheduler", ()),
+        (pki.apiserver_kubelet_client, KUBELET_CLIENT_CN, ("system:masters",)),
     )
     for pair, cn, orgs in clients:
         issue_client_cert(pki, pair, common_name=cn, organizations=orgs)
@@ -134,14 +141,42 @@ def issue_client_cert(
     For a node agent use ``common_name="system:node:<node>", organizations=("system:nodes",)``
     so that the Node authorizer applies.
     """
-    ca_cert = x509.load_pem_x509_certificate(pki.ca.cert.read_bytes())
-    ca_key = serialization.load_pem_private_key(pki.ca.key.read_bytes(), password=None)
-    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
-        raise TypeError(f"unexpected CA key type in {pki.ca.key}")
+    ca_cert, ca_key = _load_ca(pki)
     key = ec.generate_private_key(ec.SECP256R1())
     cert = _leaf(ca_cert, ca_key, key, common_name, organizations, ExtendedKeyUsageOID.CLIENT_AUTH, [])
     _write(pair, cert, key)
     return pair
+
+
+def issue_serving_cert(
+    pki: Pki,
+    pair: CertPair,
+    *,
+    common_name: str,
+    dns_names: tuple[str, ...] = (),
+    ips: tuple[str, ...] = (),
+    organizations: tuple[str, ...] = (),
+) -> CertPair:
+    """Sign a TLS serving certificate with the cluster CA for ``dns_names`` and ``ips``.
+
+    For a kubelet: ``common_name="system:node:<node>", organizations=("system:nodes",)``, SANs the
+    node name and 127.0.0.1 (the apiserver dials the node's InternalIP and verifies it).
+    """
+    ca_cert, ca_key = _load_ca(pki)
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
+    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+    cert = _leaf(ca_cert, ca_key, key, common_name, organizations, ExtendedKeyUsageOID.SERVER_AUTH, sans)
+    _write(pair, cert, key)
+    return pair
+
+
+def _load_ca(pki: Pki) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    ca_cert = x509.load_pem_x509_certificate(pki.ca.cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(pki.ca.key.read_bytes(), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise TypeError(f"unexpected CA key type in {pki.ca.key}")
+    return ca_cert, ca_key
 
 
 def _ca_certificate(key: ec.EllipticCurvePrivateKey, common_name: str) -> x509.Certificate:

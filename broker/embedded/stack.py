@@ -219,7 +219,9 @@ class Stack:
         if name not in self.nodes and self.config.env.get("JOBQ_BACKEND") == "kubernetes":
             from broker.devcluster import nodes as kubelets  # the dev cluster's simulated kubelets
 
-            if not kubelets.kill_kubelet(Path(self.config.env["JOBQ_KUBECONFIG"]).parent, name, sig):
+            at = Path(self.config.env["JOBQ_KUBECONFIG"]).parent
+            machine = sig == signal.SIGKILL  # the machine dies: its kubelet and its pods (kill_node)
+            if not (kubelets.kill_node(at, name) if machine else kubelets.kill_kubelet(at, name, sig)):
                 raise StackError(f"no running kubelet agent for node {name} in the dev cluster")
             return
         os.kill(self.nodes[name].pid, sig)
