@@ -23,7 +23,7 @@ def make_backend(config: settings.Settings, nc: NATS) -> base.ClusterBackend:
         from broker.backends import kubernetes  # optional dependency (kubernetes_asyncio), imported on demand
 
         backend: base.ClusterBackend = kubernetes.KubernetesBackend(
-            config.backend, nc=nc, node_timeout_s=config.dispatcher.node_timeout_s)
+            config.backend, nc=nc)
         return backend
     return local.LocalBackend(nc, node_timeout_s=config.dispatcher.node_timeout_s)
 

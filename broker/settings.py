@@ -52,6 +52,9 @@ class DispatcherSettings:
     """A task attempt must send its first heartbeat within this long of starting."""
     node_timeout_s: float = 3.0
     """A node silent this long is NotReady and its attempts are rescheduled (local backend)."""
+    node_silence_s: float = 5.0
+    """A node whose task attempts all sent no heartbeat for this long, while attempts on other
+    nodes did, is lost (both backends; attempts beat every JOBQ_HEARTBEAT_S = 1 s)."""
     lease_ttl_s: float = 5.0
     """The leader lease expires this long after the leader's last renewal."""
     reschedule_on_node_loss: bool = True
@@ -67,8 +70,9 @@ class DispatcherSettings:
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise SettingsError("JOBQ_WORKERS must be at least 1")
-        if self.node_timeout_s <= 0 or self.heartbeat_timeout_s <= 0:
-            raise SettingsError("JOBQ_NODE_TIMEOUT_S and JOBQ_HEARTBEAT_TIMEOUT_S must be positive")
+        if self.node_timeout_s <= 0 or self.heartbeat_timeout_s <= 0 or self.node_silence_s <= 0:
+            raise SettingsError(
+                "JOBQ_NODE_TIMEOUT_S, JOBQ_NODE_SILENCE_S and JOBQ_HEARTBEAT_TIMEOUT_S must be positive")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -165,6 +169,7 @@ class Settings:
                 heartbeat_timeout_s=number("HEARTBEAT_TIMEOUT_S", 10.0),
                 startup_timeout_s=number("STARTUP_TIMEOUT_S", 60.0),
                 node_timeout_s=number("NODE_TIMEOUT_S", 3.0),
+                node_silence_s=number("NODE_SILENCE_S", 5.0),
                 lease_ttl_s=number("LEASE_TTL_S", 5.0),
                 reschedule_on_node_loss=flag("RESCHEDULE_ON_NODE_LOSS", True),
                 queue_limits=parse_queue_limits(get("QUEUE_LIMITS", "")),

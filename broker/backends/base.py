@@ -43,6 +43,19 @@ class PodRejected(BackendError):
     """The backend refuses this pod for good."""
 
 
+class LogUnavailable(BackendError):
+    """The pod's log cannot be read (the pod and its node's copy are gone)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LogRead:
+    data: bytes
+    """Bytes of the log from the requested offset (at most the requested limit)."""
+    next_offset: int
+    running: bool
+    """The container may still write more."""
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class PodState:
     """One pod as the backend observes it."""
@@ -54,10 +67,18 @@ class PodState:
     node: str | None
     node_ready: bool
     """False once the pod's node is NotReady, unreachable or gone."""
+    node_why: str = ""
+    """Why ``node_ready`` is False, in one line (e.g. "Lease not renewed for 41s")."""
     exit_code: int | None = None
     reason: str = ""
+    message: str = ""
+    """A finished pod: its termination message (the kubelet fills it with the log's last lines on
+    error). A pending pod: why it is not running yet (the scheduler's FailedScheduling message)."""
     started_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None
+    terminating: bool = False
+    """Deletion was requested and waits for the pod's node to confirm (Kubernetes:
+    ``deletionTimestamp`` set)."""
 
     @property
     def is_finished(self) -> bool:
@@ -74,6 +95,7 @@ class NodeState:
     pods: int
     last_heartbeat: dt.datetime | None
     not_ready_since: dt.datetime | None = None
+    not_ready_reason: str = ""
 
 
 class ClusterBackend(Protocol):
@@ -89,8 +111,13 @@ class ClusterBackend(Protocol):
     async def create_pod(self, spec: contract.PodSpec) -> None:
         """Run the pod; creating a pod that exists already succeeds."""
 
-    async def delete_pod(self, name: str) -> None:
-        """Kill and forget the pod; deleting a missing pod succeeds."""
+    async def delete_pod(self, name: str, *, force: bool = False) -> None:
+        """Kill and forget the pod; deleting a missing pod succeeds. ``force``: the dispatcher
+        judged the pod's node lost, so do not wait for its node to confirm (Kubernetes: grace 0)."""
+
+    async def read_log(self, name: str, *, node: str | None, offset: int = 0,
+                       limit: int = 64 * 1024) -> LogRead:
+        """The pod's output from byte ``offset``; raises LogUnavailable when it is gone."""
 
     async def list_pods(self, *, job_id: str | None = None) -> list[PodState]: ...
 

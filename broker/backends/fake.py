@@ -27,6 +27,8 @@ class FakeBackend:
         self.specs: dict[str, contract.PodSpec] = {}
         self.created: list[str] = []
         """Every successful create call, including idempotent repeats (for assertions)."""
+        self.logs: dict[str, bytes] = {}
+        """Pod name -> its output; tests write it. Kept after the pod is deleted."""
         self._wakeups: asyncio.Queue[str] = asyncio.Queue()
 
     async def __aenter__(self) -> Self:
@@ -53,11 +55,20 @@ class FakeBackend:
                                              phase=contract.PodPhase.PENDING, node=free[0], node_ready=True)
         self._wakeups.put_nowait(spec.job_id)
 
-    async def delete_pod(self, name: str) -> None:
+    async def delete_pod(self, name: str, *, force: bool = False) -> None:
         pod = self.pods.pop(name, None)
         self.specs.pop(name, None)
         if pod is not None:
             self._wakeups.put_nowait(pod.job_id)
+
+    async def read_log(self, name: str, *, node: str | None, offset: int = 0,
+                       limit: int = 64 * 1024) -> base.LogRead:
+        if name not in self.logs:
+            raise base.LogUnavailable(f"no log of {name}")
+        data = self.logs[name][offset:offset + limit]
+        pod = self.pods.get(name)
+        return base.LogRead(data=data, next_offset=offset + len(data),
+                            running=pod is not None and not pod.is_finished)
 
     async def list_pods(self, *, job_id: str | None = None) -> list[base.PodState]:
         return [dataclasses.replace(p, node_ready=self.ready.get(p.node or "", False))

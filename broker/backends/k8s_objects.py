@@ -48,7 +48,9 @@ def pod_manifest(spec: contract.PodSpec, *, namespace: str, image: str,
         "name": CONTAINER,
         "image": spec.image or image,
         "command": list(spec.command),
-        "env": [{"name": k, "value": v} for k, v in sorted(spec.env.items())],
+        "env": [*({"name": k, "value": v} for k, v in sorted(spec.env.items())),
+                # The runner stamps heartbeats and results with the node it runs on.
+                {"name": "JOBQ_NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
         "resources": {"requests": requests, "limits": limits},
         "securityContext": {"allowPrivilegeEscalation": False, "privileged": False,
                             "runAsNonRoot": True, "runAsUser": RUN_AS_USER,
@@ -137,7 +139,20 @@ def conditions(obj: Obj) -> dict[str, Obj]:
     return {c["type"]: c for c in (obj.get("status") or {}).get("conditions") or []}
 
 
-def pod_state(pod: Obj, *, node_ready: bool) -> base.PodState:
+def _waiting_message(pod: Obj) -> str:
+    """Why a pending pod does not run yet: the scheduler's verdict (PodScheduled=False), or the
+    container's waiting reason (e.g. ContainerCreating, ErrImagePull)."""
+    scheduled = conditions(pod).get("PodScheduled", {})
+    if scheduled.get("status") == "False":
+        return f"{scheduled.get('reason') or 'Unschedulable'}: {scheduled.get('message', '')}".strip()
+    container: Obj = next(iter((pod.get("status") or {}).get("containerStatuses") or []), {})
+    waiting = (container.get("state") or {}).get("waiting") or {}
+    if waiting.get("reason") and waiting.get("reason") != "ContainerCreating":
+        return f"{waiting['reason']}: {waiting.get('message', '')}".strip().rstrip(":")
+    return ""
+
+
+def pod_state(pod: Obj, *, node_ready: bool, node_why: str = "") -> base.PodState:
     """What the dispatcher sees of a Pod. A pod being deleted by someone else counts as failed."""
     meta, status = pod["metadata"], pod.get("status") or {}
     labels = meta.get("labels") or {}
@@ -154,10 +169,15 @@ def pod_state(pod: Obj, *, node_ready: bool) -> base.PodState:
         disrupted = conditions(pod).get("DisruptionTarget", {}).get("status") == "True"
         phase, reason = contract.PodPhase.FAILED, "Evicted" if disrupted else "Deleted"
     started = parse_time(running.get("startedAt") or terminated.get("startedAt") or status.get("startTime"))
+    if phase == contract.PodPhase.PENDING:
+        message = _waiting_message(pod)
+    else:
+        message = str(terminated.get("message") or "")[-contract.LOG_TAIL_BYTES:]
     return base.PodState(
         name=meta["name"], job_id=labels.get(LABEL_JOB, ""), attempt=int(labels.get(LABEL_ATTEMPT, "0")),
-        phase=phase, node=pod.get("spec", {}).get("nodeName"), node_ready=node_ready, exit_code=exit_code,
-        reason=reason, started_at=started, finished_at=parse_time(terminated.get("finishedAt")))
+        phase=phase, node=pod.get("spec", {}).get("nodeName"), node_ready=node_ready, node_why=node_why,
+        exit_code=exit_code, reason=reason, message=message, started_at=started,
+        finished_at=parse_time(terminated.get("finishedAt")), terminating=bool(meta.get("deletionTimestamp")))
 
 
 def quantity_cpu(raw: str) -> float:

@@ -3,15 +3,18 @@
 Pods are named ``job-<job_id>-<attempt>`` and labelled with the job id and attempt, so creating
 one twice is harmless (409 AlreadyExists is adoption) and ``list_pods`` needs no API call: three
 informers (pods with our label, Nodes, node Leases) keep a cache that the dispatcher reads every
-pass. A node counts as lost (``node_ready=False``) as soon as either
+pass. The backend's own verdict on a node (``PodState.node_ready``/``node_why``) is "not ready"
+as soon as either
 
-* its ``Ready`` condition is not ``True`` (the node lifecycle controller marks it Unknown after
-  ``--node-monitor-grace-period``), or
-* its Lease in ``kube-node-lease`` has not been renewed for ``node_timeout_s`` (the kubelet's own
-  heartbeat, seen directly: faster than the controller's grace period),
+* the Node is gone, or its ``Ready`` condition is not ``True`` (the node lifecycle controller marks
+  it Unknown after ``--node-monitor-grace-period``, 50 s by default), or
+* its Lease in ``kube-node-lease`` has not been renewed for the Lease's own
+  ``leaseDurationSeconds`` (40 s for a stock kubelet, which renews every 10 s), timed on our clock
+  from when we saw the renewal arrive,
 
-whichever comes first. Pods on a lost node are force-deleted (``gracePeriodSeconds=0``): the
-dispatcher has already fenced the attempt, and nothing else would ever finish their deletion.
+whichever comes first. The dispatcher combines this with the attempts' heartbeats, which are much
+faster (docs/design/node-loss.md), and asks for a force delete (``gracePeriodSeconds=0``) of pods on
+a node it judged lost: nothing else would ever finish their deletion.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Self, TypeVar
@@ -37,23 +41,26 @@ log = structlog.get_logger("jobq.backend.kubernetes")
 
 T = TypeVar("T")
 LEASE_NAMESPACE = "kube-node-lease"
+DEFAULT_LEASE_DURATION_S = 40.0
+"""The kubelet's nodeLeaseDurationSeconds default, for a Lease that names none."""
 
 
 class KubernetesBackend:
     name = "kubernetes"
 
     def __init__(self, config: settings.BackendSettings, *, nc: object | None = None,
-                 node_timeout_s: float = 3.0, retries: int = 4) -> None:
+                 retries: int = 4, clock: Callable[[], float] = time.monotonic) -> None:
         self._config = config
         self._ns = config.namespace
-        self._node_timeout_s = node_timeout_s
         self._retries = retries
+        self._clock = clock
         self._api: k8s.ApiClient | None = None
         self._wakeups: asyncio.Queue[str] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._lease_seen: dict[str, float] = {}
         """Node -> time.monotonic() when its Lease renewTime last advanced (or its age at list)."""
         self._lease_renew: dict[str, str] = {}
+        self._lease_duration: dict[str, float] = {}
         self._ready: dict[str, bool] = {}
         self._not_ready_since: dict[str, dt.datetime] = {}
         self.pods: Informer | None = None
@@ -149,15 +156,28 @@ class KubernetesBackend:
             if new is None:
                 self._lease_seen.pop(node, None)
                 self._lease_renew.pop(node, None)
-            elif renew and renew != self._lease_renew.get(node):
-                self._lease_renew[node] = renew
-                at = k8s_objects.parse_time(renew)
-                age = max(0.0, (contract.utcnow() - at).total_seconds()) if at else 0.0
-                # A live stream delivers renewals as they happen; a (re)list may show an old one.
-                self._lease_seen[node] = time.monotonic() - (age if old is None else 0.0)
+                self._lease_duration.pop(node, None)
+            else:
+                spec = new.get("spec") or {}
+                duration = spec.get("leaseDurationSeconds") or DEFAULT_LEASE_DURATION_S
+                self._lease_duration[node] = float(duration)
+                if renew and renew != self._lease_renew.get(node):
+                    self._lease_renew[node] = renew
+                    at = k8s_objects.parse_time(renew)
+                    age = max(0.0, (contract.utcnow() - at).total_seconds()) if at else 0.0
+                    # A live stream delivers renewals as they happen; a (re)list may show an old one.
+                    self._lease_seen[node] = self._clock() - (age if old is None else 0.0)
             self._check_node(node)
         elif kind == "node":
             self._check_node(obj["metadata"]["name"])
+
+    def _lease_expired(self, node: str, now: float) -> float | None:
+        """Seconds since the node's Lease was renewed, if that is past its own duration."""
+        seen = self._lease_seen.get(node)
+        if seen is None:
+            return None
+        age = now - seen
+        return age if age > self._lease_duration.get(node, DEFAULT_LEASE_DURATION_S) else None
 
     def _node_verdict(self, node: str) -> tuple[bool, str]:
         assert self.nodes is not None
@@ -165,16 +185,19 @@ class KubernetesBackend:
             return True, ""  # not known yet; wait_synced() gates the dispatcher until it is
         obj = self.nodes.items.get(f"/{node}")
         if obj is None:
-            return False, "node_deleted"
-        if k8s_objects.conditions(obj).get("Ready", {}).get("status") != "True":
-            return False, "condition_not_ready"
-        seen = self._lease_seen.get(node)
-        now = time.monotonic()
-        # Every Lease stale at once is more likely our watch than every node: then trust the
+            return False, f"node {node}: the Node object was deleted"
+        ready = k8s_objects.conditions(obj).get("Ready", {})
+        if ready.get("status") != "True":
+            return False, (f"node {node}: Ready is {ready.get('status', 'missing')} "
+                           f"({ready.get('reason', '')}: {ready.get('message', '')})")
+        now = self._clock()
+        age = self._lease_expired(node, now)
+        # Every Lease expired at once is more likely our watch than every node: then trust the
         # conditions alone (the node lifecycle controller has the same "disruption mode").
-        if (seen is not None and now - seen > self._node_timeout_s
-                and any(now - other <= self._node_timeout_s for other in self._lease_seen.values())):
-            return False, "lease_expired"
+        if age is not None and any(self._lease_expired(other, now) is None for other in self._lease_seen):
+            duration = self._lease_duration.get(node, DEFAULT_LEASE_DURATION_S)
+            return False, (f"node {node}: Lease not renewed for {age:.0f}s "
+                           f"(leaseDurationSeconds {duration:.0f})")
         return True, ""
 
     def _check_node(self, node: str) -> None:
@@ -204,7 +227,7 @@ class KubernetesBackend:
 
     async def _watch_liveness(self) -> None:
         while True:
-            await asyncio.sleep(min(0.25, self._node_timeout_s / 4))
+            await asyncio.sleep(0.5)
             if self.nodes is not None:
                 for key in list(self.nodes.items):
                     self._check_node(key.lstrip("/"))
@@ -228,7 +251,8 @@ class KubernetesBackend:
             labels = pod["metadata"].get("labels") or {}
             if job_id is None or labels.get(k8s_objects.LABEL_JOB) == job_id:
                 node = pod.get("spec", {}).get("nodeName")
-                out.append(k8s_objects.pod_state(pod, node_ready=self.node_ready(node)))
+                ready, why = self._node_verdict(node) if node else (True, "")
+                out.append(k8s_objects.pod_state(pod, node_ready=ready, node_why=why))
         return out
 
     async def list_nodes(self) -> list[base.NodeState]:
@@ -242,8 +266,9 @@ class KubernetesBackend:
             memory = sum(k8s_objects.pod_requests(p)[1] for p in active)
             ready = k8s_objects.conditions(obj).get("Ready", {})
             renew = self._lease_renew.get(name) or ready.get("lastHeartbeatTime")
+            verdict, why = self._node_verdict(name)
             states.append(base.NodeState(
-                name=name, ready=self.node_ready(name), capacity=k8s_objects.node_capacity(obj),
+                name=name, ready=verdict, not_ready_reason=why, capacity=k8s_objects.node_capacity(obj),
                 allocated_cpu=cpu, allocated_memory=memory, pods=len(active),
                 last_heartbeat=k8s_objects.parse_time(renew),
                 not_ready_since=self._not_ready_since.get(name)))
@@ -275,11 +300,10 @@ class KubernetesBackend:
         self.pods.upsert(created)
         log.info("pod_created", pod=spec.name, job_id=spec.job_id, attempt=spec.attempt, namespace=self._ns)
 
-    async def delete_pod(self, name: str) -> None:
+    async def delete_pod(self, name: str, *, force: bool = False) -> None:
         assert self.pods is not None
         pod = self.pods.items.get(f"{self._ns}/{name}")
         node = pod.get("spec", {}).get("nodeName") if pod else None
-        force = node is not None and not self.node_ready(node)
         body: Obj = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
         if force:
             body["gracePeriodSeconds"] = 0
@@ -295,4 +319,34 @@ class KubernetesBackend:
         labels = (pod or {}).get("metadata", {}).get("labels") or {}
         log.info("pod_deleted", pod=name, node=node, force=force, job_id=labels.get(k8s_objects.LABEL_JOB),
                  attempt=labels.get(k8s_objects.LABEL_ATTEMPT),
-                 reason="node_not_ready" if force else "requested")
+                 reason="node_lost" if force else "requested")
+
+    async def read_log(self, name: str, *, node: str | None, offset: int = 0,
+                       limit: int = 64 * 1024) -> base.LogRead:
+        """The pods/log subresource (the API server asks the pod's kubelet). ``limitBytes`` counts
+        from the start of the log, so bytes up to ``offset + limit`` are read and the rest sliced
+        off. The log lives as long as the pod: 404 (pod gone) and 400 (container not started,
+        or no log) are LogUnavailable."""
+        assert self.pods is not None
+        try:
+            resp: aiohttp.ClientResponse = await self._core.read_namespaced_pod_log(
+                name, self._ns, container=k8s_objects.CONTAINER, limit_bytes=offset + limit,
+                _preload_content=False)
+            async with resp:
+                body = await resp.read()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise base.BackendUnavailable(f"log of {name}: cannot reach the API server: {exc!r}") from exc
+        if not 200 <= resp.status < 300:
+            try:
+                message = str(json.loads(body).get("message", ""))
+            except ValueError:
+                message = body[:300].decode(errors="replace")
+            cause = ApiError(resp.status, message)
+            if resp.status in (400, 404):
+                raise base.LogUnavailable(f"log of pod {name}: {message or resp.status}") from cause
+            raise base.BackendError(f"log of pod {name}: {cause}") from cause
+        data = body[offset:offset + limit]
+        pod = self.pods.items.get(f"{self._ns}/{name}")
+        phase = ((pod or {}).get("status") or {}).get("phase")
+        return base.LogRead(data=data, next_offset=offset + len(data),
+                            running=phase not in ("Succeeded", "Failed"))

@@ -161,8 +161,10 @@ class LocalBackend:
                             phase=p.phase,
                             node=node.status.name,
                             node_ready=node.ready,
+                            node_why=self._not_ready_reason(node),
                             exit_code=p.exit_code,
                             reason=p.reason,
+                            message=p.log_tail,
                             started_at=p.started_at,
                             finished_at=p.finished_at,
                         )
@@ -177,6 +179,7 @@ class LocalBackend:
                             phase=contract.PodPhase.PENDING,
                             node=node.status.name,
                             node_ready=node.ready,
+                            node_why=self._not_ready_reason(node),
                         )
                     )
         return pods
@@ -195,7 +198,13 @@ class LocalBackend:
             pods=sum(1 for p in node.status.pods if _is_active(p)) + len(node.placed),
             last_heartbeat=node.status.at,
             not_ready_since=node.not_ready_since,
+            not_ready_reason=self._not_ready_reason(node),
         )
+
+    def _not_ready_reason(self, node: _Node) -> str:
+        if node.ready:
+            return ""
+        return f"node {node.status.name}: no status for more than {self._node_timeout_s:g}s"
 
     @staticmethod
     def _allocated(node: _Node) -> tuple[float, int]:
@@ -266,10 +275,10 @@ class LocalBackend:
             "pod_created", pod=spec.name, node=node.status.name, job_id=spec.job_id, attempt=spec.attempt
         )
 
-    async def delete_pod(self, name: str) -> None:
+    async def delete_pod(self, name: str, *, force: bool = False) -> None:
         for node in self._find(name):
             node.placed.pop(name, None)
-            if not node.ready:
+            if not node.ready or force:
                 node.forgotten.add(name)
                 continue
             try:
@@ -287,3 +296,28 @@ class LocalBackend:
                 node.status = node.status.model_copy(
                     update={"pods": tuple(p for p in node.status.pods if p.name != name)}
                 )
+
+    async def read_log(self, name: str, *, node: str | None, offset: int = 0,
+                       limit: int = 64 * 1024) -> base.LogRead:
+        """Ask the node that ran the pod; its log outlives the pod, but not the node."""
+        if node is None:
+            raise base.LogUnavailable(f"pod {name} was never placed on a node")
+        try:
+            request = contract.NodeLogRequest(pod=name, offset=offset, limit=min(limit, 512 * 1024))
+        except ValidationError as exc:
+            raise base.LogUnavailable(f"{name!r} is not a pod name") from exc
+        try:
+            reply = await self._nc.request(contract.node_log_subject(node),
+                                           request.model_dump_json().encode(),
+                                           timeout=self._request_timeout_s)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError, TimeoutError) as exc:
+            raise base.LogUnavailable(f"node {node} does not answer (the log of {name} is on it)") from exc
+        except nats.errors.Error as exc:
+            raise base.BackendUnavailable(f"NATS request failed: {exc}") from exc
+        try:
+            answer = contract.NodeLogReply.model_validate_json(reply.data)
+        except ValidationError as exc:
+            raise base.BackendError(f"node {node} sent an invalid log reply: {exc}") from exc
+        if not answer.ok:
+            raise base.LogUnavailable(answer.error or f"node {node} has no log of {name}")
+        return base.LogRead(data=answer.data, next_offset=answer.next_offset, running=answer.running)

@@ -36,14 +36,20 @@ class Observed:
     """The job's queue is at its concurrency limit."""
     ready_nodes: frozenset[str] | None = None
     """Names of the Ready nodes (None: unknown), to relax anti-affinity that would block forever."""
+    node_lost_why: str = ""
+    """Why the current pod's node counts as lost (its ``node_ready`` is False), in one line."""
+    listening_since: dt.datetime | None = None
+    """When this dispatcher began receiving heartbeats: silence is not counted from before it."""
+    suspect_nodes: frozenset[str] = frozenset()
+    """Nodes jobq judged lost that the cluster may still call Ready: no new attempt goes there."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Limits:
     heartbeat_timeout_s: float = 10.0
+    """An attempt whose worker is silent this long (after its first heartbeat) is lost."""
     startup_timeout_s: float = 60.0
     """How long a task attempt may take to send its first heartbeat (a busy node starts slowly)."""
-    """An attempt whose worker is silent this long (after starting) is lost."""
     default_policy: contract.RetryPolicy = retry_policy.DEFAULT_POLICY
     queue_policies: Mapping[str, contract.RetryPolicy] = dataclasses.field(default_factory=dict)
     """Retry policy of jobs that bring none, per queue (else ``default_policy``)."""
@@ -74,12 +80,14 @@ def policy_of(job: contract.JobRecord, limits: Limits) -> contract.RetryPolicy:
     return job.spec.retry or limits.queue_policies.get(job.spec.queue) or limits.default_policy
 
 
-def effective_avoid(job: contract.JobRecord, ready_nodes: frozenset[str] | None) -> tuple[str, ...]:
+def effective_avoid(
+    job: contract.JobRecord, ready_nodes: frozenset[str] | None, suspects: frozenset[str] = frozenset()
+) -> tuple[str, ...]:
     """Nodes the next attempt must avoid: those that lost this job, unless they are all the
-    Ready nodes there are (then waiting would be forever; a node that is Ready again is used)."""
-    if ready_nodes and ready_nodes <= set(job.avoid_nodes):
-        return ()
-    return job.avoid_nodes
+    Ready nodes there are (then waiting would be forever; a node that is Ready again is used),
+    and the nodes jobq currently judges lost (``suspects``), which the cluster may still call Ready."""
+    own = () if ready_nodes and ready_nodes <= set(job.avoid_nodes) else job.avoid_nodes
+    return (*own, *sorted(suspects - set(own)))
 
 
 def requests(spec: contract.JobSpec, limits: Limits) -> contract.Resources:
@@ -95,6 +103,7 @@ def pod_spec(
     limits: Limits,
     *,
     ready_nodes: frozenset[str] | None = None,
+    suspects: frozenset[str] = frozenset(),
 ) -> contract.PodSpec:
     spec = job.spec
     env = dict(limits.extra_env)
@@ -116,7 +125,7 @@ def pod_spec(
         env=env,
         image=spec.image or limits.image,
         resources=requests(spec, limits),
-        avoid_nodes=effective_avoid(job, ready_nodes),
+        avoid_nodes=effective_avoid(job, ready_nodes, suspects),
     )
 
 
@@ -157,6 +166,7 @@ def fail_current(
     exit_code: int | None = None,
     delete: tuple[str, ...] = (),
     observed: contract.Attempt | None = None,
+    log_tail: str = "",
 ) -> Action:
     """End the current attempt with ``reason`` and either schedule a retry or give up.
 
@@ -173,6 +183,8 @@ def fail_current(
             "reason": reason,
             "exit_code": exit_code,
             "message": message,
+            "log_tail": log_tail or current.log_tail,
+            "waiting_reason": "",
             "finished_at": now,
         }
     )
@@ -266,10 +278,16 @@ def _stale_pods(job: contract.JobRecord, pods: tuple[PodState, ...]) -> list[Pod
     ]
 
 
+def _needs_delete(pod: PodState) -> bool:
+    """A pod being deleted already needs nothing more while its node can finish the deletion;
+    on a node judged lost nothing will, so it is deleted again (the reconciler forces it)."""
+    return not pod.terminating or not pod.node_ready
+
+
 def decide(
     job: contract.JobRecord, seen: Observed, *, now: dt.datetime, rng: random.Random, limits: Limits
 ) -> Action:
-    stale = _stale_pods(job, seen.pods)
+    stale = [p for p in _stale_pods(job, seen.pods) if _needs_delete(p)]
     cleanup = None
     if stale:
         cleanup = Action(
@@ -284,12 +302,13 @@ def decide(
                     f"{'' if p.exit_code is None else f', exit {p.exit_code}'}) ignored and deleted",
                 )
                 for p in stale
+                if not p.terminating  # said once, when it is first deleted
             ),
         )
     stale_names = cleanup.delete if cleanup else ()
 
     if job.phase.is_terminal:
-        leftovers = tuple(p.name for p in seen.pods if p.name not in stale_names)
+        leftovers = tuple(p.name for p in seen.pods if p.name not in stale_names and _needs_delete(p))
         return cleanup or Action(delete=leftovers, summary="cleanup" if leftovers else "noop")
 
     current = job.current
@@ -348,7 +367,9 @@ def decide(
         )
         return Action(
             record=record,
-            create=pod_spec(record, attempt, limits, ready_nodes=seen.ready_nodes),
+            create=pod_spec(
+                record, attempt, limits, ready_nodes=seen.ready_nodes, suspects=seen.suspect_nodes
+            ),
             requeue_after=1.0,
             events=(_event(record, contract.EventType.ATTEMPT_CREATED, now=now, attempt=attempt),),
             summary="create_attempt",
@@ -359,7 +380,9 @@ def decide(
     if pod is None:
         if current.state == State.CREATING:
             return Action(
-                create=pod_spec(job, current, limits, ready_nodes=seen.ready_nodes),
+                create=pod_spec(
+                    job, current, limits, ready_nodes=seen.ready_nodes, suspects=seen.suspect_nodes
+                ),
                 requeue_after=1.0,
                 summary="create_pod",
             )
@@ -368,6 +391,9 @@ def decide(
         )
     if current.node is None or current.node != pod.node:
         current = current.model_copy(update={"node": pod.node})
+    if seen.result_exists and job.spec.task is not None and pod.phase != contract.PodPhase.FAILED:
+        # The attempt stored its result: done, even if its node could not report the exit.
+        return _succeeded(job, current, pod, seen, now=now, rng=rng, limits=limits)
     if not pod.node_ready:
         if not limits.reschedule_on_node_loss:
             return Action(requeue_after=1.0, summary="node_lost_ignored")
@@ -378,7 +404,7 @@ def decide(
             now=now,
             rng=rng,
             limits=limits,
-            message=f"node {pod.node} stopped heartbeating",
+            message=seen.node_lost_why or f"node {pod.node} stopped heartbeating",
             delete=(pod.name,),
         )
     if pod.phase == contract.PodPhase.SUCCEEDED:
@@ -400,6 +426,7 @@ def decide(
             exit_code=pod.exit_code,
             message=f"exit code {pod.exit_code} ({pod.reason})",
             delete=(pod.name,),
+            log_tail=pod.message,
         )
     return _running(job, current, pod, seen, now=now, rng=rng, limits=limits)
 
@@ -427,8 +454,16 @@ def _running(
             message=f"ran longer than timeout_s={job.spec.timeout_s}",
         )
     if job.spec.task is not None and pod.phase == contract.PodPhase.RUNNING:
-        silent_s = (now - (seen.last_heartbeat or started)).total_seconds()
-        allowed_s = limits.heartbeat_timeout_s if seen.last_heartbeat else limits.startup_timeout_s
+        # Silence is counted from the last heartbeat, or from when we began to listen (a restarted
+        # dispatcher has heard nothing yet). An attempt that has run past the startup allowance
+        # before we listened was beating already, so it gets the heartbeat timeout, not the startup one.
+        listening = seen.listening_since or started
+        since = seen.last_heartbeat or max(started, listening)
+        beating_before = (listening - started).total_seconds() > limits.startup_timeout_s
+        silent_s = (now - since).total_seconds()
+        allowed_s = (
+            limits.heartbeat_timeout_s if seen.last_heartbeat or beating_before else limits.startup_timeout_s
+        )
         if silent_s > allowed_s:
             return fail_current(
                 job,
@@ -444,10 +479,15 @@ def _running(
     if job.spec.timeout_s is not None:
         wait = min(wait, max(0.1, job.spec.timeout_s - (now - started).total_seconds()))
     state = State.RUNNING if pod.phase == contract.PodPhase.RUNNING else State.PENDING
-    if current.state == state and current == job.current:
+    waiting = pod.message if state == State.PENDING else ""
+    if current.state == state and current.waiting_reason == waiting and current == job.current:
         return Action(requeue_after=wait, summary="watching")
     updated = current.model_copy(
-        update={"state": state, "started_at": current.started_at or pod.started_at or now}
+        update={
+            "state": state,
+            "waiting_reason": waiting,
+            "started_at": current.started_at or (pod.started_at or now if state == State.RUNNING else None),
+        }
     )
     record = job.model_copy(update={"attempts": _replace_current(job, updated), "updated_at": now})
     events: tuple[contract.JobEvent, ...] = ()

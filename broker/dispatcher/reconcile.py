@@ -20,6 +20,7 @@ import structlog
 from broker import contract, store
 from broker.backends import base
 from broker.dispatcher import decide as decisions
+from broker.dispatcher import node_health
 from broker.dispatcher.admission import Admission
 from broker.dispatcher.index import JobIndex
 
@@ -30,23 +31,39 @@ Clock = Callable[[], dt.datetime]
 
 @dataclasses.dataclass(slots=True)
 class Heartbeats:
-    """Latest heartbeat per (job, attempt), stamped with *our* receive time (no clock skew)."""
+    """Latest heartbeat per (job, attempt), stamped with *our* receive time (no clock skew), and
+    the same beats grouped by node (``nodes``) to tell a node whose attempts all fell silent."""
 
+    silence_s: float = 5.0
+    """Heartbeats missing this long make an attempt silent (several beat intervals)."""
+    listening_since: dt.datetime = dataclasses.field(default_factory=contract.utcnow)
     seen: dict[tuple[str, int], contract.AttemptHeartbeat] = dataclasses.field(default_factory=dict)
     received: dict[tuple[str, int], dt.datetime] = dataclasses.field(default_factory=dict)
+    nodes: node_health.NodeHeartbeats = dataclasses.field(init=False)
 
-    def record(self, beat: contract.AttemptHeartbeat, *, now: dt.datetime) -> None:
+    def __post_init__(self) -> None:
+        self.nodes = node_health.NodeHeartbeats(silence_s=self.silence_s)
+
+    def record(self, beat: contract.AttemptHeartbeat, *, now: dt.datetime, node: str | None = None) -> None:
         key = (beat.job_id, beat.attempt)
         self.seen[key] = beat
         self.received[key] = now
+        if node:
+            self.nodes.record(node, beat.job_id, beat.attempt)
 
     def last(self, job_id: str, attempt: int) -> dt.datetime | None:
         return self.received.get((job_id, attempt))
 
-    def forget(self, job_id: str) -> None:
-        for key in [k for k in self.received if k[0] == job_id]:
+    def beating(self, job_id: str, attempt: int, *, now: dt.datetime) -> bool:
+        """The attempt itself beat within ``silence_s``: it runs and reaches NATS."""
+        last = self.last(job_id, attempt)
+        return last is not None and (now - last).total_seconds() <= self.silence_s
+
+    def forget(self, job_id: str, attempt: int | None = None) -> None:
+        for key in [k for k in self.received if k[0] == job_id and (attempt is None or k[1] == attempt)]:
             self.received.pop(key, None)
             self.seen.pop(key, None)
+        self.nodes.forget(job_id, attempt)
 
 
 class Observer:
@@ -92,7 +109,8 @@ class Reconciler:
         pods = tuple(await self._backend.list_pods(job_id=job_id))
         seen = await self._observe(record, pods)
         action = decisions.decide(record, seen, now=self._clock(), rng=self._rng, limits=self._limits)
-        requeue = await self._apply(record, revision, action)
+        lost = frozenset(p.name for p in seen.pods if not p.node_ready)
+        requeue = await self._apply(record, revision, action, force_delete=lost)
         current = (action.record or record).current
         if action.summary not in ("noop", "watching", "backoff"):
             log.info("job_reconciled", job_id=job_id, reconcile_id=reconcile_id,
@@ -104,17 +122,42 @@ class Reconciler:
                      duration_ms=round((time.perf_counter() - started) * 1000, 1))
         return requeue
 
+    def _judge_node(self, record: contract.JobRecord, pod: base.PodState, now: dt.datetime) -> base.PodState:
+        """The pod with ``node_ready`` set to jobq's verdict, which combines the backend's view
+        (Lease, Ready condition) with the attempts' heartbeats (docs/design/node-loss.md)."""
+        nodes = self._heartbeats.nodes
+        why = node_health.node_lost(
+            node=pod.node,
+            backend_ready=pod.node_ready,
+            backend_why=pod.node_why,
+            evidence=nodes.evidence(pod.node),
+            beating=self._heartbeats.beating(record.spec.id, pod.attempt, now=now),
+            task=record.spec.task is not None,
+            silent_for=nodes.silent_for(pod.node) if pod.node else 0.0,
+        )
+        return dataclasses.replace(pod, node_ready=why is None, node_why=why or "")
+
     async def _observe(
         self, record: contract.JobRecord, pods: tuple[base.PodState, ...]
     ) -> decisions.Observed:
+        now = self._clock()
+        pods = tuple(self._judge_node(record, p, now) for p in pods)
         current = record.current
         result_exists = False
         last_heartbeat = None
+        node_lost_why = ""
         if current is not None:
             last_heartbeat = self._heartbeats.last(record.spec.id, current.number)
             pod = next((p for p in pods if p.name == current.pod), None)
-            if pod is not None and pod.phase == contract.PodPhase.SUCCEEDED and record.spec.task:
-                result_exists = await self._store.get_result(record.spec.id, current.number) is not None
+            if pod is not None and record.spec.task and not record.phase.is_terminal:
+                node_lost_why = "" if pod.node_ready else pod.node_why
+                silent = last_heartbeat is not None and not self._heartbeats.beating(
+                    record.spec.id, current.number, now=now)
+                # A result settles it: look one up when the pod says it succeeded, or when the
+                # attempt would otherwise be judged lost (its node could not report the exit).
+                if pod.phase == contract.PodPhase.SUCCEEDED or (
+                        pod.phase != contract.PodPhase.FAILED and (silent or not pod.node_ready)):
+                    result_exists = await self._store.get_result(record.spec.id, current.number) is not None
         limit = self._queue_limits.get(record.spec.queue)
         queue_full = (record.phase == contract.JobPhase.QUEUED and limit is not None
                       and self._index.running_in(record.spec.queue) >= limit)
@@ -122,10 +165,12 @@ class Reconciler:
         if record.avoid_nodes and not record.phase.is_terminal:
             ready_nodes = frozenset(n.name for n in await self._backend.list_nodes() if n.ready)
         return decisions.Observed(pods=pods, last_heartbeat=last_heartbeat, result_exists=result_exists,
-                                  queue_full=queue_full, ready_nodes=ready_nodes)
+                                  queue_full=queue_full, ready_nodes=ready_nodes, node_lost_why=node_lost_why,
+                                  listening_since=self._heartbeats.listening_since,
+                                  suspect_nodes=self._heartbeats.nodes.suspects())
 
     async def _apply(self, record: contract.JobRecord, revision: int,
-                     action: decisions.Action) -> float | None:
+                     action: decisions.Action, *, force_delete: frozenset[str] = frozenset()) -> float | None:
         job_id = record.spec.id
         if action.dead_letter is not None:
             await self._store.publish_dead_letter(
@@ -141,15 +186,14 @@ class Reconciler:
             if record.phase == contract.JobPhase.RUNNING and action.record.phase != contract.JobPhase.RUNNING:
                 for waiter in self.admission.best(2):  # an attempt ended: capacity is free
                     self._wake(waiter)
-            if action.record.phase.is_terminal:
-                self._heartbeats.forget(job_id)
+
         for event in action.events:
             try:
                 await self._store.publish_event(event)
             except Exception as exc:  # events are an audit trail; the record is the truth
                 log.error("event_lost", job_id=job_id, type=event.type, error=repr(exc))
         for name in action.delete:
-            await self._backend.delete_pod(name)
+            await self._backend.delete_pod(name, force=name in force_delete)
         if action.create is not None:
             return await self._create(action.record or record, revision, action.create, action)
         return action.requeue_after

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
+import itertools
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -19,7 +21,7 @@ from pydantic import ValidationError
 
 from broker import contract, settings, store
 from broker.backends import base
-from broker.dispatcher import decide, intake, lease, reconcile
+from broker.dispatcher import decide, intake, lease, logs, reconcile
 from broker.dispatcher.index import JobIndex
 from broker.dispatcher.workqueue import WorkQueue
 
@@ -42,7 +44,7 @@ class Dispatcher:
         self.backend = backend
         self.settings = config
         self.index = JobIndex()
-        self.heartbeats = reconcile.Heartbeats()
+        self.heartbeats = reconcile.Heartbeats(silence_s=d.node_silence_s)
         self.status = Status()
         self.lease = lease.Lease(st.leader, ttl_s=d.lease_ttl_s, identity=identity)
         self.queue = WorkQueue(priority_of=self._priority)
@@ -60,6 +62,7 @@ class Dispatcher:
         self.intake = intake.Intake(st, on_job=self.queue.add)
         self.index_ready = asyncio.Event()
         self.index.subscribe(self._on_external_change)
+        self.index.subscribe(self._forget_ended_attempts)
 
     def _on_external_change(self, before: contract.JobRecord | None, after: contract.JobRecord) -> None:
         """Wake a job that someone else changed: a cancellation, or a dead job re-driven."""
@@ -69,6 +72,15 @@ class Dispatcher:
                 before.phase.is_terminal and not after.phase.is_terminal):
             self.queue.add(after.spec.id)
 
+    def _forget_ended_attempts(self, before: contract.JobRecord | None, after: contract.JobRecord) -> None:
+        """Heartbeats of attempts that ended no longer say anything about their node."""
+        if after.phase.is_terminal:
+            self.heartbeats.forget(after.spec.id)
+            return
+        for attempt in after.attempts:
+            if attempt.state.is_final:
+                self.heartbeats.forget(after.spec.id, attempt.number)
+
     def _priority(self, job_id: str) -> float:
         record = self.index.get(job_id)
         return float(record.spec.priority) if record else 0.0
@@ -76,10 +88,14 @@ class Dispatcher:
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop``: follow the index always, do the work while we are leader."""
         heartbeat_sub = await self.store.nc.subscribe(contract.HEARTBEAT_WILDCARD, cb=self._on_heartbeat)
+        log_server = await logs.LogServer(self.store.nc, lookup=logs.record_lookup(self.index, self.store),
+                                          backend=self.backend).start()
+        self.heartbeats.listening_since = contract.utcnow()
         watcher = asyncio.create_task(self.store.watch_jobs(self.index.put, self.index_ready),
                                       name="index-watch")
         try:
             await self.index_ready.wait()
+            self._seed_node_heartbeats()
             while not stop.is_set():
                 if not await self.lease.acquire(stop):
                     break
@@ -97,6 +113,7 @@ class Dispatcher:
             await asyncio.gather(watcher, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await heartbeat_sub.unsubscribe()
+            await log_server.stop()
             self.queue.close()
 
     async def _lead(self, stop: asyncio.Event) -> None:
@@ -114,6 +131,8 @@ class Dispatcher:
             loops = [
                 tg.create_task(self._supervised("backend-watch", self._watch_backend), name="backend-watch"),
                 tg.create_task(self._supervised("resync", lambda: self._resync(work_stop)), name="resync"),
+                tg.create_task(self._supervised("node-silence", lambda: self._watch_silence(work_stop)),
+                               name="node-silence"),
             ]
             workers = [tg.create_task(self._worker(n), name=f"reconcile-{n}")
                        for n in range(self.settings.dispatcher.workers)]
@@ -174,10 +193,54 @@ class Dispatcher:
             for job_id in self.index.active_ids():
                 self.queue.add(job_id)
 
+    async def _watch_silence(self, stop: asyncio.Event) -> None:
+        """Wake the jobs of a node as soon as its attempts' heartbeats all fall silent together."""
+        interval = min(0.5, self.heartbeats.silence_s / 4)
+        prune_every = max(1, int(600 / interval))
+        for tick in itertools.count():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+            if stop.is_set():
+                return
+            nodes = self.heartbeats.nodes
+            for node in nodes.newly_silent():
+                attempts = nodes.attempts_on(node)
+                log.warning("node_silent", node=node, attempts=len(attempts),
+                            silent_s=round(nodes.silent_for(node), 1))
+                for job_id, _ in attempts:
+                    self.queue.add(job_id)
+            if tick % prune_every == prune_every - 1:
+                nodes.prune(older_than_s=600)
+
+    def _seed_node_heartbeats(self) -> None:
+        """A dispatcher that starts mid-incident has heard no heartbeat yet. Attempts that have
+        run past their startup allowance were beating, so count them as heard just now: a node
+        whose attempts then stay silent while others beat is told apart within the silence window,
+        not only when its Lease expires."""
+        now = contract.utcnow()
+        allowance = dt.timedelta(seconds=self.settings.dispatcher.startup_timeout_s)
+        for record in self.index.records():
+            current = record.current
+            if (record.phase == contract.JobPhase.RUNNING and record.spec.task and current is not None
+                    and current.state == contract.AttemptState.RUNNING and current.node
+                    and current.started_at is not None and now - current.started_at > allowance):
+                self.heartbeats.nodes.record(current.node, record.spec.id, current.number)
+
+    def _node_of(self, beat: contract.AttemptHeartbeat) -> str | None:
+        """The node of a beating attempt as *we* observed it (the record), if it is the current
+        attempt and still running; stale attempts say nothing about their node."""
+        record = self.index.get(beat.job_id)
+        current = record.current if record else None
+        if record is None or current is None or record.phase.is_terminal:
+            return None
+        if current.number != beat.attempt or current.state.is_final:
+            return None
+        return current.node or beat.node
+
     async def _on_heartbeat(self, msg: Msg) -> None:
         try:
             beat = contract.AttemptHeartbeat.model_validate_json(msg.data)
         except ValidationError:
             log.warning("heartbeat_invalid", subject=msg.subject)
             return
-        self.heartbeats.record(beat, now=contract.utcnow())
+        self.heartbeats.record(beat, now=contract.utcnow(), node=self._node_of(beat))

@@ -32,6 +32,8 @@ class Harness:
     kill_node: Callable[[str], None]
     runs_pods: bool
     """False for the fake: pods never start by themselves."""
+    node_loss_bound_s: float = 15.0
+    """How long the backend alone may take to see a killed node (the dispatcher adds heartbeats)."""
 
 
 @pytest.fixture(params=["fake", "local",
@@ -85,9 +87,11 @@ async def _kubernetes() -> AsyncIterator[Harness]:
     cluster.heal()
     config = settings.BackendSettings(kind="kubernetes", kubeconfig=str(cluster.kubeconfig),
                                       namespace=f"jobq-c-{uuid.uuid4().hex[:8]}")
-    async with KubernetesBackend(config, node_timeout_s=3.0) as backend:
+    async with KubernetesBackend(config) as backend:
         await asyncio.wait_for(backend.wait_synced(), 30)
-        yield Harness(backend, list(NODE_NAMES), cluster.kill, runs_pods=True)
+        # The backend alone judges a node by its Lease (leaseDurationSeconds 40, renewed every 10 s
+        # by a stock kubelet): at most 40 s after the last renewal, which was at most 10 s ago.
+        yield Harness(backend, list(NODE_NAMES), cluster.kill, runs_pods=True, node_loss_bound_s=60.0)
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], *, what: str, timeout: float = 30) -> None:
@@ -196,11 +200,53 @@ async def test_killed_nodes_pods_show_node_not_ready(harness: Harness) -> None:
 
     async def lost() -> bool:
         return any(not p.node_ready for p in await pods_of(harness, job_id))
-    await eventually(lost, what="the pod's node is NotReady", timeout=15)
+    await eventually(lost, what="the pod's node is NotReady", timeout=harness.node_loss_bound_s)
     detected = time.monotonic() - killed_at
     nodes = {n.name: n for n in await harness.backend.list_nodes()}
     assert not nodes[pod.node].ready
-    # The pod is still listed (what was lost is visible) until deleted; deleting it works.
-    await harness.backend.delete_pod(pod.name)
+    assert nodes[pod.node].not_ready_reason or harness.backend.name == "fake"
+    # The pod is still listed (what was lost is visible) until deleted; a forced delete (what the
+    # dispatcher asks for on a lost node) works although no kubelet confirms it.
+    await harness.backend.delete_pod(pod.name, force=True)
     await eventually(lambda: _has(harness, job_id, 0), what="the lost pod is forgotten", timeout=15)
     print(f"{harness.backend.name}: node loss seen after {detected:.1f}s")
+
+
+async def test_log_of_an_unknown_pod_is_unavailable(harness: Harness) -> None:
+    with pytest.raises(base.LogUnavailable):
+        await harness.backend.read_log(contract.pod_name(job(), 1), node=harness.nodes[0])
+
+
+async def test_log_is_read_from_an_offset_while_and_after_the_pod_runs(harness: Harness) -> None:
+    if not harness.runs_pods:
+        pytest.skip("the fake runs nothing (tests/unit/test_logs.py covers its logs)")
+    job_id = job()
+    pod = spec(job_id).model_copy(update={"command": (
+        "sh", "-c", "echo line-1; echo line-2; sleep 2; echo line-3; exit 3")})
+    await create(harness.backend, pod)
+
+    async def printed_two_lines() -> bool:
+        pods = await pods_of(harness, job_id)
+        if not pods or pods[0].node is None:
+            return False
+        try:
+            read = await harness.backend.read_log(pod.name, node=pods[0].node)
+        except base.LogUnavailable:
+            return False  # not started yet
+        return read.data == b"line-1\nline-2\n" and read.running
+    await eventually(printed_two_lines, what="the running pod's first lines are read")
+    await eventually(lambda: _phase(harness, job_id, contract.PodPhase.FAILED), what="the pod fails")
+    [state] = await pods_of(harness, job_id)
+    read = await harness.backend.read_log(pod.name, node=state.node)
+    assert (read.data, read.next_offset, read.running) == (b"line-1\nline-2\nline-3\n", 21, False)
+    part = await harness.backend.read_log(pod.name, node=state.node, offset=7, limit=7)
+    assert (part.data, part.next_offset) == (b"line-2\n", 14)
+    end = await harness.backend.read_log(pod.name, node=state.node, offset=21)
+    assert (end.data, end.next_offset) == (b"", 21)
+    await harness.backend.delete_pod(pod.name)
+    await eventually(lambda: _has(harness, job_id, 0), what="the pod is gone", timeout=30)
+    if harness.backend.name == "kubernetes":  # the log lived as long as the pod
+        with pytest.raises(base.LogUnavailable):
+            await harness.backend.read_log(pod.name, node=state.node)
+    else:  # the node keeps the file
+        assert (await harness.backend.read_log(pod.name, node=state.node)).data.endswith(b"line-3\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import random
 
@@ -261,3 +262,83 @@ def test_anti_affinity_is_relaxed_when_every_ready_node_lost_the_job_once() -> N
         "node-2",
     )
     assert run(record, ready_nodes=frozenset({"node-1", "node-2"})).create.avoid_nodes == ()  # type: ignore[union-attr]
+
+
+def test_a_stored_result_is_success_even_when_the_node_could_not_report_the_exit() -> None:
+    """Kubelet dead, pod alive: the pod finished and stored its result, but nobody posts Succeeded."""
+    running = job(phase=Phase.RUNNING, attempts=(attempt(),))
+    action = run(running, pod(ready=False), result_exists=True)
+    assert action.record is not None and action.record.phase == Phase.SUCCEEDED
+    assert action.delete == ("job-j1-1",)
+    failed = run(running, pod(phase=Pod.FAILED, exit_code=1, reason="Error"), result_exists=True)
+    assert failed.record is not None and failed.record.phase == Phase.QUEUED
+
+
+def test_node_loss_message_comes_from_the_verdict() -> None:
+    action = run(
+        job(phase=Phase.RUNNING, attempts=(attempt(),)),
+        pod(ready=False),
+        node_lost_why="node node-1: Lease not renewed for 41s",
+    )
+    assert action.record is not None and action.record.attempts[0].message == (
+        "node node-1: Lease not renewed for 41s"
+    )
+
+
+def test_failed_attempt_keeps_its_last_output_lines() -> None:
+    failing = dataclasses.replace(
+        pod(phase=Pod.FAILED, exit_code=3, reason="Error"), message="line-1\nline-2"
+    )
+    action = run(job(phase=Phase.RUNNING, attempts=(attempt(),)), failing)
+    assert action.record is not None and action.record.attempts[0].log_tail == "line-1\nline-2"
+
+
+def test_pending_pod_says_why_it_waits_and_forgets_it_once_running() -> None:
+    why = "Unschedulable: 0/3 nodes are available: 3 Insufficient cpu."
+    pending = dataclasses.replace(pod(phase=Pod.PENDING), message=why)
+    action = run(job(phase=Phase.RUNNING, attempts=(attempt(state=State.PENDING),)), pending)
+    assert action.record is not None and action.record.current is not None
+    assert action.record.current.waiting_reason == why
+    assert run(action.record, pending).record is None  # no rewrite while nothing changes
+    started = run(action.record, pod())
+    assert started.record is not None and started.record.current is not None
+    assert started.record.current.waiting_reason == "" and started.record.current.state == State.RUNNING
+
+
+def test_a_restarted_dispatcher_counts_silence_from_when_it_began_listening() -> None:
+    long_running = job(phase=Phase.RUNNING, attempts=(attempt(started=NOW - dt.timedelta(seconds=300)),))
+    # Listening for 3 s, nothing heard yet: not lost (it may beat any moment).
+    fresh = run(long_running, pod(), heartbeat=None, listening_since=NOW - dt.timedelta(seconds=3))
+    assert fresh.record is None
+    # Listening for 11 s and it ran long past its startup allowance: it would have beaten.
+    silent = run(long_running, pod(), heartbeat=None, listening_since=NOW - dt.timedelta(seconds=11))
+    assert silent.record is not None and silent.record.attempts[0].reason == Reason.HEARTBEAT_LOST
+    # A young attempt still gets its startup allowance.
+    young = job(phase=Phase.RUNNING, attempts=(attempt(started=NOW - dt.timedelta(seconds=20)),))
+    assert run(young, pod(), heartbeat=None, listening_since=NOW - dt.timedelta(seconds=11)).record is None
+
+
+def test_an_attempt_starts_when_its_pod_runs_not_when_it_is_scheduled() -> None:
+    creating = job(phase=Phase.RUNNING, attempts=(attempt(state=State.CREATING, started=None),))
+    pending = run(creating, pod(phase=Pod.PENDING))
+    assert pending.record is not None and pending.record.current is not None
+    assert pending.record.current.state == State.PENDING and pending.record.current.started_at is None
+    running = run(pending.record, pod())
+    assert running.record is not None and running.record.current is not None
+    assert running.record.current.started_at is not None
+
+
+def test_a_stale_pod_waiting_for_its_kubelet_does_not_hold_up_the_current_attempt() -> None:
+    record = job(
+        phase=Phase.RUNNING,
+        attempts=(attempt(1, state=State.FAILED), attempt(2, state=State.PENDING, node="node-2")),
+    )
+    old = dataclasses.replace(pod(1, phase=Pod.FAILED, reason="Deleted"), terminating=True)
+    current = pod(2, node="node-2")
+    action = run(record, old, current)
+    assert action.delete == () and action.record is not None
+    assert action.record.current is not None and action.record.current.state == State.RUNNING
+    # On a node judged lost nothing would finish the deletion: it is deleted again, silently.
+    lost = dataclasses.replace(old, node_ready=False)
+    again = run(record, lost, current)
+    assert again.delete == ("job-j1-1",) and again.events == ()
