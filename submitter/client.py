@@ -16,9 +16,10 @@ import builtins
 import contextlib
 import hashlib
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, Self
 
+import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
@@ -44,6 +45,36 @@ class JobFailed(JobqError):
 
 class JobNotFound(JobqError):
     pass
+
+
+class DispatcherUnavailable(JobqError):
+    """No dispatcher answered a request (none running, or it did not answer in time)."""
+
+
+class LogUnavailable(JobqError):
+    """An attempt's output cannot be read: not yet (its pod has not started; ``finished`` False)
+    or no more (its pod or node is gone). ``tail`` holds the last lines jobq kept of a failed
+    attempt, minus what ``logs()`` had already yielded."""
+
+    def __init__(self, message: str, *, job_id: str, attempt: int | None, tail: str = "",
+                 finished: bool = True) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+        self.attempt = attempt
+        self.tail = tail
+        self.finished = finished
+
+
+def unseen_tail(shown: str, tail: str) -> str:
+    """The lines of ``tail`` (the end of a log) that ``shown`` (its beginning) does not end with."""
+    tail_lines = tail.splitlines()
+    shown_lines = shown.splitlines()
+    for k in range(min(len(shown_lines), len(tail_lines)), 0, -1):
+        first, *rest = tail_lines[:k]  # the tail's first line may be cut: compare its end only
+        start = len(shown_lines) - k
+        if shown_lines[start].endswith(first) and shown_lines[start + 1:] == rest:
+            return "\n".join(tail_lines[k:])
+    return tail
 
 
 def new_job_id(idempotency_key: str | None = None) -> str:
@@ -206,6 +237,59 @@ class JobqClient:
 
     async def result(self, job_id: str, *, timeout: float | None = None) -> contract.TaskResult:
         return await JobHandle(self, job_id).result(timeout=timeout)
+
+    # --- output -----------------------------------------------------------------------------
+
+    async def read_log(self, job_id: str, *, attempt: int | None = None, offset: int = 0,
+                       limit: int = 64 * 1024, timeout: float = 10.0) -> contract.LogChunk:
+        """One request on ``jobq.logs``: up to ``limit`` bytes of an attempt's output from
+        ``offset`` (see contract.LogChunk; broker/dispatcher/logs.py says how replies read)."""
+        request = contract.LogRequest(job_id=job_id, attempt=attempt, offset=offset, limit=limit)
+        try:
+            reply = await self.nc.request(contract.LOGS_SUBJECT, request.model_dump_json().encode(),
+                                          timeout=timeout)
+        except nats.errors.NoRespondersError:
+            raise DispatcherUnavailable(
+                f"no dispatcher answers on {contract.LOGS_SUBJECT} (is jobq running on {self.url}?)"
+            ) from None
+        except (nats.errors.TimeoutError, TimeoutError):
+            raise DispatcherUnavailable(f"the dispatcher did not answer within {timeout:g}s") from None
+        return contract.LogChunk.model_validate_json(reply.data)
+
+    async def logs(self, job_id: str, *, attempt: int | None = None, follow: bool = False,
+                   poll_s: float = 0.5) -> AsyncIterator[str]:
+        """The output (stdout and stderr) of one attempt of a job, default the current one.
+
+        Without ``follow``: what there is now. With ``follow``: polls every ``poll_s`` seconds
+        until the attempt is over and all its output is read (an attempt not started yet is
+        waited for). Raises JobNotFound, DispatcherUnavailable, or LogUnavailable when the
+        output cannot be read (its ``tail`` has the lines jobq kept of a failed attempt).
+        """
+        offset, shown = 0, ""
+        while True:
+            chunk = await self.read_log(job_id, attempt=attempt, offset=offset)
+            if chunk.error and chunk.finished and chunk.attempt is None:
+                if await self.get(job_id) is None:
+                    raise JobNotFound(f"no job {job_id}")
+                raise JobqError(chunk.error)
+            if chunk.attempt is not None:
+                attempt = chunk.attempt  # follow this attempt, even if the job moves on to another
+            if chunk.error:
+                if chunk.finished or not follow:
+                    raise LogUnavailable(chunk.error, job_id=job_id, attempt=chunk.attempt,
+                                         tail=unseen_tail(shown, chunk.tail), finished=chunk.finished)
+                await asyncio.sleep(poll_s)
+                continue
+            more = chunk.next_offset > offset
+            offset = max(offset, chunk.next_offset)
+            if chunk.data:
+                shown = (shown + chunk.data)[-4 * contract.LOG_TAIL_BYTES:]
+                yield chunk.data
+            if more:
+                continue
+            if chunk.finished or not follow:
+                return
+            await asyncio.sleep(poll_s)
 
     async def cancel(self, job_id: str) -> contract.JobRecord:
         """Ask the dispatcher to stop the job; it ends ``cancelled`` (no effect once finished)."""

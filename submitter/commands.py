@@ -10,7 +10,10 @@ import click
 from pydantic import ValidationError
 
 from broker import contract
-from submitter.client import JobFailed, JobqClient
+from submitter.client import JobFailed, JobqClient, JobqError, LogUnavailable
+
+STATUS_TAIL_LINES = 10
+"""`jobq status` shows this many of a failed attempt's kept lines (`--json` and `jobq logs` all)."""
 
 
 def _echo_json(value: Any) -> None:
@@ -23,6 +26,27 @@ def _record_line(record: contract.JobRecord) -> str:
     task = record.spec.task or " ".join(record.spec.command or ())
     reason = f" ({record.reason})" if record.reason else ""
     return f"{record.spec.id:<26} {record.phase.value:<10} {record.spec.queue:<10} {where:<12} {task}{reason}"
+
+
+def attempt_lines(record: contract.JobRecord) -> list[str]:
+    """`jobq status` lines of each attempt: outcome, a failed one's last output, why one waits."""
+    lines = []
+    for a in record.attempts:
+        lines.append(
+            f"  attempt {a.number}: {a.state:<9} node={a.node or '-':<8} "
+            f"reason={a.reason or '-'} exit={a.exit_code if a.exit_code is not None else '-'}"
+            f" {a.message}".rstrip()
+        )
+        if a.state == contract.AttemptState.FAILED and a.log_tail:
+            kept = a.log_tail.splitlines()
+            more = len(kept) - STATUS_TAIL_LINES
+            lines.append("    last output" + (
+                f" ({more} earlier line(s): jobq logs {record.spec.id} --attempt {a.number}):" if more > 0
+                else ":"))
+            lines.extend(f"      | {line}" for line in kept[-STATUS_TAIL_LINES:])
+        if a is record.current and not a.state.is_final and a.waiting_reason:
+            lines.append(f"    waiting: {a.waiting_reason}")
+    return lines
 
 
 def register(
@@ -137,12 +161,47 @@ def register(
                 f"{record.spec.id}: {record.phase}"
                 + (f" ({record.reason}: {record.message})" if record.reason else "")
             )
-            for a in record.attempts:
-                click.echo(
-                    f"  attempt {a.number}: {a.state:<9} node={a.node or '-':<8} "
-                    f"reason={a.reason or '-'} exit={a.exit_code if a.exit_code is not None else '-'}"
-                    f" {a.message}"
-                )
+            for line in attempt_lines(record):
+                click.echo(line)
+
+        run(go())
+
+    @cli.command()
+    @click.argument("job_id")
+    @click.option("--attempt", type=click.IntRange(min=1), default=None,
+                  help="Which attempt (1 is the first). Default: the current one.")
+    @click.option("--follow", "-f", is_flag=True,
+                  help="Keep printing as the attempt writes, until it ends (waits for it to start).")
+    @nats_option
+    def logs(job_id: str, attempt: int | None, follow: bool, nats_url: str | None) -> None:
+        """Print the output (stdout and stderr) of a job's attempt.
+
+        The output is read from the pod's node through a dispatcher. Embedded nodes keep pod logs
+        on disk after the pod is gone; on Kubernetes a log lives as long as its pod, which jobq
+        deletes once the attempt ends. When the log is gone, the last lines jobq kept of a failed
+        attempt are printed instead, with a note on stderr. Exits 1 when the job is unknown, no
+        dispatcher answers (in time), or the log is gone and nothing of it was kept.
+        """
+
+        async def go() -> None:
+            printed = ""
+            async with JobqClient(resolve_nats(nats_url)) as client:
+                try:
+                    async for text in client.logs(job_id, attempt=attempt, follow=follow):
+                        click.echo(text, nl=False)
+                        printed = text
+                except LogUnavailable as exc:
+                    if exc.tail:
+                        if printed and not printed.endswith("\n"):
+                            click.echo()
+                        click.echo(exc.tail)
+                        click.echo(f"jobq: {exc}; shown: the last lines jobq kept of it", err=True)
+                    elif printed or not exc.finished:
+                        click.echo(f"jobq: {exc}", err=True)
+                    else:
+                        raise click.ClickException(f"{exc}; no output was kept") from None
+                except JobqError as exc:
+                    raise click.ClickException(str(exc)) from None
 
         run(go())
 

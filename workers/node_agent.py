@@ -3,7 +3,9 @@
 It announces its capacity and its pods on ``jobq.node.<name>.status`` every ``interval_s`` and at
 every change, runs pods it is asked to run as process groups (``workers.pod_runtime``), kills
 pods that use more memory than they requested (reason ``OOMKilled``) and kills pods on request.
-Finished pods stay listed until the dispatcher deletes them, like Pod objects in Kubernetes.
+Finished pods stay listed until the dispatcher deletes them, like Pod objects in Kubernetes; a
+failed pod's status carries the last lines of its log. Pod logs are served on
+``jobq.node.<name>.pods.log`` and stay readable after their pod is deleted.
 SIGKILL of the agent takes its pods with it: that is a node dying.
 """
 
@@ -40,6 +42,7 @@ class _Pod:
     reason: str = ""
     finished_at: dt.datetime | None = None
     killed_for: str = ""
+    log_tail: str = ""
 
     def status(self, node: str) -> contract.PodStatus:
         return contract.PodStatus(
@@ -54,6 +57,7 @@ class _Pod:
             finished_at=self.finished_at,
             pid=self.process.pid,
             resources=self.spec.resources,
+            log_tail=self.log_tail,
         )
 
 
@@ -71,6 +75,24 @@ class AgentSettings:
     """Given to pods as JOBQ_NATS_URL."""
     python: str = sys.executable
     """Interpreter that runs built-in tasks (``python -m workers.runner``)."""
+
+
+def read_tail(path: Path) -> str:
+    """The last lines of a log file (contract.tail_of); empty when it cannot be read."""
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - contract.LOG_TAIL_BYTES))
+            return contract.tail_of(f.read())
+    except OSError:
+        return ""
+
+
+def read_log(path: Path, *, offset: int, limit: int) -> tuple[bytes, int]:
+    """Bytes ``offset`` .. ``offset + limit`` of a log file, and the offset after them."""
+    with path.open("rb") as f:
+        f.seek(offset)
+        data = f.read(limit)
+    return data, offset + len(data)
 
 
 def pod_command(spec: contract.PodSpec, *, python: str) -> list[str]:
@@ -113,6 +135,7 @@ class NodeAgent:
         subs = [
             await self._nc.subscribe(contract.node_create_subject(self._s.name), cb=self._on_create),
             await self._nc.subscribe(contract.node_delete_subject(self._s.name), cb=self._on_delete),
+            await self._nc.subscribe(contract.node_log_subject(self._s.name), cb=self._on_log),
         ]
         log.info(
             "node_started",
@@ -191,7 +214,7 @@ class NodeAgent:
                 "JOBQ_NODE": self._s.name,
                 "JOBQ_NATS_URL": spec.env.get("JOBQ_NATS_URL", self._s.nats_url),
             }
-            log_path = self._s.work_dir / self._s.name / f"{spec.name}.log"
+            log_path = self._log_path(spec.name)
             try:
                 process = await pod_runtime.spawn(
                     pod_command(spec, python=self._s.python), env=env, log_path=log_path
@@ -222,6 +245,8 @@ class NodeAgent:
             contract.PodPhase.SUCCEEDED if code == 0 and not pod.killed_for else contract.PodPhase.FAILED
         )
         pod.reason = pod.killed_for or ("Completed" if code == 0 else "Error")
+        if pod.phase == contract.PodPhase.FAILED:
+            pod.log_tail = read_tail(self._log_path(pod.spec.name))
         log.info(
             "pod_exited",
             pod=pod.spec.name,
@@ -243,6 +268,32 @@ class NodeAgent:
         log.info("pod_deleted", pod=name, node=self._s.name, found=pod is not None)
         await self._reply(msg, ok=True)
         self._changed.set()
+
+    def _log_path(self, pod: str) -> Path:
+        return self._s.work_dir / self._s.name / f"{pod}.log"
+
+    async def _on_log(self, msg: Msg) -> None:
+        if not msg.reply:
+            return
+        try:
+            request = contract.NodeLogRequest.model_validate_json(msg.data)
+        except ValidationError as exc:
+            reply = contract.NodeLogReply(ok=False, error=f"invalid log request: {exc}")
+        else:
+            pod = self._pods.get(request.pod)
+            # Whether it runs is decided before reading: a pod that had exited then wrote everything.
+            running = pod is not None and pod.finished_at is None
+            try:
+                data, next_offset = read_log(self._log_path(request.pod), offset=request.offset,
+                                             limit=request.limit)
+            except FileNotFoundError:
+                missing = f"node {self._s.name} has no log of {request.pod}"
+                reply = contract.NodeLogReply(ok=False, error=missing)
+            except OSError as exc:
+                reply = contract.NodeLogReply(ok=False, error=f"cannot read the log of {request.pod}: {exc}")
+            else:
+                reply = contract.NodeLogReply(ok=True, data=data, next_offset=next_offset, running=running)
+        await self._nc.publish(msg.reply, reply.model_dump_json().encode())
 
     def _enforce_memory(self) -> None:
         running = {p.process.pid: p for p in self._pods.values() if p.finished_at is None}

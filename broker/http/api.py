@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from broker import contract, metrics, store
+from broker.dispatcher import logs
 from broker.http import streams
 from broker.http.keys import DISPATCHER, HUB, METRICS, SETTINGS
 
@@ -214,6 +215,27 @@ async def get_job(request: web.Request) -> web.Response:
     )
 
 
+async def job_log(request: web.Request) -> web.Response:
+    """Output of one attempt (default the current one) from a byte offset: a LogChunk."""
+    params = query(request, ("attempt", "offset", "limit"))
+    job_id = job_id_of(request)
+    number = int_param(params, "attempt", default=0, low=1, high=100_000) if "attempt" in params else None
+    offset = int_param(params, "offset", default=0, low=0, high=2**53)
+    limit = int_param(params, "limit", default=64 * 1024, low=1, high=logs.MAX_CHUNK)
+    dispatcher = request.app[DISPATCHER]
+    lookup = logs.record_lookup(dispatcher.index, dispatcher.store)
+    record = await lookup(job_id)
+    if record is None:
+        raise error(404, "not_found", f"no job {job_id}")
+    picked = logs.pick_attempt(record, number)
+    if isinstance(picked, str):
+        raise error(404, "not_found", picked, param="attempt")
+    chunk = await logs.answer(
+        contract.LogRequest(job_id=job_id, attempt=number, offset=offset, limit=limit),
+        lookup=lookup, backend=dispatcher.backend)
+    return web.json_response(chunk.model_dump(mode="json"))
+
+
 # --- nodes and queues -----------------------------------------------------------------------
 
 
@@ -281,6 +303,8 @@ async def list_nodes(request: web.Request) -> web.Response:
                     "allocated_memory": n.allocated_memory,
                     "last_heartbeat": iso(n.last_heartbeat),
                     "not_ready_since": iso(n.not_ready_since),
+                    "not_ready_reason": n.not_ready_reason,
+                    "attempt_heartbeats": dispatcher.heartbeats.nodes.evidence(n.name).value,
                 }
                 for n in nodes
             ],

@@ -63,6 +63,7 @@ def _schemas() -> Json:
             (contract.JobRecord, "serialization"),
             (contract.JobEvent, "serialization"),
             (contract.Attempt, "serialization"),
+            (contract.LogChunk, "serialization"),
         ],
         ref_template=REF,
     )
@@ -149,6 +150,12 @@ def _schemas() -> Json:
                     "allocated_memory": {"type": "integer"},
                     "last_heartbeat": nullable_time,
                     "not_ready_since": nullable_time,
+                    "not_ready_reason": {"type": "string", "description": "Why the backend says not ready"},
+                    "attempt_heartbeats": {
+                        "type": "string",
+                        "enum": ["alive", "silent", "unknown"],
+                        "description": "What attempt heartbeats say (docs/design/node-loss.md)",
+                    },
                 },
             },
             "NodeFailure": {
@@ -353,6 +360,28 @@ def document() -> Json:
                 "tags": ["jobs"],
                 "parameters": [JOB_ID_PARAM],
                 "responses": {"200": _json(_ref("JobDetail"), "The job"), **ERRORS, **NOT_FOUND},
+            }
+        },
+        "/api/jobs/{job_id}/log": {
+            "get": {
+                "operationId": "getJobLog",
+                "summary": "An attempt's output (stdout and stderr) from a byte offset. When the log "
+                "cannot be read, `error` says why and `tail` has the last lines kept of a failed attempt",
+                "tags": ["jobs"],
+                "parameters": [
+                    JOB_ID_PARAM,
+                    _query("attempt", {"type": "integer", "minimum": 1},
+                           "Attempt number (default: the current one)."),
+                    _query("offset", {"type": "integer", "minimum": 0, "default": 0},
+                           "Byte offset: `next_offset` of the previous chunk."),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 262144, "default": 65536},
+                           "Bytes to return at most."),
+                ],
+                "responses": {
+                    "200": _json(_ref("LogChunk"), "A chunk of the log (or why there is none)"),
+                    **ERRORS,
+                    "404": _json(_ref("Error"), "No such job, or no such attempt."),
+                },
             }
         },
         "/api/jobs/{job_id}/cancel": {

@@ -8,6 +8,7 @@ Routes (documented in ``/api/openapi.json``, see broker/http/openapi.py)::
     GET  /healthz  /readyz        probes               POST /api/dead-letters/{job_id}/retry
     GET  /api/jobs                                     GET  /api/events (server-sent events)
     GET  /api/jobs/{job_id}                            GET  /api/openapi.json
+    GET  /api/jobs/{job_id}/log
     POST /api/jobs/{job_id}/cancel
 """
 
@@ -134,6 +135,7 @@ def routes() -> list[tuple[str, str, Handler]]:
         ("GET", "/readyz", readyz),
         ("GET", "/api/jobs", api.list_jobs),
         ("GET", "/api/jobs/{job_id}", api.get_job),
+        ("GET", "/api/jobs/{job_id}/log", api.job_log),
         ("POST", "/api/jobs/{job_id}/cancel", api.cancel_job),
         ("GET", "/api/nodes", api.list_nodes),
         ("GET", "/api/queues", api.list_queues),

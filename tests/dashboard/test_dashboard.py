@@ -99,6 +99,21 @@ async def test_dashboard_shows_jobs_and_node_loss(
             assert "node_lost" in await page.locator("#attempts").inner_text()
             await asyncio.sleep(0.3)
             await page.screenshot(path=str(output_dir / "dashboard.png"), full_page=True)
+
+            # A job that failed: its last output lines are on the attempt, its output on demand.
+            failing = {"id": "ui-fails", "command": ["sh", "-c", "echo line-1; echo line-2; exit 3"],
+                       "retry": {"max_attempts": 1}}
+            await client.submit(failing)
+            assert (await client.wait(["ui-fails"], timeout=60))["ui-fails"].phase == contract.JobPhase.DEAD
+            await page.evaluate("location.hash = '#/jobs/ui-fails'")
+            tail = "#attempts tr[data-tail='1'] pre"
+            await page.wait_for_selector(tail, timeout=8_000)
+            assert await page.locator(tail).inner_text() == "line-1\nline-2"
+            await page.click("#attempts button[data-log='1']")
+            await page.wait_for_function(
+                "document.getElementById('attempt-log-text').textContent === 'line-1\\nline-2\\n'",
+                timeout=8_000)
+            await page.screenshot(path=str(output_dir / "dashboard-failure.png"), full_page=True)
         finally:
             await context.close()
 

@@ -127,7 +127,8 @@ def test_rbac_is_exactly_what_the_backend_calls(helm: Path) -> None:
     }
     assert rules == {
         ("Role", "jobq-jobs"): [
-            {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "delete", "list", "watch"]}
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "delete", "list", "watch"]},
+            {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
         ],
         ("Role", "kube-node-lease"): [
             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["list", "watch"]}
@@ -308,6 +309,7 @@ API_CALL_RBAC: dict[str, tuple[tuple[str, str], set[str]] | None] = {
     "create_namespaced_pod": (("", "pods"), {"create"}),
     "delete_namespaced_pod": (("", "pods"), {"delete"}),
     "list_namespaced_pod": (("", "pods"), {"list", "watch"}),
+    "read_namespaced_pod_log": (("", "pods/log"), {"get"}),
     "list_node": (("", "nodes"), {"list", "watch"}),
     "list_namespaced_lease": (("coordination.k8s.io", "leases"), {"list", "watch"}),
     "create_namespace": None,

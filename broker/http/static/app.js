@@ -10,7 +10,7 @@ const REASON_COLORS = ["#ef4444", "#f59e0b", "#3b82f6", "#8b5cf6", "#10b981", "#
 const SVGNS = "http://www.w3.org/2000/svg";
 const $ = (id) => document.getElementById(id);
 const reasonColor = {};
-const view = { jobId: null, refreshing: false, again: false, timer: null };
+const view = { jobId: null, refreshing: false, again: false, timer: null, logAttempt: null };
 
 // --- helpers -----------------------------------------------------------------------------
 
@@ -171,11 +171,13 @@ function renderRetries(timeline) {
 function renderNodes(data) {
   const rows = data.nodes.map((n) => el("tr", { "data-node": n.name, class: n.ready ? "" : "notready" },
     el("td", {}, n.name),
-    el("td", { class: `status ${n.ready ? "ready" : "notready"}` }, n.ready ? "Ready" : "NotReady"),
+    el("td", { class: `status ${n.ready ? "ready" : "notready"}`, title: n.not_ready_reason || "" },
+      n.ready ? "Ready" : "NotReady"),
+    el("td", { class: `beats ${n.attempt_heartbeats}`, "data-beats": n.attempt_heartbeats }, n.attempt_heartbeats),
     el("td", {}, n.pods), el("td", {}, n.running_attempts),
     el("td", {}, `${n.allocated_cpu}/${n.capacity.cpu}`),
     el("td", {}, n.ready ? ago(n.last_heartbeat) : `silent since ${time(n.last_heartbeat)}`)));
-  fill($("nodes").tBodies[0], rows, 6, "no nodes have reported");
+  fill($("nodes").tBodies[0], rows, 7, "no nodes have reported");
   const failures = data.failures.map((f) => el("tr", { "data-failure": f.node },
     el("td", {}, f.node), el("td", {}, time(f.detected_at)), el("td", {}, f.affected_jobs),
     el("td", {}, f.recovered_jobs), el("td", {}, secs(f.recovery_seconds.p50)),
@@ -265,15 +267,50 @@ async function showDetail(jobId) {
   renderTimeline(detail);
   const cancel = $("detail-cancel");
   cancel.disabled = ["succeeded", "dead", "cancelled"].includes(j.phase) || j.cancel_requested;
-  const rows = detail.attempts.map((a) => el("tr", { "data-attempt": a.number },
-    el("td", {}, a.number), el("td", { class: `state ${a.state}` }, a.state), el("td", {}, a.node || "-"),
-    el("td", {}, a.reason || "-"), el("td", {}, a.exit_code ?? "-"), el("td", {}, secs(a.start_seconds)),
-    el("td", {}, secs(a.run_seconds)), el("td", { class: "msg" }, a.message)));
-  fill($("attempts").tBodies[0], rows, 8, "no attempt yet");
+  const rows = [];
+  detail.attempts.forEach((a, i) => {
+    rows.push(el("tr", { "data-attempt": a.number },
+      el("td", {}, a.number), el("td", { class: `state ${a.state}` }, a.state), el("td", {}, a.node || "-"),
+      el("td", {}, a.reason || "-"), el("td", {}, a.exit_code ?? "-"), el("td", {}, secs(a.start_seconds)),
+      el("td", {}, secs(a.run_seconds)), el("td", { class: "msg" }, a.message),
+      el("td", {}, el("button", { type: "button", "data-log": a.number,
+                                  onclick: () => showLog(jobId, a.number) }, "output"))));
+    if (a.state === "failed" && a.log_tail) {
+      rows.push(el("tr", { class: "tail", "data-tail": a.number }, el("td", {}),
+        el("td", { colspan: 8 }, el("div", { class: "muted" }, "last output"), el("pre", {}, a.log_tail))));
+    }
+    const current = i === detail.attempts.length - 1;
+    if (current && ["creating", "pending"].includes(a.state) && a.waiting_reason) {
+      rows.push(el("tr", { class: "waiting", "data-waiting": a.number }, el("td", {}),
+        el("td", { colspan: 8, class: "msg" }, `waiting: ${a.waiting_reason}`)));
+    }
+  });
+  fill($("attempts").tBodies[0], rows, 9, "no attempt yet");
   const events = clear($("events"));
   for (const e of detail.events) {
     events.append(el("li", {}, `${time(e.at)} ${e.type}`, e.attempt ? ` #${e.attempt}` : "",
       e.node ? ` on ${e.node}` : "", e.reason ? ` (${e.reason})` : "", e.message ? `: ${e.message}` : ""));
+  }
+}
+
+async function showLog(jobId, attempt) {
+  view.logAttempt = attempt;
+  const box = $("attempt-log");
+  box.hidden = false;
+  $("attempt-log-title").textContent = `Output of attempt ${attempt}`;
+  const out = $("attempt-log-text");
+  const note = $("attempt-log-note");
+  out.textContent = "";
+  note.textContent = "loading…";
+  try {
+    const chunk = await api(`/api/jobs/${encodeURIComponent(jobId)}/log?attempt=${attempt}`);
+    if (view.jobId !== jobId || view.logAttempt !== attempt) return;
+    out.textContent = chunk.error ? chunk.tail : chunk.data;
+    note.textContent = chunk.error
+      ? `${chunk.error}${chunk.tail ? "; shown: the last lines jobq kept" : ""}`
+      : chunk.finished ? "" : "still running: this is the output so far";
+  } catch (error) {
+    note.textContent = error.message;
   }
 }
 
@@ -326,6 +363,8 @@ function route() {
   const match = location.hash.match(/^#\/jobs\/([a-z0-9-]+)$/);
   if (match) { showDetail(match[1]); $("detail").scrollIntoView({ behavior: "smooth" }); }
   else { view.jobId = null; $("detail").hidden = true; }
+  view.logAttempt = null;
+  $("attempt-log").hidden = true;
 }
 
 document.addEventListener("DOMContentLoaded", () => {
