@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup demo test lint typecheck unit integration clean
+.PHONY: setup demo test lint typecheck unit integration bench clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,12 @@ typecheck: setup
 test: setup lint typecheck
 	@bash tests/tools/ensure_chromium.sh || echo "make test: no Chromium; browser tests will skip (or fail under CI)"
 	$(BIN)/python -m pytest -q tests
+
+# Measurements, not tests (not part of `make test`): node-death recovery on a real control plane,
+# Job vs jobq (~10 min, docs/kubernetes.md), then recovery over many jobs on the embedded stack.
+bench: setup
+	$(BIN)/python -m bench.k8s_recovery
+	$(BIN)/python bench/recovery.py
 
 clean:
 	rm -rf .jobq $(VENV)
