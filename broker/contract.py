@@ -7,7 +7,9 @@ definitions as JSON Schema from ``jobq schema``.
 Subjects (``<x>`` is a placeholder)::
 
     jobq.submit.<queue>                 job submissions (stream JOBQ_SUBMIT, work queue,
-                                        de-duplicated by the Nats-Msg-Id header)
+                                        de-duplicated by the Nats-Msg-Id header); exactly one
+                                        token after ``jobq.submit.``, matching QUEUE_PATTERN, and
+                                        it is the job's queue (``submission_queue``)
     jobq.events.<job_id>                every job transition (stream JOBQ_EVENTS)
     jobq.dead.<reason>                  dead-letter records (stream JOBQ_DEAD)
     jobq.attempt.<job_id>.<n>.hb        worker heartbeats and progress (core NATS)
@@ -19,8 +21,13 @@ Subjects (``<x>`` is a placeholder)::
 
 Buckets: ``jobq_jobs`` (job records, CAS-updated), ``jobq_results`` (one entry per attempt,
 key ``<job_id>.<n>``), ``jobq_idempotency`` (idempotency key digest -> job id), ``jobq_leader``
-(dispatcher leader lease, TTL) and the object store
-``jobq_artifacts`` (trained models and other task outputs).
+(dispatcher leader lease, TTL) and the object stores
+``jobq_artifacts`` (trained models and other task outputs) and ``jobq_dead`` (the whole original
+of every dead letter, key ``dead_original_key(sha256)``).
+
+Stream ``JOBQ_ADVISORIES`` keeps JetStream's MAX_DELIVERIES advisories of the dispatcher's
+submission consumer, so a submission JetStream gave up on is dead-lettered even if no dispatcher
+was listening at that moment.
 """
 
 from __future__ import annotations
@@ -32,10 +39,12 @@ import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
+import pydantic_core
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -48,13 +57,17 @@ CONTRACT_VERSION = 1
 STREAM_SUBMIT = "JOBQ_SUBMIT"
 STREAM_EVENTS = "JOBQ_EVENTS"
 STREAM_DEAD = "JOBQ_DEAD"
+STREAM_ADVISORIES = "JOBQ_ADVISORIES"
 CONSUMER_DISPATCHER = "dispatcher"
 BUCKET_JOBS = "jobq_jobs"
 BUCKET_RESULTS = "jobq_results"
 BUCKET_LEADER = "jobq_leader"
 BUCKET_IDEMPOTENCY = "jobq_idempotency"
 OBJECT_STORE_ARTIFACTS = "jobq_artifacts"
+OBJECT_STORE_DEAD = "jobq_dead"
+"""The whole original of each dead letter (the letter itself carries a bounded excerpt)."""
 
+SUBMIT_PREFIX = "jobq.submit."
 SUBMIT_WILDCARD = "jobq.submit.>"
 EVENTS_WILDCARD = "jobq.events.>"
 DEAD_WILDCARD = "jobq.dead.>"
@@ -68,10 +81,41 @@ HEADER_MSG_ID = "Nats-Msg-Id"
 HEADER_CONTRACT = "Jobq-Contract"
 """Optional: the contract version the publisher was written against."""
 
-MAX_SUBMISSION_BYTES = 256 * 1024
-"""Largest accepted submission payload; bigger inputs belong in the object store."""
+NATS_MAX_PAYLOAD = 1024 * 1024
+"""nats-server's default ``max_payload``: one message, so one submission or one KV value (a job
+record, a result) is at most this, headers included."""
+MAX_SUBMISSION_BYTES = 960 * 1024
+"""Largest accepted submission payload, both as published and as the dispatcher re-serialises it
+(the spec of a job record). It leaves room under NATS_MAX_PAYLOAD for the record's attempts (see
+MAX_RECORD_BYTES); bigger inputs belong in the object store."""
+MAX_RECORD_BYTES = NATS_MAX_PAYLOAD - 4 * 1024
+"""Largest job record (one value of ``jobq_jobs``), leaving room for the publish's headers. A
+record that would grow past it drops the kept output of its older attempts (JobRecord.fitted)."""
 DUPLICATE_WINDOW_S = 15 * 60
 """How long JetStream remembers a Nats-Msg-Id; the dispatcher's own check has no limit."""
+SUBMIT_STREAM_MAX_MSG_BYTES = NATS_MAX_PAYLOAD
+"""Largest message stream JOBQ_SUBMIT stores (JetStream refuses bigger ones at publish time);
+bigger than MAX_SUBMISSION_BYTES so that an oversized submission still gets a dead letter."""
+
+SUBMIT_MAX_DELIVER = 5
+"""Deliveries of one submission before JetStream gives up on it (``max_deliver`` of the
+dispatcher's consumer). Invalid submissions are dead-lettered on their first delivery; only
+infrastructure errors (the store unavailable) lead to a redelivery, after
+SUBMIT_REDELIVERY_DELAYS_S. A submission still not acked after this many deliveries is
+dead-lettered with reason ``undeliverable`` from JetStream's MAX_DELIVERIES advisory."""
+SUBMIT_REDELIVERY_DELAYS_S = (2.0, 4.0, 8.0, 16.0)
+"""Pause before the 2nd, 3rd, ... delivery of a submission that hit an infrastructure error:
+the store may be unavailable for about 30 s before a valid job is given up as undeliverable."""
+
+DEAD_LETTER_MAX_BYTES = 512 * 1024
+"""A dead letter's JSON is never bigger than this (NATS's default max_payload is 1 MiB), however
+big or odd the original: see ``DeadLetter.encode``."""
+DEAD_LETTER_INLINE_BYTES = 64 * 1024
+"""An original up to this size that is valid UTF-8 is also carried whole, as ``payload``."""
+DEAD_LETTER_EXCERPT_BYTES = 4 * 1024
+"""A dead letter's ``excerpt``: this many leading bytes of the original, decoded leniently."""
+DEAD_LETTER_MESSAGE_CHARS = 2000
+"""A dead letter's ``message`` (and a SubmissionError's) is cut to this many characters."""
 
 
 EXIT_TASK_FAILED = 1
@@ -82,6 +126,40 @@ EXIT_TASK_NOT_FOUND = 3
 """The task is no built-in and cannot be imported: never worth a retry."""
 EXIT_NATS_UNREACHABLE = 4
 """The worker could not reach NATS: an infrastructure disruption, not the task's fault."""
+
+POD_REASON_START_ERROR = "StartError"
+"""PodStatus.reason of a pod whose command could not be started (no such program, permission
+denied), as Kubernetes reports it; jobq's node agent and simulated kubelet report it the same way:
+phase Failed, exit code EXIT_START_ERROR, the OS error as the message (``log_tail``). The
+dispatcher ends the attempt with FailureReason.START_ERROR: another node would fail the same way."""
+EXIT_START_ERROR = 128
+"""The exit code Kubernetes (containerd/runc) reports with StartError."""
+
+
+# --- pod environment: what the dispatcher sets for a pod, what the worker runner reads ---------
+
+ENV_JOB_ID = "JOBQ_JOB_ID"
+"""The job's id."""
+ENV_ATTEMPT = "JOBQ_ATTEMPT"
+"""The attempt's number, >= 1."""
+ENV_QUEUE = "JOBQ_QUEUE"
+ENV_TASK = "JOBQ_TASK"
+"""A key of BUILTIN_TASKS or 'package.module:function' (task jobs only)."""
+ENV_ARGS = "JOBQ_ARGS"
+"""The task's arguments as a JSON object, when they fit MAX_INLINE_ARGS_BYTES."""
+ENV_ARGS_FROM = "JOBQ_ARGS_FROM"
+"""Set (to ARGS_FROM_RECORD) instead of ENV_ARGS when the arguments are bigger: the runner reads
+them from ``spec.args`` of the job's record in bucket ``jobq_jobs``."""
+ARGS_FROM_RECORD = "record"
+ENV_NATS_URL = "JOBQ_NATS_URL"
+"""nats://host:port, or a comma-separated list."""
+ENV_NODE = "JOBQ_NODE"
+"""The node running the pod (set by the node agent or the kubelet)."""
+MAX_INLINE_ARGS_BYTES = 16 * 1024
+"""Largest JSON of a task's arguments given inline in ENV_ARGS. Linux limits one environment
+string to 128 KiB (MAX_ARG_STRLEN) and all of them plus the command line to about a quarter of
+the stack limit, and a Pod object's env is stored in etcd: bigger arguments travel in the job
+record (ENV_ARGS_FROM)."""
 
 
 POD_NATS_CREDS_PATH = "/etc/jobq/nats/nats.creds"
@@ -109,7 +187,18 @@ def idempotency_digest(key: str) -> str:
 
 
 def submit_subject(queue: str) -> str:
-    return f"jobq.submit.{queue}"
+    return f"{SUBMIT_PREFIX}{queue}"
+
+
+def max_deliveries_subject(stream: str = STREAM_SUBMIT, consumer: str = CONSUMER_DISPATCHER) -> str:
+    """JetStream's advisory for a message that reached its consumer's max_deliver; its JSON
+    carries ``stream_seq`` and ``deliveries``."""
+    return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{consumer}"
+
+
+def dead_original_key(sha256: str) -> str:
+    """Key in OBJECT_STORE_DEAD of a dead letter's whole original (content-addressed)."""
+    return f"sha256-{sha256}"
 
 
 def event_subject(job_id: str) -> str:
@@ -198,9 +287,14 @@ class FailureReason(enum.StrEnum):
     """The pod disappeared or was deleted by someone else."""
     DISPATCH_ERROR = "dispatch_error"
     """The cluster backend refused or failed to create the pod."""
+    START_ERROR = "start_error"
+    """The pod's command could not be started (no such program, permission denied): the node
+    reports the pod Failed with reason ``StartError`` and the OS error; never retried."""
     CANCELLED = "cancelled"
     INVALID = "invalid"
     """The submission could not be parsed or validated (dead letters only)."""
+    UNDELIVERABLE = "undeliverable"
+    """JetStream gave up on the submission after SUBMIT_MAX_DELIVER deliveries (dead letters only)."""
 
     @property
     def is_disruption(self) -> bool:
@@ -303,6 +397,7 @@ BUILTIN_TASKS: dict[str, str] = {
     "demo.flaky": "fail until attempt args.succeed_on, then succeed (tests)",
     "demo.exit": "exit with args.code (tests)",
     "demo.hog": "allocate args.mb megabytes (tests the memory limit)",
+    "demo.echo_size": "report the size and SHA-256 of args.data (tests big arguments)",
 }
 """Task names the workers implement; ``package.module:function`` names any importable task."""
 
@@ -422,6 +517,29 @@ class JobRecord(_Model):
     def cancelling(self, *, now: dt.datetime) -> JobRecord:
         """This job with a cancellation requested; the dispatcher carries it out."""
         return self.model_copy(update={"cancel_requested": True, "updated_at": now})
+
+    def fitted(self, max_bytes: int = MAX_RECORD_BYTES) -> JobRecord:
+        """This record, or a copy small enough to be one KV value: the kept output (log tails)
+        of its older attempts goes first, oldest first, then their messages and waiting reasons.
+        The current attempt keeps everything. A record that cannot fit is returned as small as
+        it gets (writing it then fails loudly)."""
+        size = len(self.model_dump_json().encode())
+        if size <= max_bytes:
+            return self
+        attempts = list(self.attempts)
+        for fields in (("log_tail",), ("message", "waiting_reason")):
+            for i in range(len(attempts) - 1):
+                old = attempts[i]
+                freed = sum(len(getattr(old, f).encode()) for f in fields)
+                if not freed:
+                    continue
+                attempts[i] = old.model_copy(update=dict.fromkeys(fields, ""))
+                size -= freed  # JSON escaping only makes the saving bigger
+                if size <= max_bytes:
+                    fitted = self.model_copy(update={"attempts": tuple(attempts)})
+                    if len(fitted.model_dump_json().encode()) <= max_bytes:
+                        return fitted
+        return self.model_copy(update={"attempts": tuple(attempts)})
 
     def redriven(self, *, now: dt.datetime) -> JobRecord:
         """This dead job queued again with fresh retry budgets; its attempt history is kept."""
@@ -588,33 +706,210 @@ class NodeLogReply(_Model):
 
 
 class DeadLetter(_Model):
-    """Published to ``jobq.dead.<reason>``: enough to see what went wrong and to re-drive it."""
+    """Published to ``jobq.dead.<reason>``: enough to see what went wrong and to re-drive it.
+
+    A letter about a message (an invalid or undeliverable submission, or the spec of a job that
+    died) is built with ``of_original``: it carries the original's ``size``, ``sha256`` and an
+    ``excerpt``, the whole original when it is small (``payload``), and names the key of the
+    whole original in object store ``jobq_dead`` (``original``). ``encode`` keeps the letter under
+    DEAD_LETTER_MAX_BYTES whatever the original was."""
 
     job_id: str | None
     reason: FailureReason
     message: str
     subject: str | None = None
-    payload: str | None = Field(default=None, description="The original message, if any")
+    payload: str | None = Field(
+        default=None,
+        description=f"The original message, whole, when it is valid UTF-8 of at most "
+        f"{DEAD_LETTER_INLINE_BYTES} bytes; otherwise read `original`",
+    )
     headers: dict[str, str] = Field(default_factory=dict)
     attempts: tuple[Attempt, ...] = ()
     at: dt.datetime = Field(default_factory=utcnow)
+    stream_seq: int | None = Field(
+        default=None, description="The submission's sequence in stream JOBQ_SUBMIT, if it was one"
+    )
+    size: int | None = Field(default=None, description="Bytes in the original message")
+    sha256: str | None = Field(default=None, description="SHA-256 of the original message, hex")
+    excerpt: str | None = Field(
+        default=None,
+        description=f"The original's first {DEAD_LETTER_EXCERPT_BYTES} bytes, invalid UTF-8 replaced",
+    )
+    original: str | None = Field(
+        default=None, description=f"Key of the whole original in object store {OBJECT_STORE_DEAD}"
+    )
+    _original_bytes: bytes | None = PrivateAttr(default=None)
+
+    @classmethod
+    def of_original(
+        cls,
+        data: bytes,
+        *,
+        job_id: str | None,
+        reason: FailureReason,
+        message: str,
+        subject: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        stream_seq: int | None = None,
+        attempts: tuple[Attempt, ...] = (),
+        at: dt.datetime | None = None,
+    ) -> DeadLetter:
+        """The letter about ``data``, every field bounded; it keeps ``data`` in memory (never
+        serialized) for the publisher to store under ``original``."""
+        digest = hashlib.sha256(data).hexdigest()
+        payload: str | None = None
+        if len(data) <= DEAD_LETTER_INLINE_BYTES:
+            try:
+                payload = data.decode("utf-8")
+            except UnicodeDecodeError:
+                payload = None
+        letter = cls(
+            job_id=clip(job_id, 64) if job_id is not None else None,
+            reason=reason,
+            message=clip(message, DEAD_LETTER_MESSAGE_CHARS),
+            subject=clip(subject, 256) if subject is not None else None,
+            payload=payload,
+            headers=_bounded_headers(headers or {}),
+            attempts=attempts,
+            at=at or utcnow(),
+            stream_seq=stream_seq,
+            size=len(data),
+            sha256=digest,
+            excerpt=data[:DEAD_LETTER_EXCERPT_BYTES].decode("utf-8", errors="replace"),
+            original=dead_original_key(digest),
+        )
+        letter._original_bytes = data
+        return letter
+
+    @property
+    def original_bytes(self) -> bytes | None:
+        """The whole original, in the process that built the letter with ``of_original`` only."""
+        return self._original_bytes
+
+    def encode(self) -> bytes:
+        """This letter's JSON, at most DEAD_LETTER_MAX_BYTES: if it would be bigger, the inline
+        ``payload`` goes first (``original`` still names the whole of it), then all but the
+        last few attempts and their log tails, then headers, and long texts are cut."""
+        data = self.model_dump_json().encode()
+        if len(data) <= DEAD_LETTER_MAX_BYTES:
+            return data
+        slim = self.model_copy(update={"payload": None})
+        data = slim.model_dump_json().encode()
+        if len(data) <= DEAD_LETTER_MAX_BYTES:
+            return data
+        recent = tuple(
+            a.model_copy(update={"log_tail": "", "message": clip(a.message, 200), "waiting_reason": ""})
+            for a in self.attempts[-5:]
+        )
+        slim = slim.model_copy(update={"attempts": recent})
+        data = slim.model_dump_json().encode()
+        if len(data) <= DEAD_LETTER_MAX_BYTES:
+            return data
+        # Every text is now at most a few thousand characters: a few tens of KiB as JSON.
+        bare = slim.model_copy(
+            update={
+                "job_id": clip(self.job_id, 64) if self.job_id is not None else None,
+                "message": clip(self.message, DEAD_LETTER_MESSAGE_CHARS),
+                "subject": clip(self.subject, 256) if self.subject is not None else None,
+                "headers": {},
+                "attempts": (),
+                "excerpt": clip(self.excerpt, 1024) if self.excerpt is not None else None,
+                "sha256": clip(self.sha256, 64) if self.sha256 is not None else None,
+                "original": clip(self.original, 128) if self.original is not None else None,
+            }
+        )
+        return bare.model_dump_json().encode()
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters (marked with an ellipsis), always encodable UTF-8."""
+    if len(text) > limit:
+        text = text[: max(0, limit - 1)] + "…"
+    return text.encode("utf-8", errors="replace").decode("utf-8")
+
+
+_DEAD_LETTER_HEADERS = 32
+
+
+def _bounded_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """At most 32 headers, names cut to 128 and values to 1024 characters."""
+    bounded: dict[str, str] = {}
+    for name, value in list(headers.items())[:_DEAD_LETTER_HEADERS]:
+        bounded[clip(str(name), 128)] = clip(str(value), 1024)
+    return bounded
 
 
 class SubmissionError(ValueError):
     """A submission that can never be processed; ``reason`` says why in one line."""
 
 
-def parse_submission(data: bytes) -> JobSpec:
-    """Parse and validate a submission payload, raising SubmissionError with a clear message."""
+def submission_queue(subject: str) -> str:
+    """The queue a submission subject names: ``jobq.submit.<queue>`` with exactly one token
+    after the prefix, matching QUEUE_PATTERN. Raises SubmissionError for any other subject."""
+    queue = subject[len(SUBMIT_PREFIX) :] if subject.startswith(SUBMIT_PREFIX) else ""
+    if not subject.startswith(SUBMIT_PREFIX) or re.fullmatch(QUEUE_PATTERN, queue) is None:
+        raise SubmissionError(
+            f"subject {clip(subject, 256)!r} does not name a queue: submit to {SUBMIT_PREFIX}<queue>, "
+            f"one token of lower-case letters, digits and '-' (at most 32)"
+        )
+    return queue
+
+
+def parse_submission(data: bytes, *, subject: str | None = None) -> JobSpec:
+    """Parse and validate a submission, raising SubmissionError with a clear message.
+
+    This never raises anything else, whatever ``data`` holds. With ``subject`` (the subject the
+    message was published on) the subject must name a queue (``submission_queue``); a spec
+    without ``queue`` takes that queue, and one whose ``queue`` disagrees is invalid."""
+    queue = submission_queue(subject) if subject is not None else None
     if len(data) > MAX_SUBMISSION_BYTES:
         raise SubmissionError(f"payload is {len(data)} bytes; the limit is {MAX_SUBMISSION_BYTES}")
     try:
-        return JobSpec.model_validate_json(data)
+        spec = JobSpec.model_validate_json(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'message'}: {err['msg']}" for err in exc.errors()
-        )
-        raise SubmissionError(problems) from exc
+        raise SubmissionError(_problems(exc)) from exc
+    except Exception as exc:  # whatever else hostile bytes make the parser raise is a verdict too
+        raise SubmissionError(clip(f"unreadable: {exc!r}", DEAD_LETTER_MESSAGE_CHARS)) from exc
+    if queue is not None:
+        if "queue" not in spec.model_fields_set:
+            spec = spec.model_copy(update={"queue": queue})
+        elif spec.queue != queue:
+            raise SubmissionError(
+                f"queue: {spec.queue!r} disagrees with the subject's queue {queue!r}; "
+                f"publish to {submit_subject(spec.queue)} or leave 'queue' out"
+            )
+    try:
+        again = JobSpec.model_validate_json(spec.model_dump_json())
+    except Exception as exc:
+        raise SubmissionError(clip(f"does not survive a JSON round trip: {exc!r}", 500)) from exc
+    if again != spec:
+        raise SubmissionError("not plain JSON: NaN and Infinity are no JSON numbers")
+    if (canonical := len(spec.model_dump_json().encode())) > MAX_SUBMISSION_BYTES:  # e.g. 1e5 -> 100000.0
+        raise SubmissionError(f"the job is {canonical} bytes as stored; the limit is {MAX_SUBMISSION_BYTES}")
+    return spec
+
+
+def _problems(exc: ValidationError, *, most: int = 10) -> str:
+    """A ValidationError in one bounded line: the first ``most`` problems, each cut short."""
+    errors = exc.errors(include_url=False, include_input=False)
+    problems = [
+        clip(f"{'.'.join(str(p) for p in err['loc']) or 'message'}: {err['msg']}", 300)
+        for err in errors[:most]
+    ]
+    if len(errors) > most:
+        problems.append(f"and {len(errors) - most} more")
+    return clip("; ".join(problems), DEAD_LETTER_MESSAGE_CHARS)
+
+
+def guess_job_id(data: bytes) -> str | None:
+    """The job id of an invalid submission, when it has a readable one (for the dead letter).
+    Never raises: deep nesting, invalid UTF-8 or any size give None."""
+    try:
+        value = pydantic_core.from_json(data)
+    except Exception:
+        return None
+    job_id = value.get("id") if isinstance(value, dict) else None
+    return job_id if isinstance(job_id, str) and len(job_id) <= 64 else None
 
 
 def json_schema(kind: Literal["job", "event", "result", "dead-letter"] = "job") -> dict[str, Any]:

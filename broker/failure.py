@@ -17,6 +17,8 @@ def classify_exit(
         return contract.FailureReason.DELETED
     if pod_reason == "DeadlineExceeded":
         return contract.FailureReason.TIMEOUT
+    if pod_reason == contract.POD_REASON_START_ERROR:
+        return contract.FailureReason.START_ERROR
     if exit_code is not None and exit_code in policy.non_retryable_exit_codes:
         return contract.FailureReason.NON_RETRYABLE
     if has_task and exit_code in (contract.EXIT_TASK_NOT_FOUND, contract.EXIT_BAD_ARGS):

@@ -53,7 +53,9 @@ RETRY_REASONS = tuple(
     not in (
         contract.FailureReason.CANCELLED,
         contract.FailureReason.INVALID,
+        contract.FailureReason.UNDELIVERABLE,
         contract.FailureReason.NON_RETRYABLE,
+        contract.FailureReason.START_ERROR,
     )
 )
 

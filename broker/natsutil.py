@@ -41,10 +41,18 @@ async def connect(
     connect_timeout_s: float = 5.0,
     on_closed: Callable[[], None] | None = None,
 ) -> NATS:
-    """Connect with credentials from the environment (see contract.nats_auth_options)."""
+    """Connect with credentials from the environment (see contract.nats_auth_options).
+
+    ``reconnect_forever=False`` (a one-shot client such as the CLI) gives up after a few tries
+    and raises ConnectionError; the failed tries before that are logged at debug level only, so
+    the error is said once."""
+    connected = False
 
     async def error_cb(exc: Exception) -> None:
-        log.warning("nats_error", error=repr(exc))
+        if connected or reconnect_forever:
+            log.warning("nats_error", error=repr(exc))
+        else:
+            log.debug("nats_connect_failed", error=repr(exc))
 
     async def closed_cb() -> None:
         if on_closed is not None:
@@ -52,7 +60,7 @@ async def connect(
 
     options: dict[str, Any] = contract.nats_auth_options(os.environ if environ is None else environ)
     try:
-        return await nats.connect(
+        nc = await nats.connect(
             servers=url.split(","),
             name=name,
             connect_timeout=connect_timeout_s,
@@ -68,6 +76,8 @@ async def connect(
             f"cannot reach NATS at {url}: {exc}. Is the jobq stack running "
             "(jobq up), or is --nats / JOBQ_NATS_URL right?"
         ) from exc
+    connected = True
+    return nc
 
 
 async def retry(call: Callable[[], Awaitable[T]], *, attempts: int = 20, delay_s: float = 0.25) -> T:

@@ -4,7 +4,8 @@ Two budgets, as Kubernetes' pod failure policy has them: application failures (n
 out of memory, timeout, a backend that refused the pod) count against ``max_attempts`` and are
 retried after an exponential backoff with full jitter; infrastructure disruptions (node lost,
 heartbeat lost, pod evicted or deleted) count against ``max_disruptions`` and are retried at once.
-A non-retryable exit code or a cancellation ends the job without a retry.
+A non-retryable exit code, a command that cannot be started or a cancellation ends the job
+without a retry.
 """
 
 from __future__ import annotations
@@ -15,6 +16,13 @@ import random
 from broker import contract
 
 DEFAULT_POLICY = contract.RetryPolicy()
+_NEVER_RETRIED = frozenset(
+    {
+        contract.FailureReason.NON_RETRYABLE,
+        contract.FailureReason.START_ERROR,
+        contract.FailureReason.CANCELLED,
+    }
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -41,7 +49,7 @@ def judge(
     rng: random.Random,
 ) -> Verdict:
     """Decide after a failure; ``app_failures``/``disruptions`` already include this one."""
-    if reason in (contract.FailureReason.NON_RETRYABLE, contract.FailureReason.CANCELLED):
+    if reason in _NEVER_RETRIED:
         return Verdict(retry=False, delay_s=0, why=f"{reason} failures are not retried")
     if reason.is_disruption:
         if disruptions > policy.max_disruptions:

@@ -19,10 +19,15 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 
 from broker import contract, natsutil
 
 log = structlog.get_logger("jobq.store")
+
+
+_NO_MESSAGE_FOUND = 10057
+"""JetStream's error code for a stream sequence that holds no message."""
 
 
 class Conflict(Exception):
@@ -46,6 +51,7 @@ class Store:
         self.results = results
         self.leader = leader
         self.idempotency = idempotency
+        self._dead_store: ObjectStore | None = None
 
     @classmethod
     async def open(cls, nc: NATS, *, replicas: int = 1, lease_ttl_s: float = 5.0) -> Store:
@@ -60,7 +66,7 @@ class Store:
                 storage=storage,
                 num_replicas=replicas,
                 duplicate_window=contract.DUPLICATE_WINDOW_S,
-                max_msg_size=4 * contract.MAX_SUBMISSION_BYTES,
+                max_msg_size=contract.SUBMIT_STREAM_MAX_MSG_BYTES,
             ),
         )
         await _ensure_stream(
@@ -85,6 +91,19 @@ class Store:
                 duplicate_window=120,
             ),
         )
+        # Before the consumer gets max_deliver: its advisories have somewhere to go from the start.
+        await _ensure_stream(
+            js,
+            api.StreamConfig(
+                name=contract.STREAM_ADVISORIES,
+                subjects=[contract.max_deliveries_subject()],
+                retention=api.RetentionPolicy.WORK_QUEUE,
+                storage=storage,
+                num_replicas=replicas,
+                max_age=30 * 86400,
+            ),
+        )
+        # add_consumer creates or updates: a durable made by an older jobq gets max_deliver too.
         await js.add_consumer(
             contract.STREAM_SUBMIT,
             api.ConsumerConfig(
@@ -92,8 +111,20 @@ class Store:
                 name=contract.CONSUMER_DISPATCHER,
                 ack_policy=api.AckPolicy.EXPLICIT,
                 ack_wait=30,
+                max_deliver=contract.SUBMIT_MAX_DELIVER,
                 max_ack_pending=1000,
                 filter_subject=contract.SUBMIT_WILDCARD,
+                num_replicas=replicas,
+            ),
+        )
+        await js.add_consumer(
+            contract.STREAM_ADVISORIES,
+            api.ConsumerConfig(
+                durable_name=contract.CONSUMER_DISPATCHER,
+                name=contract.CONSUMER_DISPATCHER,
+                ack_policy=api.AckPolicy.EXPLICIT,
+                ack_wait=30,
+                max_ack_pending=100,
                 num_replicas=replicas,
             ),
         )
@@ -121,6 +152,13 @@ class Store:
                 contract.OBJECT_STORE_ARTIFACTS,
                 config=api.ObjectStoreConfig(
                     bucket=contract.OBJECT_STORE_ARTIFACTS, replicas=replicas, storage=storage
+                ),
+            )
+        with contextlib.suppress(nats.js.errors.BadRequestError):
+            await js.create_object_store(
+                contract.OBJECT_STORE_DEAD,
+                config=api.ObjectStoreConfig(
+                    bucket=contract.OBJECT_STORE_DEAD, replicas=replicas, storage=storage, ttl=30 * 86400
                 ),
             )
         return cls(nc, js, jobs=jobs, results=results, leader=leader, idempotency=idempotency)
@@ -202,12 +240,43 @@ class Store:
         await self.publish(contract.event_subject(event.job_id), event.model_dump_json().encode())
 
     async def publish_dead_letter(self, letter: contract.DeadLetter, *, msg_id: str) -> None:
-        await self.publish(
-            contract.dead_subject(letter.reason.value), letter.model_dump_json().encode(), msg_id=msg_id
-        )
+        """Keep the letter's whole original (if it was built with one) in object store
+        ``jobq_dead`` under ``letter.original``, then publish the letter (bounded in size)."""
+        if letter.original is not None and letter.original_bytes is not None:
+            await self.keep_dead_original(letter.original, letter.original_bytes)
+        await self.publish(contract.dead_subject(letter.reason.value), letter.encode(), msg_id=msg_id)
 
-    async def submissions(self) -> JetStreamContext.PullSubscription:
-        return await self.js.pull_subscribe_bind(contract.CONSUMER_DISPATCHER, stream=contract.STREAM_SUBMIT)
+    async def keep_dead_original(self, key: str, data: bytes) -> None:
+        originals = await self._dead_originals()
+        await natsutil.retry(lambda: originals.put(key, data))
+
+    async def dead_original(self, key: str) -> bytes | None:
+        """The whole original a dead letter names, or None when it is gone (expired, deleted)."""
+        originals = await self._dead_originals()
+        try:
+            result = await originals.get(key)
+        except nats.js.errors.NotFoundError:
+            return None
+        return bytes(result.data or b"")
+
+    async def _dead_originals(self) -> ObjectStore:
+        if self._dead_store is None:
+            self._dead_store = await self.js.object_store(contract.OBJECT_STORE_DEAD)
+        return self._dead_store
+
+    async def submission_at(self, seq: int) -> api.RawStreamMsg | None:
+        """The submission stored under stream sequence ``seq``, or None once it is gone."""
+        try:
+            return await natsutil.retry(lambda: self.js.get_msg(contract.STREAM_SUBMIT, seq))
+        except nats.js.errors.NotFoundError:
+            return None
+
+    async def delete_submission(self, seq: int) -> None:
+        try:
+            await natsutil.retry(lambda: self.js.delete_msg(contract.STREAM_SUBMIT, seq))
+        except nats.js.errors.APIError as exc:
+            if exc.err_code != _NO_MESSAGE_FOUND:  # deleted already: that is what we wanted
+                raise
 
     async def queue_depth(self) -> int:
         info = await self.js.consumer_info(contract.STREAM_SUBMIT, contract.CONSUMER_DISPATCHER)

@@ -42,6 +42,7 @@ JOBQ_STREAMS = (
     contract.STREAM_SUBMIT,
     contract.STREAM_EVENTS,
     contract.STREAM_DEAD,
+    contract.STREAM_ADVISORIES,
     f"KV_{contract.BUCKET_JOBS}",
     f"KV_{contract.BUCKET_RESULTS}",
     f"KV_{contract.BUCKET_LEADER}",

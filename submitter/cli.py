@@ -1,16 +1,21 @@
 """``jobq``: the one command line for submitting, running and operating jobq.
 
 Subcommands import what they need when they run, so ``jobq submit`` stays quick to start.
+
+Errors: every command fails the same way, in one place (``JobqGroup``): one line on stderr,
+``Error: <what went wrong>``, and an exit code from the table below; never a traceback (set
+JOBQ_DEBUG=1 to get one for an unexpected error).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import click
 
@@ -20,12 +25,118 @@ T = TypeVar("T")
 
 DEFAULT_NATS = "nats://127.0.0.1:4222"
 
+EXIT_OK = 0
+EXIT_FAILED = 1
+"""The job ended dead or cancelled (``--wait``, ``result``), or the command failed otherwise."""
+EXIT_USAGE = 2
+"""Bad command line: unknown option, bad JSON in --args, an invalid or too big job."""
+EXIT_NOT_FOUND = 3
+"""No job has that id."""
+EXIT_UNREACHABLE = 4
+"""NATS (or the dispatcher, or its HTTP API) cannot be reached or did not answer in time."""
+EXIT_TIMEOUT = 5
+"""``--wait --timeout`` ran out before the job finished; the job goes on."""
+
+
+class CliError(click.ClickException):
+    """A failed command: one line on stderr and an exit code (EXIT_*)."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
+        super().__init__(" ".join(message.split()) or "failed")
+        self.code = exit_code
+
+    @property  # click declares exit_code class-wide; ours is per error
+    def exit_code(self) -> int:  # type: ignore[override]
+        return self.code
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"Error: {self.message}", file=file, err=file is None)
+
+
+def cli_error(exc: Exception) -> CliError:
+    """The one-line error and exit code for anything a command raised."""
+    import nats.errors
+    import nats.js.errors
+    import pydantic
+
+    from submitter import client
+
+    if isinstance(exc, CliError):
+        return exc
+    if isinstance(exc, click.UsageError):
+        where = exc.ctx.command_path if exc.ctx is not None else "jobq"
+        return CliError(f"{exc.format_message()} (see '{where} --help')", EXIT_USAGE)
+    if isinstance(exc, click.ClickException):
+        return CliError(exc.format_message(), exc.exit_code)
+    if isinstance(exc, client.JobNotFound):
+        return CliError(str(exc), EXIT_NOT_FOUND)
+    if isinstance(exc, client.WaitTimeout):
+        return CliError(str(exc), EXIT_TIMEOUT)
+    if isinstance(exc, client.DispatcherUnavailable):
+        return CliError(str(exc), EXIT_UNREACHABLE)
+    if isinstance(exc, client.InvalidJob | contract.SubmissionError):
+        return CliError(str(exc), EXIT_USAGE)
+    if isinstance(exc, client.JobqError):
+        return CliError(str(exc), EXIT_FAILED)
+    unreachable = (nats.errors.NoServersError, nats.errors.ConnectionClosedError, nats.errors.TimeoutError,
+                   nats.errors.NoRespondersError, nats.errors.StaleConnectionError,
+                   nats.js.errors.NoStreamResponseError, nats.js.errors.ServiceUnavailableError)
+    if isinstance(exc, unreachable):
+        return CliError(f"NATS did not answer ({exc}). Is the jobq stack running (jobq up)?",
+                        EXIT_UNREACHABLE)
+    if isinstance(exc, nats.js.errors.NotFoundError):
+        return CliError(f"jobq's streams or buckets are missing on this NATS ({type(exc).__name__}): "
+                        "has a dispatcher ever run against it?", EXIT_FAILED)
+    if isinstance(exc, nats.errors.Error):
+        return CliError(f"NATS failed: {exc}", EXIT_FAILED)
+    if isinstance(exc, ConnectionError):  # natsutil.connect: NATS unreachable
+        return CliError(str(exc), EXIT_UNREACHABLE)
+    if "aiohttp" in sys.modules:
+        import aiohttp
+
+        if isinstance(exc, aiohttp.ClientError):
+            return CliError(f"HTTP request failed: {str(exc) or type(exc).__name__}", EXIT_UNREACHABLE)
+    if isinstance(exc, TimeoutError):
+        return CliError(f"timed out: {exc}" if str(exc) else "timed out", EXIT_TIMEOUT)
+    if isinstance(exc, pydantic.ValidationError):
+        return CliError(f"unexpected data: {exc.error_count()} problem(s): {exc.errors()[0]['msg']}")
+    return CliError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+
+
+@contextlib.contextmanager
+def one_line_errors() -> Iterator[None]:
+    """Turn any exception into a CliError (click's Exit and Abort, and SystemExit, go through)."""
+    try:
+        yield
+    except (click.exceptions.Exit, click.Abort, click.exceptions.NoArgsIsHelpError):
+        raise
+    except BrokenPipeError:  # `jobq list | head`: click quiets it
+        raise
+    except Exception as exc:
+        if os.environ.get("JOBQ_DEBUG") and not isinstance(exc, click.ClickException):
+            raise
+        raise cli_error(exc) from None
+
+
+class JobqGroup(click.Group):
+    """The ``jobq`` group: every error of every subcommand (and of parsing its command line) is
+    one line on stderr with an EXIT_* code (``cli_error``). Nested groups are covered too, since
+    they run inside this one."""
+
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
+        with one_line_errors():
+            return super().make_context(info_name, args, parent, **extra)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with one_line_errors():
+            return super().invoke(ctx)
+
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
-    try:
-        return asyncio.run(coro)
-    except ConnectionError as exc:
-        raise click.ClickException(str(exc)) from None
+    """Run a command's coroutine; what it raises becomes one line and an exit code (JobqGroup)."""
+    return asyncio.run(coro)
 
 
 def resolve_nats(explicit: str | None, data_dir: Path = Path(".jobq")) -> str:
@@ -47,7 +158,8 @@ nats_option = click.option("--nats", "nats_url", default=None, metavar="URL",
                                 f"by `jobq up` in ./.jobq, else {DEFAULT_NATS}.")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=JobqGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--log-format", type=click.Choice(["console", "json"]), default=None,
               help="Log format on stderr (default: $JOBQ_LOG_FORMAT or console on a terminal, else json).")
 @click.option("--log-level", default="INFO", show_default=True, help="DEBUG, INFO, WARNING or ERROR.")
@@ -62,6 +174,11 @@ def cli(ctx: click.Context, log_format: str | None, log_level: str) -> None:
       jobq demo                 run the embedded stack and 24 real ML jobs, print a summary
       jobq up                   run the embedded stack in the foreground (Ctrl-C stops it)
       jobq submit --task sklearn.train --args '{"dataset": "wine"}' --wait
+
+    \b
+    Exit codes (an error is one line on stderr):
+      0 success   1 the job ended dead/cancelled, or the command failed   2 bad command line
+      3 no such job   4 NATS or the dispatcher unreachable   5 --wait --timeout ran out (job goes on)
     """
     from broker import logsetup
 

@@ -44,7 +44,19 @@ class JobFailed(JobqError):
 
 
 class JobNotFound(JobqError):
-    pass
+    """No job has that id (never submitted, or not accepted yet)."""
+
+
+class InvalidJob(JobqError, ValueError):
+    """The job cannot be submitted as it is (too big, for one)."""
+
+
+class WaitTimeout(JobqError, TimeoutError):
+    """``wait()`` gave up before the jobs finished; they go on. ``pending``: their ids."""
+
+    def __init__(self, message: str, *, pending: Iterable[str]) -> None:
+        super().__init__(message)
+        self.pending = tuple(sorted(pending))
 
 
 class DispatcherUnavailable(JobqError):
@@ -75,6 +87,10 @@ def unseen_tail(shown: str, tail: str) -> str:
         if shown_lines[start].endswith(first) and shown_lines[start + 1:] == rest:
             return "\n".join(tail_lines[k:])
     return tail
+
+
+def _payload(job: contract.JobSpec) -> bytes:
+    return job.model_dump_json(exclude_defaults=True).encode()
 
 
 def new_job_id(idempotency_key: str | None = None) -> str:
@@ -137,12 +153,22 @@ class JobqClient:
     def build_spec(
         self, spec: contract.JobSpec | dict[str, Any] | None = None, **fields: Any
     ) -> contract.JobSpec:
-        """A validated JobSpec from a spec, a dict, or keyword fields; fills in the id."""
+        """A validated JobSpec from a spec, a dict, or keyword fields; fills in the id. Raises
+        pydantic's ValidationError, or InvalidJob when it is bigger than MAX_SUBMISSION_BYTES."""
         if isinstance(spec, contract.JobSpec):
-            return spec
-        data = {**(spec or {}), **fields}
-        data.setdefault("id", new_job_id(data.get("idempotency_key")))
-        return contract.JobSpec.model_validate(data)
+            job = spec
+        else:
+            data = {**(spec or {}), **fields}
+            data.setdefault("id", new_job_id(data.get("idempotency_key")))
+            job = contract.JobSpec.model_validate(data)
+        # As published and as the dispatcher stores it (with every default): both must fit.
+        size = max(len(_payload(job)), len(job.model_dump_json().encode()))
+        if size > contract.MAX_SUBMISSION_BYTES:
+            raise InvalidJob(
+                f"job {job.id} is {size} bytes; the limit is {contract.MAX_SUBMISSION_BYTES} (a job is "
+                "one NATS message): put big inputs in the object store"
+            )
+        return job
 
     async def submit(self, spec: contract.JobSpec | dict[str, Any] | None = None, **fields: Any) -> JobHandle:
         job = self.build_spec(spec, **fields)
@@ -150,7 +176,7 @@ class JobqClient:
             contract.HEADER_MSG_ID: job.dedupe_key,
             contract.HEADER_CONTRACT: str(contract.CONTRACT_VERSION),
         }
-        payload = job.model_dump_json(exclude_defaults=True).encode()
+        payload = _payload(job)
         await natsutil.retry(
             lambda: self.js.publish(contract.submit_subject(job.queue), payload, headers=dict(headers))
         )
@@ -214,9 +240,13 @@ class JobqClient:
             try:
                 await asyncio.wait_for(follow(), timeout)
             except TimeoutError:
-                raise TimeoutError(
-                    f"{len(pending)} job(s) not finished after {timeout}s: {sorted(pending)[:5]}"
-                ) from None
+                if len(pending) == 1:
+                    (only,) = pending
+                    message = f"job {only} not finished after {timeout:g}s; it goes on (jobq status {only})"
+                else:
+                    names = ", ".join(sorted(pending)[:5]) + (", ..." if len(pending) > 5 else "")
+                    message = f"{len(pending)} jobs not finished after {timeout:g}s; they go on: {names}"
+                raise WaitTimeout(message, pending=pending) from None
         return done
 
     async def result_of(self, record: contract.JobRecord) -> contract.TaskResult:
@@ -293,11 +323,11 @@ class JobqClient:
 
     async def cancel(self, job_id: str) -> contract.JobRecord:
         """Ask the dispatcher to stop the job; it ends ``cancelled`` (no effect once finished)."""
-        kv = await self._jobs()
         for _ in range(20):
             try:
+                kv = await self._jobs()
                 entry = await kv.get(job_id)
-            except nats.js.errors.KeyNotFoundError:
+            except (nats.js.errors.KeyNotFoundError, nats.js.errors.BucketNotFoundError):
                 raise JobNotFound(f"no job {job_id}") from None
             record = contract.JobRecord.model_validate_json(entry.value or b"{}")
             if record.phase.is_terminal or record.cancel_requested:
@@ -363,12 +393,35 @@ class JobqClient:
             seq -= 1
         return found
 
+    async def dead_letter(self, seq: int) -> contract.DeadLetter | None:
+        """The dead letter stored under ``seq`` in stream JOBQ_DEAD, if any."""
+        try:
+            raw = await self.js.get_msg(contract.STREAM_DEAD, seq)
+        except nats.js.errors.NotFoundError:
+            return None
+        return contract.DeadLetter.model_validate_json(raw.data) if raw.data else None
+
+    async def dead_letter_original(self, letter: contract.DeadLetter) -> bytes | None:
+        """The whole original message a dead letter is about: its inline ``payload`` when it has
+        one, else the copy in object store ``jobq_dead``; None when the letter names none or the
+        copy expired (with the letter's stream, after 30 days)."""
+        if letter.payload is not None:
+            return letter.payload.encode()
+        if letter.original is None:
+            return None
+        try:
+            originals = await self.js.object_store(contract.OBJECT_STORE_DEAD)
+            result = await originals.get(letter.original)
+        except nats.js.errors.NotFoundError:
+            return None
+        return bytes(result.data or b"")
+
     async def retry_dead(self, job_id: str) -> contract.JobRecord:
         """Re-drive a dead job: fresh budgets, same id, attempt history kept."""
-        kv = await self._jobs()
         try:
+            kv = await self._jobs()
             entry = await kv.get(job_id)
-        except nats.js.errors.KeyNotFoundError:
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.BucketNotFoundError):
             raise JobNotFound(
                 f"no job {job_id}; an invalid submission must be fixed and submitted again"
             ) from None

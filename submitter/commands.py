@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -10,7 +11,7 @@ import click
 from pydantic import ValidationError
 
 from broker import contract
-from submitter.client import JobFailed, JobqClient, JobqError, LogUnavailable
+from submitter.client import JobNotFound, JobqClient, LogUnavailable
 
 STATUS_TAIL_LINES = 10
 """`jobq status` shows this many of a failed attempt's kept lines (`--json` and `jobq logs` all)."""
@@ -60,7 +61,8 @@ def register(
     @cli.command()
     @click.option("--task", help="Built-in task (see `jobq schema`) or module:function.")
     @click.option("--command", "command", multiple=True, help="Run a command instead (repeat per argument).")
-    @click.option("--args", "args_json", default="{}", show_default=True, help="Task arguments as JSON.")
+    @click.option("--args", "args_json", default="{}", show_default=True,
+                  help="Task arguments as JSON, or @FILE to read the JSON from a file (@- stdin).")
     @click.option("--queue", default="default", show_default=True)
     @click.option(
         "--profile",
@@ -71,12 +73,14 @@ def register(
     @click.option("--cpu", type=float, default=None, help="CPU cores (instead of --profile).")
     @click.option("--memory", default=None, help="Memory such as 512Mi (instead of --profile).")
     @click.option("--gpu", type=int, default=None, help="GPUs (instead of --profile).")
-    @click.option("--timeout", type=float, default=None, help="Seconds each attempt may run.")
+    @click.option("--attempt-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+                  help="Seconds each attempt may run (the job's timeout_s).")
     @click.option("--max-attempts", type=int, default=None, help="Application failures allowed.")
     @click.option("--priority", type=int, default=0, show_default=True)
     @click.option("--id", "job_id", default=None, help="Job id (default: generated).")
     @click.option("--idempotency-key", default=None, help="Submissions with the same key run once.")
     @click.option("--wait", is_flag=True, help="Wait for the job and print its result.")
+    @wait_timeout_option
     @nats_option
     def submit(
         task: str | None,
@@ -87,19 +91,21 @@ def register(
         cpu: float | None,
         memory: str | None,
         gpu: int | None,
-        timeout: float | None,
+        attempt_timeout: float | None,
         max_attempts: int | None,
         priority: int,
         job_id: str | None,
         idempotency_key: str | None,
         wait: bool,
+        timeout: float | None,
         nats_url: str | None,
     ) -> None:
-        """Submit one job; prints its id (or, with --wait, its result)."""
-        try:
-            args = json.loads(args_json)
-        except ValueError as exc:
-            raise click.BadParameter(f"not JSON: {exc}", param_hint="--args") from None
+        """Submit one job; prints its id (or, with --wait, its result).
+
+        With --wait it exits 1 if the job ends dead or cancelled, and 5 if --timeout runs out
+        first (the job goes on; follow it with `jobq status ID`)."""
+        _check_wait(wait, timeout, hint=" (each attempt's deadline is --attempt-timeout)")
+        args = _json_arg(args_json, option="--args")
         fields: dict[str, Any] = {"queue": queue, "args": args, "priority": priority}
         if task:
             fields["task"] = task
@@ -114,8 +120,8 @@ def register(
                 "memory": memory or defaults.memory,
                 "gpu": gpu or 0,
             }
-        if timeout is not None:
-            fields["timeout_s"] = timeout
+        if attempt_timeout is not None:
+            fields["timeout_s"] = attempt_timeout
         if max_attempts is not None:
             fields["retry"] = {"max_attempts": max_attempts}
         if job_id:
@@ -123,21 +129,21 @@ def register(
         if idempotency_key:
             fields["idempotency_key"] = idempotency_key
 
+        url = resolve_nats(nats_url)
+        try:  # before connecting: an invalid job is a usage error wherever NATS is
+            spec = JobqClient(url).build_spec(**fields)
+        except ValidationError as exc:
+            raise click.UsageError(_problems(exc)) from None
+
         async def go() -> None:
-            async with JobqClient(resolve_nats(nats_url)) as client:
-                try:
-                    spec = client.build_spec(**fields)
-                except ValidationError as exc:
-                    raise click.ClickException(_problems(exc)) from None
+            async with JobqClient(url) as client:
                 handle = await client.submit(spec)
                 if not wait:
                     click.echo(handle.id)
                     return
-                click.echo(f"submitted {handle.id}; waiting", err=True)
-                try:
-                    result = await handle.result()
-                except JobFailed as exc:
-                    raise click.ClickException(str(exc)) from None
+                if sys.stderr.isatty():  # chatter for people; scripts get one line, and only on error
+                    click.echo(f"submitted {handle.id}; waiting", err=True)
+                result = await handle.result(timeout=timeout)  # JobFailed, WaitTimeout: see cli.py
                 _echo_json(result.model_dump(mode="json"))
 
         run(go())
@@ -153,7 +159,7 @@ def register(
             async with JobqClient(resolve_nats(nats_url)) as client:
                 record = await client.get(job_id)
             if record is None:
-                raise click.ClickException(f"no job {job_id} (not submitted, or not accepted yet)")
+                raise JobNotFound(f"no job {job_id} (not submitted, or not accepted yet)")
             if as_json:
                 _echo_json(record.model_dump(mode="json"))
                 return
@@ -179,8 +185,8 @@ def register(
         The output is read from the pod's node through a dispatcher. Embedded nodes keep pod logs
         on disk after the pod is gone; on Kubernetes a log lives as long as its pod, which jobq
         deletes once the attempt ends. When the log is gone, the last lines jobq kept of a failed
-        attempt are printed instead, with a note on stderr. Exits 1 when the job is unknown, no
-        dispatcher answers (in time), or the log is gone and nothing of it was kept.
+        attempt are printed instead, with a note on stderr. Exits 3 when the job is unknown, 4
+        when no dispatcher answers (in time), 1 when the log is gone and nothing of it was kept.
         """
 
         async def go() -> None:
@@ -200,8 +206,6 @@ def register(
                         click.echo(f"jobq: {exc}", err=True)
                     else:
                         raise click.ClickException(f"{exc}; no output was kept") from None
-                except JobqError as exc:
-                    raise click.ClickException(str(exc)) from None
 
         run(go())
 
@@ -224,23 +228,25 @@ def register(
     @cli.command()
     @click.argument("job_id")
     @click.option("--wait", is_flag=True, help="Wait for the job to finish.")
+    @wait_timeout_option
     @nats_option
-    def result(job_id: str, wait: bool, nats_url: str | None) -> None:
-        """Print a finished job's accepted result as JSON."""
+    def result(job_id: str, wait: bool, timeout: float | None, nats_url: str | None) -> None:
+        """Print a finished job's accepted result as JSON.
+
+        Exits 1 if the job ended dead or cancelled, 3 if there is no such job, and with --wait 5
+        if --timeout runs out first (the job goes on)."""
+        _check_wait(wait, timeout)
 
         async def go() -> None:
             async with JobqClient(resolve_nats(nats_url)) as client:
                 record = await client.get(job_id)
                 if record is None:
-                    raise click.ClickException(f"no job {job_id}")
+                    raise JobNotFound(f"no job {job_id}")
                 if not record.phase.is_terminal:
                     if not wait:
                         raise click.ClickException(f"job {job_id} is {record.phase}; use --wait")
-                    record = (await client.wait([job_id]))[job_id]
-                try:
-                    _echo_json((await client.result_of(record)).model_dump(mode="json"))
-                except JobFailed as exc:
-                    raise click.ClickException(str(exc)) from None
+                    record = (await client.wait([job_id], timeout=timeout))[job_id]
+                _echo_json((await client.result_of(record)).model_dump(mode="json"))
 
         run(go())
 
@@ -276,6 +282,30 @@ def register(
     for name in ("dlq_commands", "watch_commands", "chaos_commands", "devcluster_commands"):
         module = importlib.import_module(f"submitter.{name}")
         module.register(cli, nats_option=nats_option, resolve_nats=resolve_nats, run=run)
+
+
+wait_timeout_option = click.option(
+    "--timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+    help="With --wait: give up waiting after this long (exit code 5); the job goes on.")
+
+
+def _json_arg(value: str, *, option: str) -> Any:
+    """JSON given inline, or as @FILE (@- for stdin): one argument string is at most 128 KiB."""
+    if value.startswith("@"):
+        try:
+            with click.open_file(value[1:], "r", encoding="utf-8") as handle:
+                value = handle.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise click.BadParameter(f"cannot read {value[1:]}: {exc}", param_hint=option) from None
+    try:
+        return json.loads(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint=option) from None
+
+
+def _check_wait(wait: bool, timeout: float | None, *, hint: str = "") -> None:
+    if timeout is not None and not wait:
+        raise click.UsageError(f"--timeout is how long --wait waits: give --wait too{hint}")
 
 
 def _problems(exc: ValidationError) -> str:

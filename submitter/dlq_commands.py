@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import click
 
-from submitter.client import JobqClient, JobqError
+from submitter.client import JobqClient
 
 
 def register(
@@ -37,6 +38,29 @@ def register(
 
         run(go())
 
+    @dlq.command("original")
+    @click.argument("seq", type=int)
+    @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write it here, not to stdout.")
+    @nats_option
+    def original(seq: int, output: str | None, nats_url: str | None) -> None:
+        """The whole original message of dead letter SEQ (a letter itself carries an excerpt)."""
+
+        async def go() -> bytes:
+            async with JobqClient(resolve_nats(nats_url)) as client:
+                letter = await client.dead_letter(seq)
+                if letter is None:
+                    raise click.ClickException(f"no dead letter {seq}")
+                data = await client.dead_letter_original(letter)
+            if data is None:
+                raise click.ClickException(f"dead letter {seq} keeps no original (or it expired)")
+            return data
+
+        data: bytes = run(go())
+        if output:
+            Path(output).write_bytes(data)
+        else:
+            click.echo(data, nl=False)  # bytes go to the binary stdout as they are
+
     @dlq.command("retry")
     @click.argument("job_id")
     @nats_option
@@ -45,10 +69,7 @@ def register(
 
         async def go() -> None:
             async with JobqClient(resolve_nats(nats_url)) as client:
-                try:
-                    await client.retry_dead(job_id)
-                except JobqError as exc:
-                    raise click.ClickException(str(exc)) from None
+                await client.retry_dead(job_id)
             click.echo(f"{job_id}: queued again")
 
         run(go())

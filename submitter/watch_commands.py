@@ -171,7 +171,8 @@ def register(
         base = resolve_url(url, data_dir)
         try:
             run(watch(base, interval_s=interval, once=once, console=Console()))
-        except aiohttp.ClientError as exc:
-            raise click.ClickException(
-                f"cannot read {base}: {exc}. Is the dispatcher running (jobq up), or is --url right?"
+        except (aiohttp.ClientError, TimeoutError) as exc:  # one line, exit 4 (submitter/cli.py)
+            raise ConnectionError(
+                f"cannot read {base}: {str(exc) or type(exc).__name__}. Is the dispatcher running "
+                "(jobq up), or is --url right?"
             ) from None

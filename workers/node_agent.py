@@ -35,7 +35,8 @@ log = structlog.get_logger("jobq.node")
 @dataclasses.dataclass(slots=True)
 class _Pod:
     spec: contract.PodSpec
-    process: asyncio.subprocess.Process
+    process: asyncio.subprocess.Process | None
+    """None: the command could not be started (the pod is Failed with reason StartError)."""
     started_at: dt.datetime
     phase: contract.PodPhase = contract.PodPhase.RUNNING
     exit_code: int | None = None
@@ -55,7 +56,7 @@ class _Pod:
             reason=self.reason,
             started_at=self.started_at,
             finished_at=self.finished_at,
-            pid=self.process.pid,
+            pid=self.process.pid if self.process is not None else None,
             resources=self.spec.resources,
             log_tail=self.log_tail,
         )
@@ -166,13 +167,19 @@ class NodeAgent:
             change.cancel()
             stopped.cancel()
 
+    def _running(self) -> dict[int, _Pod]:
+        """The pods whose process runs, by pid (= process group)."""
+        return {
+            p.process.pid: p for p in self._pods.values() if p.process is not None and p.finished_at is None
+        }
+
     async def shutdown(self) -> None:
         """Node shutting down gracefully: its pods are evicted (killed, reported, then gone)."""
-        running = [p for p in self._pods.values() if p.finished_at is None]
+        running = list(self._running().values())
         for pod in running:
             pod.killed_for = "Evicted"
         await asyncio.gather(
-            *(pod_runtime.terminate(p.process, grace_s=self._s.grace_s) for p in running),
+            *(pod_runtime.terminate(p.process, grace_s=self._s.grace_s) for p in running if p.process),
             return_exceptions=True,
         )
         for task in list(self._tasks):
@@ -215,14 +222,23 @@ class NodeAgent:
                 "JOBQ_NATS_URL": spec.env.get("JOBQ_NATS_URL", self._s.nats_url),
             }
             log_path = self._log_path(spec.name)
+            started_at = contract.utcnow()
             try:
                 process = await pod_runtime.spawn(
                     pod_command(spec, python=self._s.python), env=env, log_path=log_path
                 )
             except OSError as exc:
-                await self._reply(msg, ok=False, error=f"cannot start {spec.command[0]!r}: {exc}")
+                # Like a container runtime's StartError: the pod exists and failed, for good.
+                self._pods[spec.name] = _Pod(
+                    spec=spec, process=None, started_at=started_at, phase=contract.PodPhase.FAILED,
+                    exit_code=contract.EXIT_START_ERROR, reason=contract.POD_REASON_START_ERROR,
+                    finished_at=contract.utcnow(), log_tail=contract.tail_of(str(exc).encode()))
+                log.warning("pod_start_failed", pod=spec.name, job_id=spec.job_id, attempt=spec.attempt,
+                            node=self._s.name, reason=contract.POD_REASON_START_ERROR, error=str(exc))
+                await self._reply(msg, ok=True)
+                self._changed.set()
                 return
-            pod = self._pods[spec.name] = _Pod(spec=spec, process=process, started_at=contract.utcnow())
+            pod = self._pods[spec.name] = _Pod(spec=spec, process=process, started_at=started_at)
             task = asyncio.create_task(self._wait_pod(pod), name=f"pod-{spec.name}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -238,6 +254,7 @@ class NodeAgent:
         self._changed.set()
 
     async def _wait_pod(self, pod: _Pod) -> None:
+        assert pod.process is not None
         code = pod_runtime.exit_code(await pod.process.wait())
         pod_runtime.signal_group(pod.process.pid, signal.SIGKILL)
         pod.exit_code, pod.finished_at = code, contract.utcnow()
@@ -261,7 +278,7 @@ class NodeAgent:
     async def _on_delete(self, msg: Msg) -> None:
         name = msg.data.decode()
         pod = self._pods.get(name)
-        if pod is not None and pod.finished_at is None:
+        if pod is not None and pod.process is not None and pod.finished_at is None:
             pod.killed_for = "Killed"
             await pod_runtime.terminate(pod.process, grace_s=self._s.grace_s)
         self._pods.pop(name, None)
@@ -296,7 +313,7 @@ class NodeAgent:
         await self._nc.publish(msg.reply, reply.model_dump_json().encode())
 
     def _enforce_memory(self) -> None:
-        running = {p.process.pid: p for p in self._pods.values() if p.finished_at is None}
+        running = self._running()
         for pgid, rss in pod_runtime.rss_by_group(set(running)).items():
             pod = running[pgid]
             if rss > pod.spec.resources.memory_bytes:

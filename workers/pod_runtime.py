@@ -17,10 +17,10 @@ import asyncio
 import contextlib
 import ctypes
 import dataclasses
+import errno
 import json
 import os
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -47,6 +47,27 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 def wrap_with_exit_file(command: Sequence[str], exit_file: Path) -> list[str]:
     """``command`` run by the exit-code-recording ``sh`` wrapper (see ``_WRAPPER``)."""
     return ["/bin/sh", "-c", _WRAPPER.format(exit_file=shlex.quote(str(exit_file))), "jobq-pod", *command]
+
+
+def check_executable(program: str, *, path: str | None = None, cwd: Path | None = None) -> None:
+    """Raise the OSError that exec'ing ``program`` would raise (``execvp`` rules: a name with a
+    slash is tried as is, else each directory of ``path``), with the message ``subprocess``
+    gives, e.g. ``[Errno 2] No such file or directory: 'x'``. Used where a wrapper would hide
+    the OS error behind the shell's exit code 127 or 126."""
+    if "/" in program:
+        candidates = [program]
+    else:
+        candidates = [os.path.join(d or ".", program) for d in (path or os.defpath).split(os.pathsep)]
+    denied = False
+    for candidate in candidates if program else ():
+        full = Path(cwd or ".", candidate)
+        if not full.exists():
+            continue
+        if full.is_file() and os.access(full, os.X_OK):
+            return
+        denied = True  # a directory, or a file without execute permission
+    code = errno.EACCES if denied else errno.ENOENT
+    raise OSError(code, os.strerror(code), program)
 
 
 def _open_log(log_path: Path | None) -> IO[bytes] | None:
@@ -99,14 +120,14 @@ def spawn_detached(
     signal, run by the ``sh`` wrapper that writes the exit code to ``exit_file``.
 
     A ``Popen`` rather than an asyncio process, whose transport would kill the child when the
-    agent's loop is torn down; wait for it with ``wait_exit``. A missing executable raises
-    FileNotFoundError here, as it would without the wrapper.
+    agent's loop is torn down; wait for it with ``wait_exit``. A command that cannot be started
+    raises the OSError exec would (FileNotFoundError, PermissionError) here, as it would without
+    the wrapper (``check_executable``).
     """
     argv = list(command)
     if not argv:
         raise OSError("empty command")
-    if shutil.which(argv[0], path=env.get("PATH", os.defpath)) is None:
-        raise FileNotFoundError(2, "executable file not found", argv[0])
+    check_executable(argv[0], path=env.get("PATH", os.defpath), cwd=cwd)
     exit_file.parent.mkdir(parents=True, exist_ok=True)
     exit_file.unlink(missing_ok=True)  # a stale code must not be taken for this run's
     handle = _open_log(log_path)

@@ -5,15 +5,18 @@ Environment (all strings)::
     JOBQ_NATS_URL        nats://host:port, or a comma-separated list (default nats://127.0.0.1:4222)
     JOBQ_JOB_ID          the job's id                     JOBQ_ATTEMPT   attempt number, >= 1
     JOBQ_TASK            a key of contract.BUILTIN_TASKS or 'package.module:function'
-    JOBQ_ARGS            the task's arguments, a JSON object (default {})
+    JOBQ_ARGS            the task's arguments, a JSON object (default {}); or
+    JOBQ_ARGS_FROM=record  read them from the job's record in KV bucket jobq_jobs (the dispatcher
+                         sets this when they are bigger than contract.MAX_INLINE_ARGS_BYTES)
     JOBQ_NODE            the node running the pod (optional, reported in heartbeats and results)
     JOBQ_HEARTBEAT_S     seconds between heartbeats (default 1.0)
     JOBQ_NATS_CREDS      a NATS credentials file; or JOBQ_NATS_USER + JOBQ_NATS_PASSWORD; or
     JOBQ_NATS_TOKEN      (all optional)
     JOBQ_NATS_WAIT_S     give up connecting after this many seconds (default 30)
 
-It connects to NATS first, starts heart-beating on ``contract.heartbeat_subject``, resolves and
-runs the task, writes ``contract.TaskResult`` to ``jobq_results`` and exits. The exit code is the
+The first seven are the contract's ENV_* constants. It connects to NATS first (and reads the
+arguments from the job record if told to), starts heart-beating on ``contract.heartbeat_subject``,
+resolves and runs the task, writes ``contract.TaskResult`` to ``jobq_results`` and exits. The exit code is the
 interface to the dispatcher: see the EXIT_* constants; a task can choose its own with TaskExit.
 SIGTERM/SIGINT stop the attempt (an async task is cancelled; a thread cannot be, so the process
 exits without waiting for it) with exit code 128 + signal; a second signal exits at once.
@@ -35,6 +38,7 @@ from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
 
 import nats.errors
+import nats.js.errors
 import structlog
 from nats.aio.client import Client as NATS
 
@@ -68,6 +72,8 @@ class RunnerSettings:
     attempt: int
     task: str
     args: dict[str, Any]
+    args_in_record: bool = False
+    """``args`` is still to be read from the job's record (JOBQ_ARGS_FROM=record)."""
     nats_servers: tuple[str, ...] = (DEFAULT_NATS_URL,)
     node: str | None = None
     heartbeat_s: float = 1.0
@@ -95,23 +101,55 @@ class RunnerSettings:
                 raise SettingsError(f"{name}={raw!r} must be a positive number")
             return value
 
-        raw_attempt = required("JOBQ_ATTEMPT")
+        raw_attempt = required(contract.ENV_ATTEMPT)
         if not raw_attempt.isdigit() or int(raw_attempt) < 1:
-            raise SettingsError(f"JOBQ_ATTEMPT={raw_attempt!r} is not a positive integer")
-        try:
-            args = json.loads(environ.get("JOBQ_ARGS", "").strip() or "{}")
-        except json.JSONDecodeError as exc:
-            raise SettingsError(f"JOBQ_ARGS is not valid JSON: {exc}") from None
-        if not isinstance(args, dict):
-            raise SettingsError(f"JOBQ_ARGS must be a JSON object, not {type(args).__name__}")
-        servers = tuple(s.strip() for s in environ.get("JOBQ_NATS_URL", "").split(",") if s.strip())
-        return cls(job_id=required("JOBQ_JOB_ID"), attempt=int(raw_attempt),
-                   task=required("JOBQ_TASK"), args=args,
+            raise SettingsError(f"{contract.ENV_ATTEMPT}={raw_attempt!r} is not a positive integer")
+        raw_args = environ.get(contract.ENV_ARGS, "").strip()
+        args_from = environ.get(contract.ENV_ARGS_FROM, "").strip()
+        if args_from and args_from != contract.ARGS_FROM_RECORD:
+            raise SettingsError(f"{contract.ENV_ARGS_FROM}={args_from!r}: the only source is "
+                                f"{contract.ARGS_FROM_RECORD!r}")
+        if args_from and raw_args:
+            raise SettingsError(f"set {contract.ENV_ARGS} or {contract.ENV_ARGS_FROM}, not both")
+        args = parse_args(raw_args or "{}", source=contract.ENV_ARGS)
+        servers = tuple(s.strip() for s in environ.get(contract.ENV_NATS_URL, "").split(",") if s.strip())
+        return cls(job_id=required(contract.ENV_JOB_ID), attempt=int(raw_attempt),
+                   task=required(contract.ENV_TASK), args=args, args_in_record=bool(args_from),
                    nats_servers=servers or (DEFAULT_NATS_URL,),
-                   node=environ.get("JOBQ_NODE") or None,
+                   node=environ.get(contract.ENV_NODE) or None,
                    heartbeat_s=number("JOBQ_HEARTBEAT_S", 1.0),
                    connect_wait_s=number("JOBQ_NATS_WAIT_S", 30.0),
                    auth=contract.nats_auth_options(_without_missing_pod_creds(environ)))
+
+
+def parse_args(raw: str | bytes, *, source: str) -> dict[str, Any]:
+    """A task's arguments: a JSON object (SettingsError otherwise)."""
+    try:
+        args = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"{source} is not valid JSON: {exc}") from None
+    if not isinstance(args, dict):
+        raise SettingsError(f"{source} must be a JSON object, not {type(args).__name__}")
+    return args
+
+
+async def read_args_from_record(nc: NATS, job_id: str) -> dict[str, Any]:
+    """``spec.args`` of the job's record in bucket jobq_jobs. SettingsError if there is no such
+    record or it has no arguments; NATS errors (unreachable, timeout) are raised as they are."""
+    source = f"{contract.BUCKET_JOBS}[{job_id}].spec.args"
+    try:
+        kv = await nc.jetstream(timeout=10).key_value(contract.BUCKET_JOBS)
+        entry = await kv.get(job_id)
+    except (nats.js.errors.BucketNotFoundError, nats.js.errors.KeyNotFoundError):
+        raise SettingsError(f"{source}: the job has no record") from None
+    try:
+        record = json.loads(entry.value or b"")
+        raw = record["spec"]["args"]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise SettingsError(f"{source}: the record is unreadable: {exc!r}") from None
+    if not isinstance(raw, dict):
+        raise SettingsError(f"{source} must be a JSON object, not {type(raw).__name__}")
+    return raw
 
 
 def _without_missing_pod_creds(environ: Mapping[str, str]) -> Mapping[str, str]:
@@ -247,6 +285,17 @@ async def run(environ: Mapping[str, str]) -> int:
         return EXIT_NATS_UNREACHABLE
     outcome = _Outcome(EXIT_TASK_FAILED)
     try:
+        if settings.args_in_record:
+            try:
+                args = await read_args_from_record(nc, settings.job_id)
+            except SettingsError as exc:
+                _stderr(f"jobq-runner: {exc}")
+                return EXIT_BAD_ARGS
+            except (nats.errors.Error, TimeoutError) as exc:
+                _stderr(f"jobq-runner: cannot read the arguments from the job record: {exc!r}")
+                return EXIT_NATS_UNREACHABLE
+            settings = dataclasses.replace(settings, args=args, args_in_record=False)
+            log.info("args_read_from_record", keys=len(args))
         outcome = await _run_connected(nc, settings)
     finally:
         with contextlib.suppress(Exception):

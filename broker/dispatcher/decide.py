@@ -67,13 +67,18 @@ class Limits:
 @dataclasses.dataclass(frozen=True, slots=True)
 class Action:
     record: contract.JobRecord | None = None
-    """The new record to write (compare-and-set), if it changes."""
+    """The new record to write (compare-and-set), if it changes; always small enough for one KV
+    value (``JobRecord.fitted``)."""
     create: contract.PodSpec | None = None
     delete: tuple[str, ...] = ()
     events: tuple[contract.JobEvent, ...] = ()
     dead_letter: contract.DeadLetter | None = None
     requeue_after: float | None = None
     summary: str = "noop"
+
+    def __post_init__(self) -> None:
+        if self.record is not None:
+            object.__setattr__(self, "record", self.record.fitted())
 
 
 def policy_of(job: contract.JobRecord, limits: Limits) -> contract.RetryPolicy:
@@ -106,13 +111,18 @@ def pod_spec(
     suspects: frozenset[str] = frozenset(),
 ) -> contract.PodSpec:
     spec = job.spec
-    env = dict(limits.extra_env)
-    env.update({"JOBQ_JOB_ID": spec.id, "JOBQ_ATTEMPT": str(attempt.number), "JOBQ_QUEUE": spec.queue})
+    env = {k: v for k, v in limits.extra_env if k not in (contract.ENV_ARGS, contract.ENV_ARGS_FROM)}
+    env.update({contract.ENV_JOB_ID: spec.id, contract.ENV_ATTEMPT: str(attempt.number),
+                contract.ENV_QUEUE: spec.queue})
     if limits.nats_url:
-        env["JOBQ_NATS_URL"] = limits.nats_url
+        env[contract.ENV_NATS_URL] = limits.nats_url
     if spec.task is not None:
-        env["JOBQ_TASK"] = spec.task
-        env["JOBQ_ARGS"] = json.dumps(spec.args, separators=(",", ":"), sort_keys=True)
+        env[contract.ENV_TASK] = spec.task
+        args = json.dumps(spec.args, separators=(",", ":"), sort_keys=True)  # ASCII: 1 byte a char
+        if len(args) <= contract.MAX_INLINE_ARGS_BYTES:
+            env[contract.ENV_ARGS] = args
+        else:  # too big for one environment string: the runner reads them from the job record
+            env[contract.ENV_ARGS_FROM] = contract.ARGS_FROM_RECORD
         command: tuple[str, ...] = ("jobq-runner",)
     else:
         command = spec.command or ()
@@ -249,11 +259,11 @@ def fail_current(
     kind = contract.EventType.CANCELLED if phase == Phase.CANCELLED else contract.EventType.DEAD
     dead = None
     if phase == Phase.DEAD:
-        dead = contract.DeadLetter(
+        dead = contract.DeadLetter.of_original(
+            job.spec.model_dump_json().encode(),
             job_id=job.spec.id,
             reason=reason,
             message=why,
-            payload=job.spec.model_dump_json(),
             attempts=record.attempts,
             at=now,
         )
@@ -416,6 +426,9 @@ def decide(
             policy=policy_of(job, limits),
             has_task=job.spec.task is not None,
         )
+        message = f"exit code {pod.exit_code} ({pod.reason})"
+        if reason == Reason.START_ERROR:  # no output exists: the message is the OS error
+            message = f"{message}: {pod.message}" if pod.message else message
         return fail_current(
             job,
             reason,
@@ -424,9 +437,9 @@ def decide(
             rng=rng,
             limits=limits,
             exit_code=pod.exit_code,
-            message=f"exit code {pod.exit_code} ({pod.reason})",
+            message=message,
             delete=(pod.name,),
-            log_tail=pod.message,
+            log_tail="" if reason == Reason.START_ERROR else pod.message,
         )
     return _running(job, current, pod, seen, now=now, rng=rng, limits=limits)
 

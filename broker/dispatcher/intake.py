@@ -1,15 +1,18 @@
 """Intake: turn submissions on ``jobq.submit.<queue>`` into durable job records.
 
 A submission is acked only once its record is stored, so a crash in between loses nothing (the
-message is redelivered and the second ``create`` finds the record). A submission that can never
-be processed is copied to the dead-letter stream with the reason, then terminated.
+message is redelivered and the second ``create`` finds the record). Whatever its bytes, subject
+or headers, a submission that cannot be parsed or validated is dead-lettered on its first
+delivery (the letter bounded in size, the whole original in object store ``jobq_dead``), then
+terminated: never retried. Only infrastructure errors (the store unavailable) lead to a
+redelivery, at most ``contract.SUBMIT_MAX_DELIVER`` deliveries in all; a submission JetStream
+gives up on then is dead-lettered by ``broker.dispatcher.undeliverable``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import Callable
 
 import nats.errors
@@ -17,6 +20,7 @@ import structlog
 from nats.aio.msg import Msg
 
 from broker import contract, store
+from broker.dispatcher import pull
 
 log = structlog.get_logger("jobq.intake")
 
@@ -34,37 +38,40 @@ class Intake:
         self._on_rejected = on_rejected or (lambda _reason: None)
 
     async def run(self, stop: asyncio.Event) -> None:
-        psub = await self._store.submissions()
+        puller = pull.Puller(
+            self._store.nc, stream=contract.STREAM_SUBMIT, consumer=contract.CONSUMER_DISPATCHER
+        )
+        while not stop.is_set():
+            try:
+                async for msg in puller.messages(stop):
+                    await self._handle_or_nak(msg)
+            except nats.errors.ConnectionClosedError:
+                return
+            except nats.errors.Error as exc:
+                log.warning("intake_pull_failed", error=repr(exc))
+                await asyncio.sleep(0.5)
+
+    async def _handle_or_nak(self, msg: Msg) -> None:
         try:
-            while not stop.is_set():
-                try:
-                    # No fetch heartbeat: with batch > 1 nats-py's lingering pull gets a shorter
-                    # expiry than the heartbeat allows ("heartbeat value too large").
-                    msgs = await psub.fetch(batch=64, timeout=1.0)
-                except (nats.errors.TimeoutError, TimeoutError):
-                    continue
-                except nats.errors.ConnectionClosedError:
-                    return
-                except nats.errors.Error as exc:
-                    log.warning("intake_fetch_failed", error=repr(exc))
-                    await asyncio.sleep(0.5)
-                    continue
-                for msg in msgs:
-                    try:
-                        await self.handle(msg)
-                    except Exception as exc:  # never lose it: it is redelivered after a pause
-                        log.error("submission_failed", subject=msg.subject, error=repr(exc))
-                        with contextlib.suppress(Exception):
-                            await msg.nak(delay=1.0)
-        finally:
+            await self.handle(msg)
+        except Exception as exc:  # the store failed: redelivered after a pause
+            delivered = msg.metadata.num_delivered if msg.metadata else 1
+            log.error(
+                "submission_failed",
+                subject=contract.clip(msg.subject, 256),
+                error=contract.clip(repr(exc), 500),
+                delivered=delivered,
+                max_deliver=contract.SUBMIT_MAX_DELIVER,
+            )
             with contextlib.suppress(Exception):
-                await psub.unsubscribe()
+                await msg.nak(delay=redelivery_delay(delivered))
 
     async def handle(self, msg: Msg) -> None:
         try:
-            spec = contract.parse_submission(msg.data)
-        except contract.SubmissionError as exc:
-            await self._reject(msg, str(exc))
+            spec = contract.parse_submission(msg.data, subject=msg.subject)
+        except Exception as exc:  # any verdict on the message itself is final: never a retry
+            why = str(exc) if isinstance(exc, contract.SubmissionError) else f"unreadable: {exc!r}"
+            await self._reject(msg, why)
             return
         if spec.idempotency_key:
             owner = await self._store.claim_idempotency_key(spec.idempotency_key, job_id=spec.id)
@@ -105,35 +112,31 @@ class Intake:
         log.info("job_duplicate", job_id=spec.id, reason=why)
 
     async def _reject(self, msg: Msg, why: str) -> None:
-        payload = msg.data.decode("utf-8", errors="replace")
-        job_id = _guess_id(msg.data)
         seq = msg.metadata.sequence.stream if msg.metadata else 0
-        letter = contract.DeadLetter(
-            job_id=job_id,
+        letter = contract.DeadLetter.of_original(
+            msg.data,
+            job_id=contract.guess_job_id(msg.data),
             reason=contract.FailureReason.INVALID,
             message=why,
             subject=msg.subject,
-            payload=payload,
-            headers=dict(msg.headers or {}),
+            headers=msg.headers or {},
+            stream_seq=seq or None,
         )
         await self._store.publish_dead_letter(letter, msg_id=f"invalid-{seq}")
         await msg.term()
         self._on_rejected(why)
         log.warning(
             "submission_rejected",
-            job_id=job_id,
-            subject=msg.subject,
+            job_id=letter.job_id,
+            subject=letter.subject,
             reason="invalid",
-            error=why,
+            error=letter.message,
             stream_seq=seq,
+            size=letter.size,
         )
 
 
-def _guess_id(data: bytes) -> str | None:
-    """The job id of an invalid submission, when it has a readable one (for the dead letter)."""
-    try:
-        value = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    job_id = value.get("id") if isinstance(value, dict) else None
-    return job_id if isinstance(job_id, str) and len(job_id) <= 64 else None
+def redelivery_delay(delivered: int) -> float:
+    """Pause before the next delivery of a submission that hit an infrastructure error."""
+    delays = contract.SUBMIT_REDELIVERY_DELAYS_S
+    return delays[min(max(delivered, 1), len(delays)) - 1]

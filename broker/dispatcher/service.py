@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from broker import contract, settings, store
 from broker.backends import base
-from broker.dispatcher import decide, intake, lease, logs, reconcile
+from broker.dispatcher import decide, intake, lease, logs, reconcile, undeliverable
 from broker.dispatcher.index import JobIndex
 from broker.dispatcher.workqueue import WorkQueue
 
@@ -60,6 +60,7 @@ class Dispatcher:
             limits=self.limits, queue_limits=dict(d.queue_limits), observer=self.observer,
             wake=self.queue.add)
         self.intake = intake.Intake(st, on_job=self.queue.add)
+        self.undeliverable = undeliverable.Undeliverable(st)
         self.index_ready = asyncio.Event()
         self.index.subscribe(self._on_external_change)
         self.index.subscribe(self._forget_ended_attempts)
@@ -129,6 +130,8 @@ class Dispatcher:
             intake_task = tg.create_task(self._supervised("intake", lambda: self.intake.run(work_stop)),
                                          name="intake")
             loops = [
+                tg.create_task(self._supervised("undeliverable", lambda: self.undeliverable.run(work_stop)),
+                               name="undeliverable"),
                 tg.create_task(self._supervised("backend-watch", self._watch_backend), name="backend-watch"),
                 tg.create_task(self._supervised("resync", lambda: self._resync(work_stop)), name="resync"),
                 tg.create_task(self._supervised("node-silence", lambda: self._watch_silence(work_stop)),

@@ -410,9 +410,38 @@ async def list_dead_letters(request: web.Request) -> web.Response:
                 "subject": letter.subject,
                 "job_phase": record.phase.value if record else None,
                 "retryable": record is not None and record.phase == contract.JobPhase.DEAD,
+                "stream_seq": letter.stream_seq,
+                "size": letter.size,
+                "sha256": letter.sha256,
+                "excerpt": letter.excerpt,
+                "original": letter.original,
             }
         )
     return web.json_response({"dead_letters": letters, "total": total, "limit": limit, "offset": offset})
+
+
+async def dead_letter_original(request: web.Request) -> web.Response:
+    """The whole original message of the dead letter with sequence ``seq`` (the letter itself
+    carries a bounded excerpt): its inline payload, or the copy in object store jobq_dead."""
+    query(request, ())
+    raw_seq = request.match_info["seq"]
+    if not raw_seq.isdigit() or int(raw_seq) < 1:
+        raise bad_param("seq", f"{raw_seq!r} is not a dead letter's sequence (a positive integer)")
+    seq = int(raw_seq)
+    st = request.app[DISPATCHER].store
+    letter = await streams.dead_letter(st.js, seq)
+    if letter is None:
+        raise error(404, "not_found", f"no dead letter {seq}")
+    data = letter.payload.encode() if letter.payload is not None else None
+    if data is None and letter.original is not None:
+        data = await st.dead_original(letter.original)
+    if data is None:
+        raise error(404, "not_found", f"dead letter {seq} keeps no original (or it expired)")
+    return web.Response(
+        body=data,
+        content_type="application/octet-stream",
+        headers={"Content-Disposition": f'attachment; filename="dead-letter-{seq}.bin"'},
+    )
 
 
 # --- mutations ------------------------------------------------------------------------------

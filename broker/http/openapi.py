@@ -241,6 +241,11 @@ def _schemas() -> Json:
                     "subject": nullable_str,
                     "job_phase": nullable_str,
                     "retryable": {"type": "boolean"},
+                    "stream_seq": {"type": ["integer", "null"]},
+                    "size": {"type": ["integer", "null"]},
+                    "sha256": nullable_str,
+                    "excerpt": nullable_str,
+                    "original": nullable_str,
                 },
             },
             "DeadLetters": {
@@ -435,6 +440,25 @@ def document() -> Json:
                     ),
                 ],
                 "responses": {"200": _json(_ref("DeadLetters"), "Dead letters"), **ERRORS},
+            }
+        },
+        "/api/dead-letters/{seq}/original": {
+            "get": {
+                "operationId": "getDeadLetterOriginal",
+                "summary": "The whole original message of a dead letter (a letter carries an excerpt)",
+                "tags": ["dead letters"],
+                "parameters": [
+                    {"name": "seq", "in": "path", "required": True,
+                     "schema": {"type": "integer", "minimum": 1}},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The original bytes",
+                        "content": {"application/octet-stream": {"schema": {"type": "string"}}},
+                    },
+                    **ERRORS,
+                    "404": _json(_ref("Error"), "No such dead letter, or its original expired."),
+                },
             }
         },
         "/api/dead-letters/{job_id}/retry": {

@@ -6,6 +6,7 @@ Routes (documented in ``/api/openapi.json``, see broker/http/openapi.py)::
     GET  /static/{name}           dashboard assets     GET  /api/queues
     GET  /metrics                 Prometheus           GET  /api/dead-letters
     GET  /healthz  /readyz        probes               POST /api/dead-letters/{job_id}/retry
+                                                       GET  /api/dead-letters/{seq}/original
     GET  /api/jobs                                     GET  /api/events (server-sent events)
     GET  /api/jobs/{job_id}                            GET  /api/openapi.json
     GET  /api/jobs/{job_id}/log
@@ -141,6 +142,7 @@ def routes() -> list[tuple[str, str, Handler]]:
         ("GET", "/api/queues", api.list_queues),
         ("GET", "/api/dead-letters", api.list_dead_letters),
         ("POST", "/api/dead-letters/{job_id}/retry", api.retry_dead_letter),
+        ("GET", "/api/dead-letters/{seq}/original", api.dead_letter_original),
         ("GET", "/api/events", api.events),
         ("GET", "/api/openapi.json", openapi_doc),
     ]

@@ -59,6 +59,18 @@ class StoredDeadLetter:
     letter: contract.DeadLetter
 
 
+async def dead_letter(js: JetStreamContext, seq: int) -> contract.DeadLetter | None:
+    """The dead letter stored under ``seq``, or None (no such message, or not a letter)."""
+    try:
+        raw = await js.get_msg(contract.STREAM_DEAD, seq)
+    except nats.js.errors.NotFoundError:
+        return None
+    try:
+        return contract.DeadLetter.model_validate_json(raw.data or b"")
+    except ValidationError:
+        return None
+
+
 async def dead_letters(
     js: JetStreamContext, *, limit: int, offset: int = 0, reason: str | None = None
 ) -> tuple[list[StoredDeadLetter], int]:

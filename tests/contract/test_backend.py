@@ -250,3 +250,20 @@ async def test_log_is_read_from_an_offset_while_and_after_the_pod_runs(harness: 
             await harness.backend.read_log(pod.name, node=state.node)
     else:  # the node keeps the file
         assert (await harness.backend.read_log(pod.name, node=state.node)).data.endswith(b"line-3\n")
+
+
+async def test_a_pod_whose_program_cannot_start_fails_with_start_error(harness: Harness) -> None:
+    if not harness.runs_pods:
+        pytest.skip("the fake runs no processes")
+    job_id = job()
+    pod = spec(job_id).model_copy(update={"command": ("no-such-program-jobq", "--x")})
+    await create(harness.backend, pod)
+
+    async def failed() -> bool:
+        return any(p.phase == contract.PodPhase.FAILED for p in await pods_of(harness, job_id))
+
+    await eventually(failed, what="the pod reported Failed")
+    (seen,) = await pods_of(harness, job_id)
+    assert (seen.reason, seen.exit_code) == (contract.POD_REASON_START_ERROR, contract.EXIT_START_ERROR)
+    assert seen.message == "[Errno 2] No such file or directory: 'no-such-program-jobq'"
+    await harness.backend.delete_pod(pod.name)

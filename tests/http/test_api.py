@@ -154,6 +154,12 @@ async def test_api_routes(token_stack: Stack) -> None:
         assert letters["total"] == 1
         [letter] = letters["dead_letters"]
         assert letter["job_id"] == "doomed" and letter["reason"] == "app_error" and letter["retryable"]
+        async with http.get(f"{base}api/dead-letters/{letter['seq']}/original") as response:
+            assert response.status == 200 and response.content_type == "application/octet-stream"
+            original = await response.read()
+        assert json.loads(original)["id"] == "doomed" and len(original) == letter["size"]
+        await _error(http, "GET", f"{base}api/dead-letters/999999/original", status=404)
+        await _error(http, "GET", f"{base}api/dead-letters/abc/original", status=400, param="seq")
         assert (await get_json(http, f"{base}api/dead-letters?reason=timeout"))["dead_letters"] == []
         await _error(http, "GET", f"{base}api/dead-letters?reason=gremlins", status=400, param="reason")
         await _error(http, "GET", f"{base}api/nodes?x=1", status=400, param="x")

@@ -74,7 +74,7 @@ async def test_failed_output_in_status_logs_and_the_api(any_stack: Stack, any_cl
     assert "Traceback" not in missing.stderr
     for args in (["logs", "no-such-job"], ["logs", "no-such-job", "--follow"]):
         unknown = await jobq(env, *args)
-        assert (unknown.returncode, unknown.stdout) == (1, "")
+        assert (unknown.returncode, unknown.stdout) == (3, "")  # cli.EXIT_NOT_FOUND
         assert unknown.stderr.strip() == "Error: no job no-such-job", unknown.stderr
 
     # The HTTP API answers the same chunks.
@@ -128,7 +128,7 @@ async def test_follow_streams_a_running_job_until_it_ends(any_stack: Stack, any_
     assert "Traceback" not in stderr
 
 
-async def test_logs_without_a_dispatcher_is_one_line_and_exit_1(tmp_path: Path) -> None:
+async def test_logs_without_a_dispatcher_is_one_line_and_exit_4(tmp_path: Path) -> None:
     server = NatsServer(store_dir=tmp_path / "nats", port=-1)
     await server.start()
     try:
@@ -136,6 +136,6 @@ async def test_logs_without_a_dispatcher_is_one_line_and_exit_1(tmp_path: Path) 
                             "logs", "some-job")
     finally:
         await server.stop()
-    assert result.returncode == 1, result
+    assert result.returncode == 4, result  # cli.EXIT_UNREACHABLE
     assert result.stderr.strip().startswith("Error: no dispatcher answers on jobq.logs"), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

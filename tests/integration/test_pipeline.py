@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import subprocess
 import sys
@@ -135,19 +136,25 @@ async def test_bad_messages_are_dead_lettered_and_the_dispatcher_keeps_serving(
 
     letters = {}
     for _ in range(50):
-        letters = {letter.payload: letter for _, letter in await client.dead_letters()}
+        letters = {letter.sha256: letter for _, letter in await client.dead_letters()}
         if len(letters) >= len(bad):
             break
         await asyncio.sleep(0.2)
     assert len(letters) == len(bad)
-    by_payload = {payload.decode("utf-8"): name for name, payload in bad.items()}
-    reasons = {by_payload[p]: letter.message for p, letter in letters.items() if p is not None}
+    by_sha = {hashlib.sha256(payload).hexdigest(): name for name, payload in bad.items()}
+    named = {by_sha[sha]: letter for sha, letter in letters.items() if sha is not None}
+    reasons = {name: letter.message for name, letter in named.items()}
     assert "Invalid JSON" in reasons["malformed"]
     assert "priority" in reasons["schema"]
     assert "unknown task 'nope.missing'" in reasons["unknown-task"]
     assert "the limit is" in reasons["oversize"]
     assert all(letter.reason == contract.FailureReason.INVALID for letter in letters.values())
-    assert letters[bad["unknown-task"].decode()].job_id == "bad-task"
+    assert named["unknown-task"].job_id == "bad-task"
+    # Small originals are inline; the oversized one is an excerpt, and whole in the object store.
+    assert named["malformed"].payload == bad["malformed"].decode()
+    assert named["oversize"].payload is None and named["oversize"].size == len(bad["oversize"])
+    for name, letter in named.items():
+        assert await client.dead_letter_original(letter) == bad[name]
     # Nothing is redelivered forever: the submission stream is empty.
     info = await client.js.consumer_info(contract.STREAM_SUBMIT, contract.CONSUMER_DISPATCHER)
     assert info.num_pending == 0 and info.num_ack_pending == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import pickle
 import signal
@@ -303,3 +304,29 @@ def test_settings_reject_bad_env(change: dict[str, Any]) -> None:
     env = {"JOBQ_JOB_ID": "j", "JOBQ_ATTEMPT": "1", "JOBQ_TASK": "demo.sleep", **change}
     with pytest.raises(runner.SettingsError):
         runner.RunnerSettings.from_env(env)
+
+
+# --- arguments from the job record (JOBQ_ARGS_FROM=record) -------------------------------------
+
+
+async def test_big_args_are_read_from_the_job_record(nc: NATS, runner_nats_url: str) -> None:
+    data = os.urandom(450 * 1024).hex()  # 900 KiB: far beyond one environment string (128 KiB)
+    now = contract.utcnow()
+    record = contract.JobRecord(spec=contract.JobSpec(id="big-1", task="demo.echo_size", args={"data": data}),
+                                submitted_at=now, updated_at=now)
+    kv = await nc.jetstream().create_key_value(bucket=contract.BUCKET_JOBS, history=1)
+    await kv.put("big-1", record.model_dump_json().encode())
+    env = runner_env(runner_nats_url, job_id="big-1", task="demo.echo_size",
+                     extra={"JOBQ_ARGS": "", contract.ENV_ARGS_FROM: contract.ARGS_FROM_RECORD})
+    pod = await run_pod(nc, env)
+    assert pod.process.returncode == 0, pod.stderr
+    result = await stored_result(nc, "big-1")
+    assert result is not None
+    assert result.output == {"chars": len(data), "bytes": len(data),
+                             "sha256": hashlib.sha256(data.encode()).hexdigest()}
+
+    missing = runner_env(runner_nats_url, job_id="no-record", task="demo.echo_size",
+                         extra={"JOBQ_ARGS": "", contract.ENV_ARGS_FROM: contract.ARGS_FROM_RECORD})
+    pod = await run_pod(nc, missing)
+    assert pod.process.returncode == runner.EXIT_BAD_ARGS
+    assert "jobq_jobs[no-record].spec.args: the job has no record" in pod.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import pickle
@@ -242,6 +243,16 @@ def test_demo_hog_holds_memory() -> None:
     assert ctx.reports[-1][0] == 1.0
     with pytest.raises(tasks.BadArgs):
         demo_tasks.hog({}, ctx)
+
+
+def test_demo_echo_size_reports_what_it_received() -> None:
+    assert demo_tasks.echo_size({"data": "héllo"}, FakeContext()) == {
+        "chars": 5, "bytes": 6, "sha256": hashlib.sha256("héllo".encode()).hexdigest()}
+    assert demo_tasks.echo_size({}, FakeContext())["bytes"] == 0
+    with pytest.raises(tasks.BadArgs):
+        demo_tasks.echo_size({"data": 3}, FakeContext())
+    with pytest.raises(tasks.BadArgs):
+        demo_tasks.echo_size({"other": "x"}, FakeContext())
 
 
 # --- helpers ----------------------------------------------------------------------------------

@@ -199,10 +199,11 @@ class PodManager:
         try:
             pod = self._launch(obj, started)
         except OSError as exc:
-            log.warning("pod_start_failed", pod=meta["name"], node=self._s.name, reason="StartError",
-                        error=str(exc))
+            log.warning("pod_start_failed", pod=meta["name"], node=self._s.name,
+                        reason=contract.POD_REASON_START_ERROR, error=str(exc))
             self._spawn_task(self._post_status_raw(obj, phase="Failed", terminated={
-                "exitCode": 128, "reason": "StartError", "message": str(exc)[:500],
+                "exitCode": contract.EXIT_START_ERROR, "reason": contract.POD_REASON_START_ERROR,
+                "message": contract.tail_of(str(exc).encode()),
                 "startedAt": _iso(started), "finishedAt": now_iso()}), f"failed-{meta['name']}")
             return
         log.info("pod_started", **pod.log_fields, node=self._s.name, pid=pod.pid)

@@ -1,8 +1,10 @@
-"""Tasks for tests and chaos experiments: sleep, fail on purpose, exit with a code, use memory."""
+"""Tasks for tests and chaos experiments: sleep, fail on purpose, exit with a code, use memory,
+report the size of an argument."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from typing import Any
 
@@ -58,3 +60,13 @@ def hog(args: dict[str, Any], ctx: tasks.TaskContext) -> dict[str, Any]:
     held = len(ballast) // _MIB
     del ballast
     return {"mb": held, "held_s": seconds}
+
+
+def echo_size(args: dict[str, Any], ctx: tasks.TaskContext) -> dict[str, Any]:
+    """The length and SHA-256 of the string ``data``, as the task received it (big arguments)."""
+    tasks.check_keys(args, ("data",))
+    data = args.get("data", "")
+    if not isinstance(data, str):
+        raise tasks.BadArgs(f"argument 'data' must be a string, not {type(data).__name__}")
+    encoded = data.encode("utf-8", errors="surrogatepass")
+    return {"chars": len(data), "bytes": len(encoded), "sha256": hashlib.sha256(encoded).hexdigest()}

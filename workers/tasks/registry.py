@@ -18,6 +18,7 @@ BUILTINS: Mapping[str, tasks.Task] = MappingProxyType({
     "demo.flaky": demo_tasks.flaky,
     "demo.exit": demo_tasks.exit_with,
     "demo.hog": demo_tasks.hog,
+    "demo.echo_size": demo_tasks.echo_size,
 })
 
 

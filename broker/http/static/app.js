@@ -195,7 +195,11 @@ function renderDead(data) {
     } }, "Retry") : null;
     return el("tr", { "data-dead": d.job_id || d.seq },
       el("td", {}, d.job_id ? el("a", { href: `#/jobs/${d.job_id}` }, d.job_id) : "-"),
-      el("td", {}, d.reason), el("td", { class: "msg" }, d.message), el("td", {}, time(d.at)),
+      el("td", {}, d.reason),
+      el("td", { class: "msg" }, d.message, d.original ? " " : null, d.original
+        ? el("a", { href: `/api/dead-letters/${d.seq}/original`, download: "" }, `original (${d.size} B)`)
+        : null),
+      el("td", {}, time(d.at)),
       el("td", {}, button));
   });
   fill($("dead").tBodies[0], rows, 5, "no dead letters");

@@ -1,0 +1,89 @@
+"""Pulling from a durable JetStream consumer without trusting message headers.
+
+nats-py's ``PullSubscription.fetch`` takes any message with a ``Status`` header for a status
+from the server: a submission published with ``Status: 408`` is silently dropped, one with
+``Status: 500`` makes fetch raise and loses the rest of its batch, at every delivery, until
+max_deliver gives up on all of them. Here a message is a delivery when its reply subject is a
+JetStream ack subject (``$JS.ACK.…``), whatever its headers; the server's own status messages
+(request expired, max bytes reached, leadership change) carry no reply subject and only end the
+pull request they answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+from collections.abc import AsyncIterator
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+ACK_PREFIX = "$JS.ACK."
+
+
+def is_delivery(msg: Msg) -> bool:
+    """A message the consumer delivered (it can be acked), as opposed to a status message."""
+    return bool(msg.reply) and msg.reply.startswith(ACK_PREFIX)
+
+
+class Puller:
+    """Deliveries of one durable pull consumer, one pull request of ``batch`` at a time."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        *,
+        stream: str,
+        consumer: str,
+        batch: int = 64,
+        max_bytes: int = 16 * 1024 * 1024,
+        expires_s: float = 1.0,
+    ) -> None:
+        self._nc = nc
+        self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self._batch = batch
+        self._max_bytes = max_bytes
+        self._expires_s = expires_s
+        self._inbox = nc.new_inbox()
+        self._requests = itertools.count(1)
+        self._sub: Subscription | None = None
+
+    async def messages(self, stop: asyncio.Event) -> AsyncIterator[Msg]:
+        """Yield deliveries as they arrive until ``stop`` is set (checked between requests)."""
+        self._sub = await self._nc.subscribe(
+            f"{self._inbox}.*", pending_bytes_limit=4 * self._max_bytes, pending_msgs_limit=16 * self._batch
+        )
+        try:
+            while not stop.is_set():
+                reply = f"{self._inbox}.{next(self._requests)}"
+                request = {
+                    "batch": self._batch,
+                    "max_bytes": self._max_bytes,
+                    "expires": int(self._expires_s * 1_000_000_000),
+                }
+                await self._nc.publish(self._next_subject, json.dumps(request).encode(), reply=reply)
+                async for msg in self._answers(reply):
+                    yield msg
+        finally:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+
+    async def _answers(self, reply: str) -> AsyncIterator[Msg]:
+        """Deliveries for the request on ``reply``, until it is fulfilled, ended or lost."""
+        assert self._sub is not None
+        delivered = 0
+        while delivered < self._batch:
+            try:
+                msg = await self._sub.next_msg(timeout=self._expires_s + 1.0)
+            except (nats.errors.TimeoutError, TimeoutError):
+                return  # the request or its end was lost (a reconnect): send another
+            if is_delivery(msg):
+                delivered += 1
+                yield msg
+            elif msg.subject == reply:
+                return  # a status answering this request: expired, max bytes, leader change
+            # else: a late status for an older request; its deliveries are taken all the same
