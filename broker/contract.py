@@ -295,6 +295,8 @@ class FailureReason(enum.StrEnum):
     """The submission could not be parsed or validated (dead letters only)."""
     UNDELIVERABLE = "undeliverable"
     """JetStream gave up on the submission after SUBMIT_MAX_DELIVER deliveries (dead letters only)."""
+    UNSCHEDULABLE = "unschedulable"
+    """The job waited longer than its pending_timeout_s for a node that could run it."""
 
     @property
     def is_disruption(self) -> bool:
@@ -327,6 +329,8 @@ class EventType(enum.StrEnum):
     STALE = "stale"
     """Something from a superseded attempt (a result, an exit, a pod) was seen and ignored."""
     REQUEUED = "requeued"
+    WAITING = "waiting"
+    """The job stays queued: no node can run it now, or none ever could (the message says why)."""
 
 
 # --- resources ------------------------------------------------------------------------------
@@ -433,6 +437,13 @@ class JobSpec(_Model):
     profile: str | None = Field(default=None, description=f"One of {sorted(PROFILES)}")
     resources: Resources | None = None
     retry: RetryPolicy | None = Field(default=None, description="Defaults to the queue's policy")
+    pending_timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=30 * 86400,
+        description="Give up (dead letter, reason unschedulable) after waiting this long for a node; "
+        "default: the queue's (JOBQ_QUEUE_PENDING_TIMEOUTS), else wait forever",
+    )
     timeout_s: float | None = Field(
         default=None, gt=0, le=7 * 86400, description="Deadline for each attempt, s"
     )
@@ -503,6 +514,10 @@ class JobRecord(_Model):
     not_before: dt.datetime | None = None
     result_attempt: int | None = None
     cancel_requested: bool = False
+    waiting_reason: str = ""
+    """Why the queued job does not run yet (no node fits it, none has room now); empty otherwise."""
+    waiting_since: dt.datetime | None = None
+    """When it began to wait for a node in this queued stretch (pending_timeout_s counts from here)."""
     reason: FailureReason | None = None
     message: str = ""
     retries: dict[str, int] = Field(default_factory=dict)
@@ -553,6 +568,8 @@ class JobRecord(_Model):
                 "message": "re-driven from the dead-letter queue",
                 "finished_at": None,
                 "not_before": None,
+                "waiting_reason": "",
+                "waiting_since": None,
                 "updated_at": now,
             }
         )

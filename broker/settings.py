@@ -60,6 +60,8 @@ class DispatcherSettings:
     reschedule_on_node_loss: bool = True
     """Switch off only to prove that a chaos experiment can fail (negative control)."""
     queue_limits: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    queue_pending_timeouts: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    """pending_timeout_s per queue for jobs that bring none, e.g. JOBQ_QUEUE_PENDING_TIMEOUTS="gpu=3600"."""
     """Most running attempts per queue, e.g. JOBQ_QUEUE_LIMITS="gpu=2,default=50"."""
     shutdown_grace_s: float = 5.0
     """On SIGTERM, reconciles in flight get this long to finish."""
@@ -173,6 +175,7 @@ class Settings:
                 lease_ttl_s=number("LEASE_TTL_S", 5.0),
                 reschedule_on_node_loss=flag("RESCHEDULE_ON_NODE_LOSS", True),
                 queue_limits=parse_queue_limits(get("QUEUE_LIMITS", "")),
+                queue_pending_timeouts=parse_queue_pending_timeouts(get("QUEUE_PENDING_TIMEOUTS", "")),
                 shutdown_grace_s=number("SHUTDOWN_GRACE_S", 5.0),
                 queue_policies=parse_queue_policies(get("QUEUE_POLICIES", "")),
             ),
@@ -213,13 +216,27 @@ def parse_queue_policies(raw: str) -> dict[str, contract.RetryPolicy]:
 
 
 def parse_queue_limits(raw: str) -> dict[str, int]:
-    limits: dict[str, int] = {}
+    numbers = _queue_numbers(raw, "JOBQ_QUEUE_LIMITS", whole=True)
+    return {queue: int(value) for queue, value in numbers.items()}
+
+
+def parse_queue_pending_timeouts(raw: str) -> dict[str, float]:
+    return _queue_numbers(raw, "JOBQ_QUEUE_PENDING_TIMEOUTS", whole=False)
+
+
+def _queue_numbers(raw: str, name: str, *, whole: bool) -> dict[str, float]:
+    """``queue=number,queue=number`` (positive; whole numbers only if ``whole``)."""
+    numbers: dict[str, float] = {}
     for part in filter(None, (p.strip() for p in raw.split(","))):
         queue, sep, value = part.partition("=")
-        if not sep or not value.strip().isdigit():
-            raise SettingsError(f"JOBQ_QUEUE_LIMITS entry {part!r} is not queue=number")
-        limits[queue.strip()] = int(value)
-    return limits
+        try:
+            number = float(value) if sep and not whole else float(int(value.strip()))
+        except ValueError:
+            number = -1.0
+        if not sep or not queue.strip() or number < 0 or (not whole and number == 0):
+            raise SettingsError(f"{name} entry {part!r} is not queue=number")
+        numbers[queue.strip()] = number
+    return numbers
 
 
 def parse_node_selector(raw: str) -> dict[str, str]:

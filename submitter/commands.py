@@ -167,6 +167,8 @@ def register(
                 f"{record.spec.id}: {record.phase}"
                 + (f" ({record.reason}: {record.message})" if record.reason else "")
             )
+            if record.phase == contract.JobPhase.QUEUED and record.waiting_reason:
+                click.echo(f"  waiting: {record.waiting_reason}")
             for line in attempt_lines(record):
                 click.echo(line)
 

@@ -100,6 +100,9 @@ class NodeState:
 
 class ClusterBackend(Protocol):
     name: str
+    cluster_waits: bool
+    """True when the cluster keeps a pod that has no room *now* Pending and places it later by
+    itself (Kubernetes' scheduler); jobq then only holds back jobs that fit no node at all."""
 
     async def __aenter__(self) -> Self: ...
 

@@ -17,6 +17,7 @@ from broker.backends import base
 
 class FakeBackend:
     name = "fake"
+    cluster_waits = False
 
     def __init__(self, nodes: tuple[str, ...] = ("fake-1", "fake-2", "fake-3"), *, slots: int = 8,
                  capacity: contract.Resources | None = None) -> None:

@@ -47,6 +47,7 @@ DEFAULT_LEASE_DURATION_S = 40.0
 
 class KubernetesBackend:
     name = "kubernetes"
+    cluster_waits = True
 
     def __init__(self, config: settings.BackendSettings, *, nc: object | None = None,
                  retries: int = 4, clock: Callable[[], float] = time.monotonic) -> None:

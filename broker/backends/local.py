@@ -50,6 +50,7 @@ def _is_active(pod: contract.PodStatus) -> bool:
 
 class LocalBackend:
     name = "local"
+    cluster_waits = False
 
     def __init__(self, nc: NATS, *, node_timeout_s: float = 3.0, request_timeout_s: float = 2.0) -> None:
         self._nc = nc

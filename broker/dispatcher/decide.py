@@ -19,6 +19,7 @@ from collections.abc import Mapping
 
 from broker import contract, failure, retry_policy
 from broker.backends.base import PodState
+from broker.dispatcher.placement import Fit, Placement
 
 Phase = contract.JobPhase
 State = contract.AttemptState
@@ -42,6 +43,10 @@ class Observed:
     """When this dispatcher began receiving heartbeats: silence is not counted from before it."""
     suspect_nodes: frozenset[str] = frozenset()
     """Nodes jobq judged lost that the cluster may still call Ready: no new attempt goes there."""
+    placement: Placement | None = None
+    """For a queued job: whether a node can take it now (None: not judged, go ahead)."""
+    create_error: str = ""
+    """The backend refused to place the current attempt's pod (no room after all, node refused)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -62,6 +67,8 @@ class Limits:
     """The operator's overrides of contract.PROFILES (JOBQ_RESOURCE_PROFILES), by profile name."""
     reschedule_on_node_loss: bool = True
     """False only for the chaos negative control: attempts on a lost node are left alone."""
+    queue_pending_timeouts: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    """pending_timeout_s of jobs that bring none, per queue (JOBQ_QUEUE_PENDING_TIMEOUTS)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -365,6 +372,8 @@ def decide(
             return Action(requeue_after=(job.not_before - now).total_seconds(), summary="backoff")
         if seen.queue_full:
             return Action(requeue_after=1.0, summary="queue_full")
+        if seen.placement is not None and seen.placement.fit != Fit.NOW:
+            return _wait_for_node(job, seen.placement, now=now, limits=limits)
         number = len(job.attempts) + 1
         attempt = contract.Attempt(number=number, pod=contract.pod_name(job.spec.id, number), created_at=now)
         record = job.model_copy(
@@ -372,6 +381,8 @@ def decide(
                 "phase": Phase.RUNNING,
                 "attempts": (*job.attempts, attempt),
                 "not_before": None,
+                "waiting_reason": "",
+                "waiting_since": None,
                 "updated_at": now,
             }
         )
@@ -388,6 +399,13 @@ def decide(
     assert current is not None, "a running job has an attempt"
     pod = next((p for p in seen.pods if p.name == current.pod), None)
     if pod is None:
+        if current.state == State.CREATING and seen.create_error:
+            # The backend could not place the pod after all: the attempt never ran. Take it back
+            # and wait in the queue (its number is reused; no pod of that name exists).
+            back = job.model_copy(update={"phase": Phase.QUEUED, "attempts": job.attempts[:-1]})
+            return _wait_for_node(
+                back, Placement(Fit.LATER, seen.create_error), now=now, limits=limits, changed=True
+            )
         if current.state == State.CREATING:
             return Action(
                 create=pod_spec(
@@ -555,3 +573,66 @@ def _succeeded(
         summary="succeeded",
         events=(_event(record, contract.EventType.SUCCEEDED, now=now, attempt=done),),
     )
+
+
+def queued_since(job: contract.JobRecord) -> dt.datetime:
+    """When the job last became ready to start: submitted, or its last attempt ended, or its
+    retry backoff ran out, whichever is latest."""
+    last = job.current.finished_at if job.current is not None else None
+    since = max(job.submitted_at, last or job.submitted_at)
+    return max(since, job.not_before) if job.not_before is not None else since
+
+
+def _wait_for_node(
+    job: contract.JobRecord, placement: Placement, *, now: dt.datetime, limits: Limits, changed: bool = False
+) -> Action:
+    """Keep a job that no node can take now ``queued``; give up after its pending timeout. No
+    timer otherwise: capacity changes wake it (docs/design/dispatcher.md).
+
+    Waiting for room (LATER) is a backlog's normal state: nothing is written. A job that no node
+    can ever fit (NEVER) is told in its record (``waiting_reason``) and by one ``waiting`` event."""
+    since = job.waiting_since or queued_since(job)
+    timeout = job.spec.pending_timeout_s or limits.queue_pending_timeouts.get(job.spec.queue)
+    waited = (now - since).total_seconds()
+    if timeout is not None and waited >= timeout:
+        why = f"{placement.reason}; waited {waited:.0f}s (pending_timeout_s={timeout:g})"
+        record = job.model_copy(
+            update={
+                "phase": Phase.DEAD,
+                "reason": Reason.UNSCHEDULABLE,
+                "message": why,
+                "waiting_reason": "",
+                "finished_at": now,
+                "updated_at": now,
+            }
+        )
+        dead = contract.DeadLetter.of_original(
+            job.spec.model_dump_json().encode(),
+            job_id=job.spec.id,
+            reason=Reason.UNSCHEDULABLE,
+            message=why,
+            attempts=record.attempts,
+            at=now,
+        )
+        return Action(
+            record=record,
+            dead_letter=dead,
+            events=(
+                _event(record, contract.EventType.DEAD, now=now, reason=Reason.UNSCHEDULABLE, message=why),
+            ),
+            summary="dead",
+        )
+    requeue = None if timeout is None else timeout - waited
+    summary = f"waiting:{placement.fit}"
+    never = placement.fit == Fit.NEVER
+    if not changed and (not never or (job.waiting_reason == placement.reason and job.waiting_since)):
+        return Action(requeue_after=requeue, summary=summary)
+    record = job.model_copy(
+        update={
+            "waiting_reason": placement.reason,
+            "waiting_since": since if never else None,
+            "updated_at": now,
+        }
+    )
+    events = (_event(record, contract.EventType.WAITING, now=now, message=placement.reason),) if never else ()
+    return Action(record=record, requeue_after=requeue, events=events, summary=summary)

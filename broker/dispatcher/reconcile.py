@@ -20,7 +20,7 @@ import structlog
 from broker import contract, store
 from broker.backends import base
 from broker.dispatcher import decide as decisions
-from broker.dispatcher import node_health
+from broker.dispatcher import node_health, placement
 from broker.dispatcher.admission import Admission
 from broker.dispatcher.index import JobIndex
 
@@ -96,6 +96,10 @@ class Reconciler:
         self._rng = rng or random.Random()
         self._wake = wake or (lambda _job_id: None)
         self.admission = Admission()
+        self.waiting: set[str] = set()
+        """Queued jobs that no node can take now: woken when capacity changes, not on a timer."""
+        self._create_errors: dict[str, str] = {}
+        """Job -> why the backend could not place its pod, for the next pass to act on."""
 
     async def reconcile(self, job_id: str) -> float | None:
         """One pass; returns seconds until the job wants another look (None: only on events)."""
@@ -111,8 +115,10 @@ class Reconciler:
         action = decisions.decide(record, seen, now=self._clock(), rng=self._rng, limits=self._limits)
         lost = frozenset(p.name for p in seen.pods if not p.node_ready)
         requeue = await self._apply(record, revision, action, force_delete=lost)
+        self._track_waiting(action.record or record, action)
         current = (action.record or record).current
-        if action.summary not in ("noop", "watching", "backoff"):
+        if action.summary not in ("noop", "watching", "backoff") and (
+                action.record is not None or not action.summary.startswith("waiting")):
             log.info("job_reconciled", job_id=job_id, reconcile_id=reconcile_id,
                      action=action.summary, phase=(action.record or record).phase,
                      attempt=current.number if current else None,
@@ -121,6 +127,35 @@ class Reconciler:
                      requeue_after_s=requeue,
                      duration_ms=round((time.perf_counter() - started) * 1000, 1))
         return requeue
+
+    def _track_waiting(self, record: contract.JobRecord, action: decisions.Action) -> None:
+        job_id = record.spec.id
+        if record.phase == contract.JobPhase.QUEUED and action.summary.startswith("waiting"):
+            self.waiting.add(job_id)
+            if action.summary == f"waiting:{placement.Fit.LATER}":
+                self.admission.waiting(record)  # it fits once room frees: worse jobs wait behind it
+                return
+        else:
+            self.waiting.discard(job_id)
+        self.admission.admitted(job_id)
+
+    def wake_waiting(self) -> None:
+        """Capacity changed (a node came, went or was resized): every waiting job looks again."""
+        for job_id in list(self.waiting):
+            self._wake(job_id)
+
+    async def _placement(self, record: contract.JobRecord,
+                         suspects: frozenset[str]) -> tuple[placement.Placement, frozenset[str]]:
+        """Where a queued job stands, and the Ready nodes (for the anti-affinity it gets)."""
+        nodes = await self._backend.list_nodes()
+        ready = frozenset(n.name for n in nodes if n.ready)
+        avoid = decisions.effective_avoid(record, ready, suspects)
+        verdict = placement.judge(decisions.requests(record.spec, self._limits), nodes, avoid=avoid,
+                                  cluster_waits=self._backend.cluster_waits)
+        if verdict.fit == placement.Fit.NOW and self.admission.blocked(record):
+            verdict = placement.Placement(placement.Fit.LATER,
+                                          "waiting behind a higher-priority job that waits for capacity")
+        return verdict, ready
 
     def _judge_node(self, record: contract.JobRecord, pod: base.PodState, now: dt.datetime) -> base.PodState:
         """The pod with ``node_ready`` set to jobq's verdict, which combines the backend's view
@@ -162,12 +197,18 @@ class Reconciler:
         queue_full = (record.phase == contract.JobPhase.QUEUED and limit is not None
                       and self._index.running_in(record.spec.queue) >= limit)
         ready_nodes = None
-        if record.avoid_nodes and not record.phase.is_terminal:
+        suspects = self._heartbeats.nodes.suspects()
+        verdict = None
+        if (record.phase == contract.JobPhase.QUEUED and not record.cancel_requested and not queue_full
+                and (record.not_before is None or record.not_before <= now)):
+            verdict, ready_nodes = await self._placement(record, suspects)
+        elif record.avoid_nodes and not record.phase.is_terminal:
             ready_nodes = frozenset(n.name for n in await self._backend.list_nodes() if n.ready)
         return decisions.Observed(pods=pods, last_heartbeat=last_heartbeat, result_exists=result_exists,
                                   queue_full=queue_full, ready_nodes=ready_nodes, node_lost_why=node_lost_why,
                                   listening_since=self._heartbeats.listening_since,
-                                  suspect_nodes=self._heartbeats.nodes.suspects())
+                                  suspect_nodes=suspects, placement=verdict,
+                                  create_error=self._create_errors.pop(record.spec.id, ""))
 
     async def _apply(self, record: contract.JobRecord, revision: int,
                      action: decisions.Action, *, force_delete: frozenset[str] = frozenset()) -> float | None:
@@ -184,32 +225,39 @@ class Reconciler:
             self._index.put(action.record, revision)
             self._observer.transition(record, action.record, action)
             if record.phase == contract.JobPhase.RUNNING and action.record.phase != contract.JobPhase.RUNNING:
-                for waiter in self.admission.best(2):  # an attempt ended: capacity is free
+                for waiter in self.admission.best(4):  # an attempt ended: capacity is free
                     self._wake(waiter)
 
-        for event in action.events:
-            try:
-                await self._store.publish_event(event)
-            except Exception as exc:  # events are an audit trail; the record is the truth
-                log.error("event_lost", job_id=job_id, type=event.type, error=repr(exc))
+        # "attempt_created" is said once its pod exists: a create the backend turns down is taken
+        # back by the next pass and was never an attempt anyone saw.
+        created = contract.EventType.ATTEMPT_CREATED
+        await self._publish([e for e in action.events if action.create is None or e.type != created])
         for name in action.delete:
             await self._backend.delete_pod(name, force=name in force_delete)
         if action.create is not None:
-            return await self._create(action.record or record, revision, action.create, action)
+            announce = [e for e in action.events if e.type == created]
+            return await self._create(action.record or record, revision, action.create, action, announce)
         return action.requeue_after
 
+    async def _publish(self, events: list[contract.JobEvent]) -> None:
+        for event in events:
+            try:
+                await self._store.publish_event(event)
+            except Exception as exc:  # events are an audit trail; the record is the truth
+                log.error("event_lost", job_id=event.job_id, type=event.type, error=repr(exc))
+
     async def _create(self, record: contract.JobRecord, revision: int, spec: contract.PodSpec,
-                      action: decisions.Action) -> float | None:
-        if self.admission.blocked(record):
-            return 0.5
+                      action: decisions.Action, announce: list[contract.JobEvent]) -> float | None:
         try:
             await self._backend.create_pod(spec)
         except base.Unschedulable as exc:
-            self.admission.waiting(record)
+            # Fed back as an observation: the next pass takes the attempt back and waits.
+            self._create_errors[record.spec.id] = str(exc)
             self._observer.unschedulable(record.spec.id)
             log.debug("pod_unschedulable", job_id=record.spec.id, attempt=spec.attempt, error=str(exc))
-            return 0.5
+            return 0.0
         except base.PlacementUncertain as exc:
+            await self._publish(announce)  # it may run there: it was an attempt
             current = record.current
             assert current is not None
             failed = record.model_copy(update={"attempts": (*record.attempts[:-1],
@@ -218,9 +266,13 @@ class Reconciler:
                 failed, contract.FailureReason.NODE_LOST, now=self._clock(), rng=self._rng,
                 limits=self._limits, message=str(exc), delete=(spec.name,)))
         except base.PodRejected as exc:
+            await self._publish(announce)
             return await self._apply(record, revision, decisions.fail_current(
                 record, contract.FailureReason.DISPATCH_ERROR, now=self._clock(), rng=self._rng,
                 limits=self._limits, message=str(exc)))
+        await self._publish(announce)
         self.admission.admitted(record.spec.id)
+        for waiter in self.admission.best(1):  # the next in line may fit too
+            self._wake(waiter)
         self._observer.pod_created(record, spec)
         return action.requeue_after

@@ -54,6 +54,7 @@ class Dispatcher:
                                     nats_url=config.nats.url, image=config.backend.image,
                                     reschedule_on_node_loss=d.reschedule_on_node_loss,
                                     queue_policies=dict(d.queue_policies),
+                                    queue_pending_timeouts=dict(d.queue_pending_timeouts),
                                     profiles=dict(config.backend.resource_profiles))
         self.reconciler = reconcile.Reconciler(
             store=st, backend=backend, index=self.index, heartbeats=self.heartbeats,
@@ -136,6 +137,8 @@ class Dispatcher:
                 tg.create_task(self._supervised("resync", lambda: self._resync(work_stop)), name="resync"),
                 tg.create_task(self._supervised("node-silence", lambda: self._watch_silence(work_stop)),
                                name="node-silence"),
+                tg.create_task(self._supervised("capacity", lambda: self._watch_capacity(work_stop)),
+                               name="capacity"),
             ]
             workers = [tg.create_task(self._worker(n), name=f"reconcile-{n}")
                        for n in range(self.settings.dispatcher.workers)]
@@ -214,6 +217,18 @@ class Dispatcher:
                     self.queue.add(job_id)
             if tick % prune_every == prune_every - 1:
                 nodes.prune(older_than_s=600)
+
+    async def _watch_capacity(self, stop: asyncio.Event) -> None:
+        """Wake the jobs that wait for a node whenever the nodes change (one joins, leaves, turns
+        Ready or NotReady, or is resized): cost grows with nodes, not with waiting jobs."""
+        seen: frozenset[tuple[str, bool, contract.Resources]] | None = None
+        while not stop.is_set():
+            nodes = frozenset((n.name, n.ready, n.capacity) for n in await self.backend.list_nodes())
+            if seen is not None and nodes != seen:
+                self.reconciler.wake_waiting()
+            seen = nodes
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
 
     def _seed_node_heartbeats(self) -> None:
         """A dispatcher that starts mid-incident has heard no heartbeat yet. Attempts that have

@@ -9,6 +9,7 @@ import random
 from broker import contract
 from broker.backends.base import PodState
 from broker.dispatcher.decide import Limits, Observed, decide
+from broker.dispatcher.placement import Fit, Placement
 
 NOW = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
 LIMITS = Limits(heartbeat_timeout_s=10)
@@ -342,3 +343,43 @@ def test_a_stale_pod_waiting_for_its_kubelet_does_not_hold_up_the_current_attemp
     lost = dataclasses.replace(old, node_ready=False)
     again = run(record, lost, current)
     assert again.delete == ("job-j1-1",) and again.events == ()
+
+
+def test_a_job_no_node_can_fit_stays_queued_and_says_why() -> None:
+    never = Placement(Fit.NEVER, "unschedulable: needs 200 CPU; largest Ready node offers 4")
+    action = run(job(), placement=never)
+    assert action.create is None and action.record is not None
+    assert action.record.phase == Phase.QUEUED and action.record.attempts == ()
+    assert action.record.waiting_reason == never.reason and action.record.waiting_since == NOW
+    assert action.requeue_after is None  # no timer: capacity changes wake it
+    assert [e.type for e in action.events] == [contract.EventType.WAITING]
+    again = run(action.record, placement=never)
+    assert again.record is None and again.events == ()
+
+
+def test_pending_timeout_sends_a_waiting_job_to_the_dead_letter_queue() -> None:
+    never = Placement(Fit.NEVER, "unschedulable: needs 200 CPU; largest Ready node offers 4")
+    waiting = job(waiting_reason=never.reason, waiting_since=NOW - dt.timedelta(seconds=30))
+    waiting = waiting.model_copy(update={"spec": waiting.spec.model_copy(update={"pending_timeout_s": 60})})
+    still = run(waiting, placement=never)
+    assert still.record is None and still.requeue_after == 30
+    late = waiting.model_copy(update={"waiting_since": NOW - dt.timedelta(seconds=61)})
+    dead = run(late, placement=never)
+    assert dead.record is not None and dead.record.phase == Phase.DEAD
+    assert dead.record.reason == Reason.UNSCHEDULABLE and dead.dead_letter is not None
+    assert "needs 200 CPU" in dead.dead_letter.message
+
+
+def test_an_attempt_the_backend_could_not_place_goes_back_to_the_queue() -> None:
+    creating = job(phase=Phase.RUNNING, attempts=(attempt(state=State.CREATING, node=None, started=None),))
+    action = run(creating, create_error="node node-1 refused job-j1-1: out of memory")
+    assert action.record is not None and action.record.phase == Phase.QUEUED
+    assert action.record.attempts == () and "refused" in action.record.waiting_reason
+    assert action.create is None
+
+
+def test_creating_an_attempt_clears_the_waiting_reason() -> None:
+    waiting = job(waiting_reason="waiting for capacity", waiting_since=NOW)
+    action = run(waiting, placement=Placement(Fit.NOW))
+    assert action.record is not None and action.record.phase == Phase.RUNNING
+    assert action.record.waiting_reason == "" and action.record.waiting_since is None
