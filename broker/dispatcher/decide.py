@@ -119,8 +119,13 @@ def pod_spec(
 ) -> contract.PodSpec:
     spec = job.spec
     env = {k: v for k, v in limits.extra_env if k not in (contract.ENV_ARGS, contract.ENV_ARGS_FROM)}
-    env.update({contract.ENV_JOB_ID: spec.id, contract.ENV_ATTEMPT: str(attempt.number),
-                contract.ENV_QUEUE: spec.queue})
+    env.update(
+        {
+            contract.ENV_JOB_ID: spec.id,
+            contract.ENV_ATTEMPT: str(attempt.number),
+            contract.ENV_QUEUE: spec.queue,
+        }
+    )
     if limits.nats_url:
         env[contract.ENV_NATS_URL] = limits.nats_url
     if spec.task is not None:
@@ -164,6 +169,20 @@ def _event(
         node=attempt.node if attempt else None,
         reason=reason,
         message=message,
+        at=now,
+    )
+
+
+def _dead_letter(
+    record: contract.JobRecord, reason: Reason, why: str, *, now: dt.datetime
+) -> contract.DeadLetter:
+    """The dead-letter record of a job that gave up: its spec (for a re-drive) and its attempts."""
+    return contract.DeadLetter.of_original(
+        record.spec.model_dump_json().encode(),
+        job_id=record.spec.id,
+        reason=reason,
+        message=why,
+        attempts=record.attempts,
         at=now,
     )
 
@@ -266,14 +285,7 @@ def fail_current(
     kind = contract.EventType.CANCELLED if phase == Phase.CANCELLED else contract.EventType.DEAD
     dead = None
     if phase == Phase.DEAD:
-        dead = contract.DeadLetter.of_original(
-            job.spec.model_dump_json().encode(),
-            job_id=job.spec.id,
-            reason=reason,
-            message=why,
-            attempts=record.attempts,
-            at=now,
-        )
+        dead = _dead_letter(record, reason, why, now=now)
     return Action(
         record=record,
         delete=delete,
@@ -606,14 +618,7 @@ def _wait_for_node(
                 "updated_at": now,
             }
         )
-        dead = contract.DeadLetter.of_original(
-            job.spec.model_dump_json().encode(),
-            job_id=job.spec.id,
-            reason=Reason.UNSCHEDULABLE,
-            message=why,
-            attempts=record.attempts,
-            at=now,
-        )
+        dead = _dead_letter(record, Reason.UNSCHEDULABLE, why, now=now)
         return Action(
             record=record,
             dead_letter=dead,

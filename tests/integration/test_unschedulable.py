@@ -72,12 +72,12 @@ async def test_a_job_waiting_for_room_runs_when_room_frees(tmp_path: object) -> 
         deadline = time.monotonic() + 30
         while True:
             one, two = await client.get(first.id), await client.get(second.id)
-            assert one is not None and two is not None
-            if one.phase == contract.JobPhase.RUNNING and one.current and one.current.state == "running":
+            if (one is not None and two is not None and one.phase == contract.JobPhase.RUNNING
+                    and one.current and one.current.state == "running"):
                 break
             assert time.monotonic() < deadline, (one, two)
             await asyncio.sleep(0.1)
-        assert two.phase == contract.JobPhase.QUEUED and two.attempts == (), two
+        assert two is not None and two.phase == contract.JobPhase.QUEUED and two.attempts == (), two
         records = await client.wait([first.id, second.id], timeout=60)
         assert {r.phase for r in records.values()} == {contract.JobPhase.SUCCEEDED}
         assert len(records[second.id].attempts) == 1

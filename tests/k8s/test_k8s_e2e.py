@@ -95,18 +95,26 @@ async def test_memory_limit_and_external_delete(k8s_stack: Stack, k8s_client: Jo
 
 
 async def test_unplaceable_pod_says_why(k8s_stack: Stack, k8s_client: JobqClient) -> None:
-    """The scheduler's FailedScheduling message reaches the job record (status, API, dashboard)."""
-    handle = await k8s_client.submit(task="demo.sleep", args={"seconds": 1}, resources={"cpu": 64})
+    """A job no node could ever hold stays queued saying so; one that fits a node but finds no room
+    gets a Pending pod, and the scheduler's FailedScheduling message reaches the attempt."""
+    never = await k8s_client.submit(task="demo.sleep", args={"seconds": 1}, resources={"cpu": 64})
+    fill = [await k8s_client.submit(task="demo.sleep", args={"seconds": 30}, resources={"cpu": 3.5})
+            for _ in NODE_NAMES]
+    await wait_running(k8s_client, [h.id for h in fill], count=len(fill), timeout=120)
+    later = await k8s_client.submit(task="demo.sleep", args={"seconds": 1}, resources={"cpu": 3.5})
     deadline = time.monotonic() + 60
     while True:
-        record = await k8s_client.get(handle.id)
-        if record is not None and record.current is not None and record.current.waiting_reason:
+        big, pending = await k8s_client.get(never.id), await k8s_client.get(later.id)
+        if (big is not None and big.waiting_reason and pending is not None and pending.current is not None
+                and pending.current.waiting_reason):
             break
-        assert time.monotonic() < deadline, record
+        assert time.monotonic() < deadline, (big, pending)
         await asyncio.sleep(0.5)
-    why = record.current.waiting_reason
+    assert big.phase == contract.JobPhase.QUEUED and big.attempts == ()
+    assert big.waiting_reason == "unschedulable: needs 64 CPU; largest Ready node offers 4", big
+    why = pending.current.waiting_reason
     assert "Unschedulable" in why and "Insufficient cpu" in why, why
-    cancelled = await k8s_client.cancel(handle.id)
-    assert cancelled.cancel_requested
-    final = await k8s_client.wait([handle.id], timeout=60)
-    assert final[handle.id].phase == contract.JobPhase.CANCELLED
+    for handle in (never, later, *fill):
+        await k8s_client.cancel(handle.id)
+    final = await k8s_client.wait([h.id for h in (never, later, *fill)], timeout=60)
+    assert {r.phase for r in final.values()} == {contract.JobPhase.CANCELLED}
