@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 
-import nats.errors
 import structlog
 from nats.aio.msg import Msg
 
@@ -41,15 +40,7 @@ class Intake:
         puller = pull.Puller(
             self._store.nc, stream=contract.STREAM_SUBMIT, consumer=contract.CONSUMER_DISPATCHER
         )
-        while not stop.is_set():
-            try:
-                async for msg in puller.messages(stop):
-                    await self._handle_or_nak(msg)
-            except nats.errors.ConnectionClosedError:
-                return
-            except nats.errors.Error as exc:
-                log.warning("intake_pull_failed", error=repr(exc))
-                await asyncio.sleep(0.5)
+        await puller.consume(stop, self._handle_or_nak, what="intake")
 
     async def _handle_or_nak(self, msg: Msg) -> None:
         try:

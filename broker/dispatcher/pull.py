@@ -15,12 +15,15 @@ import asyncio
 import contextlib
 import itertools
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import nats.errors
+import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+
+log = structlog.get_logger("jobq.pull")
 
 ACK_PREFIX = "$JS.ACK."
 
@@ -51,6 +54,20 @@ class Puller:
         self._inbox = nc.new_inbox()
         self._requests = itertools.count(1)
         self._sub: Subscription | None = None
+
+    async def consume(self, stop: asyncio.Event, handle: Callable[[Msg], Awaitable[None]], *,
+                      what: str) -> None:
+        """Hand every delivery to ``handle`` until ``stop``; a NATS error pauses and pulls again,
+        a closed connection ends it. ``handle`` settles each message (ack, nak or term) itself."""
+        while not stop.is_set():
+            try:
+                async for msg in self.messages(stop):
+                    await handle(msg)
+            except nats.errors.ConnectionClosedError:
+                return
+            except nats.errors.Error as exc:
+                log.warning("pull_failed", consumer=what, error=repr(exc))
+                await asyncio.sleep(0.5)
 
     async def messages(self, stop: asyncio.Event) -> AsyncIterator[Msg]:
         """Yield deliveries as they arrive until ``stop`` is set (checked between requests)."""

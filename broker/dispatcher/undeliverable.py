@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-import nats.errors
 import structlog
 from nats.aio.msg import Msg
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -48,20 +47,15 @@ class Undeliverable:
         puller = pull.Puller(
             self._store.nc, stream=contract.STREAM_ADVISORIES, consumer=contract.CONSUMER_DISPATCHER, batch=16
         )
-        while not stop.is_set():
-            try:
-                async for msg in puller.messages(stop):
-                    try:
-                        await self.handle(msg)
-                    except Exception as exc:  # the store failed: the advisory comes back
-                        log.error("undeliverable_failed", error=contract.clip(repr(exc), 500))
-                        with contextlib.suppress(Exception):
-                            await msg.nak(delay=2.0)
-            except nats.errors.ConnectionClosedError:
-                return
-            except nats.errors.Error as exc:
-                log.warning("advisory_pull_failed", error=repr(exc))
-                await asyncio.sleep(0.5)
+        await puller.consume(stop, self._handle_or_nak, what="max-deliveries advisories")
+
+    async def _handle_or_nak(self, msg: Msg) -> None:
+        try:
+            await self.handle(msg)
+        except Exception as exc:  # the store failed: the advisory comes back
+            log.error("undeliverable_failed", error=contract.clip(repr(exc), 500))
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=2.0)
 
     async def handle(self, msg: Msg) -> None:
         try:
