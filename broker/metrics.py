@@ -167,7 +167,8 @@ class Metrics(reconcile.Observer):
         self.failures: collections.deque[NodeFailure] = collections.deque(maxlen=failures_kept)
         self._nodes: dict[str, base.NodeState] = {}
         self._node_listeners: list[NodeListener] = []
-        self._dispatched: set[tuple[str, int]] = set()
+        self._dispatched: set[str] = set()
+        """Jobs whose first pod was created (dispatch latency is observed once per job)."""
         self._queues: set[str] = set()
         self.pending: dict[str, int] = {}
         """Submissions not yet acked by intake, per queue (JOBQ_SUBMIT work-queue stream)."""
@@ -225,7 +226,7 @@ class Metrics(reconcile.Observer):
             self.attempts.labels(queue=queue).inc(len(after.attempts) - len(before.attempts))
         if after.phase.is_terminal and not before.phase.is_terminal:
             self.finished.labels(queue=queue, outcome=after.phase.value).inc()
-            self._dispatched = {k for k in self._dispatched if k[0] != after.spec.id}
+            self._dispatched.discard(after.spec.id)
         previous = {a.number: a for a in before.attempts}
         for attempt in after.attempts:
             old = previous.get(attempt.number)
@@ -270,10 +271,13 @@ class Metrics(reconcile.Observer):
         self.unschedulable_total.labels(queue=record.spec.queue if record else "unknown").inc()
 
     def pod_created(self, record: contract.JobRecord, spec: contract.PodSpec) -> None:
-        key = (record.spec.id, spec.attempt)
-        if spec.attempt != 1 or key in self._dispatched:
+        """Observe submit -> the job's first pod confirmed created. That is usually attempt 1's,
+        but attempt 1's create can fail or end uncertain (its node died mid-create), and then it is
+        a later attempt's. An earlier attempt that ran had a pod (created by an earlier leader)."""
+        ran_before = any(a.started_at for a in record.attempts[: spec.attempt - 1])
+        if record.spec.id in self._dispatched or ran_before:
             return
-        self._dispatched.add(key)
+        self._dispatched.add(record.spec.id)
         latency = seconds(record.submitted_at, self._clock())
         if latency is not None:
             self.dispatch.labels(queue=record.spec.queue).observe(latency)
