@@ -30,10 +30,12 @@ test: setup lint typecheck
 	$(BIN)/python -m pytest -q tests
 
 # Measurements, not tests (not part of `make test`): node-death recovery on a real control plane,
-# Job vs jobq (~10 min, docs/kubernetes.md), then recovery over many jobs on the embedded stack.
+# Job vs jobq (~10 min, docs/kubernetes.md), then recovery over many jobs on the embedded stack,
+# then what fsyncing every JetStream write costs (~2 min, docs/configuration.md#nats-fsync).
 bench: setup
 	$(BIN)/python -m bench.k8s_recovery
 	$(BIN)/python bench/recovery.py
+	$(BIN)/python -m bench.fsync
 
 clean:
 	rm -rf .jobq $(VENV)

@@ -2,8 +2,9 @@
 
 The layout is created idempotently at start (``Store.open``). Job records are written with
 compare-and-set on the KV revision, so two dispatchers (or a dispatcher and ``jobq cancel``) can
-never overwrite each other's transition. Publishes are retried on the brief "no responders"
-windows of a JetStream leader election.
+never overwrite each other's transition; the dispatcher also stamps each record it writes with its
+leader epoch (``JobRecord.epoch``, docs/design/dispatcher.md "Leadership and fencing").
+Publishes are retried on the brief "no responders" windows of a JetStream leader election.
 """
 
 from __future__ import annotations

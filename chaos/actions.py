@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import signal
@@ -79,35 +80,33 @@ def submit_burst(
     queue: str = "default",
     configuration: Configuration = None,
 ) -> dict[str, Any]:
-    """Submit ``count`` demo.sleep jobs of ``min_seconds``..``max_seconds``, labelled with the run id."""
+    """Submit ``count`` demo.witness jobs of ``min_seconds``..``max_seconds``, labelled with the run
+    id. Each attempt logs its start and end (with the token it wrote) to the run's ledger; the
+    publish acks are kept in the run state: the exactly-once checker's evidence."""
     run_id = target.run_id(configuration)
+    checker = target.load_checker()
     state = RunState.load(configuration)
-    first = len(state.burst)
-    specs: list[dict[str, Any]] = []
-    for i in range(first, first + count):
-        step = (i % 5) / 4
-        seconds = round(min_seconds + (max_seconds - min_seconds) * step, 2)
-        specs.append(
-            {
-                "id": f"{run_id}-{i:03d}",
-                "task": "demo.sleep",
-                "queue": queue,
-                "profile": "small",
-                "args": {"seconds": seconds, "progress_steps": 2},
-                "labels": {target.BURST_LABEL: run_id},
-            }
-        )
+    ledger = target.ledger_path(configuration)
+    ledger.parent.mkdir(parents=True, exist_ok=True)
+    durations = [round(min_seconds + (max_seconds - min_seconds) * step / 4, 2) for step in range(5)]
+    specs = checker.witness_specs(
+        count, ledger, seconds=durations, prefix=run_id, start=len(state.burst), queue=queue,
+        labels={target.BURST_LABEL: run_id},
+    )
 
-    async def go(client: JobqClient) -> None:
-        for spec in specs:
-            await client.submit(spec)
+    async def go(client: JobqClient) -> dict[str, int]:
+        acked: dict[str, int] = await checker.submit_witnessed(client, specs)
+        return acked
 
-    target.run_async(lambda: target.with_client(configuration, go))
-    state.burst.extend(s["id"] for s in specs)
+    acked = target.run_async(lambda: target.with_client(configuration, go))
+    state.burst.extend(s.id for s in specs)
+    state.acked.update(acked)
+    state.ledger = str(ledger)
     state.submitted_at = state.submitted_at or target.now_iso()
     state.save(configuration)
-    target.log.info("chaos_burst_submitted", run_id=run_id, jobs=count)
-    return {"run_id": run_id, "submitted": count, "first": specs[0]["id"], "last": specs[-1]["id"]}
+    target.log.info("chaos_burst_submitted", run_id=run_id, jobs=count, ledger=str(ledger))
+    return {"run_id": run_id, "submitted": count, "acked": len(acked), "first": specs[0].id,
+            "last": specs[-1].id}
 
 
 def wait_for_drain(timeout_s: float = 120.0, configuration: Configuration = None) -> dict[str, int]:
@@ -123,18 +122,43 @@ def wait_for_drain(timeout_s: float = 120.0, configuration: Configuration = None
     return target.run_async(lambda: target.with_client(configuration, go))
 
 
+def _burst(configuration: Configuration) -> tuple[list[str], str | None]:
+    state = RunState.load(configuration)
+    return state.burst, state.ledger
+
+
+def started_attempts(ledger: str | None) -> set[tuple[str, int]]:
+    """(job, attempt) pairs whose task has begun, per the burst's ledger (their own ``start``
+    lines); unreadable lines are skipped."""
+    found: set[tuple[str, int]] = set()
+    if not ledger:
+        return found
+    with contextlib.suppress(OSError), open(ledger, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                entry = json.loads(line)
+                if entry["event"] == "start":
+                    found.add((str(entry["job_id"]), int(entry["attempt"])))
+    return found
+
+
 async def _running_on_nodes(
-    client: JobqClient, ids: list[str], *, at_least: int, timeout_s: float
+    client: JobqClient, ids: list[str], *, at_least: int, timeout_s: float, ledger: str | None = None
 ) -> Counter[str]:
-    """Wait until ``at_least`` jobs of the burst run; return running attempts per node."""
+    """Wait until ``at_least`` jobs of the burst run; return running attempts per node. With the
+    burst's ``ledger``, an attempt counts once its task has begun (its ledger ``start`` line), not
+    merely its pod: a disruption then hits tasks mid-way, whose stale attempts can go on to write."""
     by_node: Counter[str] = Counter()
     want = min(at_least, len(ids))
 
     async def enough() -> bool:
         by_node.clear()
+        started = started_attempts(ledger) if ledger else set()
         for record in (await target.burst_records(client, ids)).values():
             current = record.current if record else None
             if current and current.state == contract.AttemptState.RUNNING and current.node:
+                if ledger and record is not None and (record.spec.id, current.number) not in started:
+                    continue
                 by_node[current.node] += 1
         return sum(by_node.values()) >= want
 
@@ -175,13 +199,16 @@ def kill_nodes(
     timeout_s: float = 60.0,
     configuration: Configuration = None,
 ) -> dict[str, Any]:
-    """SIGKILL ``count`` node agents (their pods die with them) once ``min_running`` burst jobs run.
+    """SIGKILL ``count`` node agents (their pods die with them) once ``min_running`` burst jobs run
+    (jobs whose task has begun, per the burst's ledger).
 
     ``pick``: ``busiest`` (most running burst jobs) or ``random``; ``names`` overrides both."""
-    ids = RunState.load(configuration).burst
+    ids, ledger = _burst(configuration)
 
     async def go(client: JobqClient) -> dict[str, Any]:
-        by_node = await _running_on_nodes(client, ids, at_least=min_running, timeout_s=timeout_s)
+        by_node = await _running_on_nodes(
+            client, ids, at_least=min_running, timeout_s=timeout_s, ledger=ledger
+        )
         statuses = await target.node_statuses(client.nc)
         victims = _choose(sorted(statuses), by_node, count=count, names=_names(names), pick=pick)
         killed = []
@@ -255,10 +282,12 @@ def partition_node(
 ) -> dict[str, Any]:
     """SIGSTOP a node agent and its pods' process groups for ``duration_s``, then SIGCONT them:
     alive but silent, like a machine behind a network partition that later heals."""
-    ids = RunState.load(configuration).burst
+    ids, ledger = _burst(configuration)
 
     async def pick(client: JobqClient) -> contract.NodeStatus:
-        by_node = await _running_on_nodes(client, ids, at_least=min_running, timeout_s=timeout_s)
+        by_node = await _running_on_nodes(
+            client, ids, at_least=min_running, timeout_s=timeout_s, ledger=ledger
+        )
         statuses = await target.node_statuses(client.nc)
         victim = _choose(sorted(statuses), by_node, count=1, names=[name] if name else None, pick="busiest")[
             0
@@ -318,13 +347,15 @@ def rolling_node_kill(
 ) -> dict[str, Any]:
     """SIGKILL the busiest node every ``interval_s`` while work continues; with ``restart``, each
     killed node is started again just before the next kill, so capacity remains."""
-    ids = RunState.load(configuration).burst
+    ids, ledger = _burst(configuration)
 
     async def go(client: JobqClient) -> dict[str, Any]:
         rounds = []
         killed_count: Counter[str] = Counter()
         for _ in range(kills):
-            by_node = await _running_on_nodes(client, ids, at_least=min_running, timeout_s=timeout_s)
+            by_node = await _running_on_nodes(
+                client, ids, at_least=min_running, timeout_s=timeout_s, ledger=ledger
+            )
             statuses = await target.node_statuses(client.nc)
             alive = sorted(statuses)
             if len(alive) < 2:
@@ -386,10 +417,12 @@ def kill_dispatcher_leader(
     ``<host>-<pid>``, checked against the stack's dispatchers). ``restart``: start it again at
     once (true), never (false), or only when there is no standby (``auto``). Recovered when
     another identity holds the lease."""
-    ids = RunState.load(configuration).burst
+    ids, ledger = _burst(configuration)
 
     async def go(client: JobqClient) -> dict[str, Any]:
-        await _running_on_nodes(client, ids, at_least=min_running, timeout_s=timeout_s)
+        await _running_on_nodes(
+            client, ids, at_least=min_running, timeout_s=timeout_s, ledger=ledger
+        )
         holder = await _lease_holder(client)
         if holder is None:
             raise ChaosError("no dispatcher holds the leader lease")
@@ -488,7 +521,7 @@ def kill_nats_server(
     """SIGKILL one nats-server of the 3-server cluster: ``jobs-leader`` (the server leading the
     job records' stream), ``random``, or a server name (jobq-0..2). Recovered when every jobq
     stream has a leader again on a live server."""
-    ids = RunState.load(configuration).burst
+    ids, ledger = _burst(configuration)
 
     async def go(client: JobqClient) -> dict[str, Any]:
         servers: dict[str, int] = (await target.control(client.nc, "state"))["state"].get("nats_servers", {})
@@ -497,7 +530,9 @@ def kill_nats_server(
                 "broker kill needs a 3-server NATS cluster with R3 streams "
                 "(`jobq chaos run broker-kill` starts one)"
             )
-        await _running_on_nodes(client, ids, at_least=min_running, timeout_s=timeout_s)
+        await _running_on_nodes(
+            client, ids, at_least=min_running, timeout_s=timeout_s, ledger=ledger
+        )
         if server == "jobs-leader":
             name = (await _stream_leaders(client))[f"KV_{contract.BUCKET_JOBS}"]
         elif server == "random":

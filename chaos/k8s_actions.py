@@ -110,10 +110,12 @@ def _victim(configuration: Configuration, name: str, *, min_running: int, timeou
     """``name``, or with ``busiest`` the live node running the most burst jobs."""
     if name != "busiest":
         return name
-    ids = RunState.load(configuration).burst
+    state = RunState.load(configuration)
 
     async def go(client: JobqClient) -> Counter[str]:
-        return await _running_on_nodes(client, ids, at_least=min_running, timeout_s=timeout_s)
+        return await _running_on_nodes(
+            client, state.burst, at_least=min_running, timeout_s=timeout_s, ledger=state.ledger
+        )
 
     by_node = target.run_async(lambda: target.with_client(configuration, go))
     return _choose(_live_agents(configuration), by_node, count=1, names=None, pick="busiest")[0]

@@ -2,6 +2,11 @@
 
 Probes that judge the outcome first wait (with their own deadline) for the burst to finish, so a
 steady-state check after the method sees the end state rather than work still in flight.
+
+Exactly-once is judged by the independent checker (``tests/checker.py``, loaded by
+``target.load_checker``) from evidence the dispatcher does not produce: the burst's publish acks,
+the execution ledger its ``demo.witness`` attempts write, result keys, artifacts as readers get
+them, job records and events (:func:`exactly_once_defects`).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import contextlib
 import datetime as dt
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -24,14 +30,13 @@ from submitter.client import JobqClient
 __all__ = [
     "burst_succeeded",
     "dispatcher_healthy",
-    "duplicate_results",
+    "exactly_once_defects",
     "jobs_by_state",
-    "lost_jobs",
     "new_run_id",
     "nodes_ready",
     "recovery_seconds",
     "retries_by_reason",
-    "unfenced_stale_attempts",
+    "stale_pods_left",
     "within_slo",
 ]
 
@@ -74,27 +79,45 @@ def burst_succeeded(timeout_s: float = 120.0, configuration: Configuration = Non
     return target.run_async(lambda: target.with_client(configuration, go))
 
 
-def lost_jobs(timeout_s: float = 120.0, configuration: Configuration = None) -> int:
-    """Jobs of the burst that never finished (no terminal record ``timeout_s`` after asking)."""
-    ids = _ids(configuration)
+def exactly_once_defects(timeout_s: float = 120.0, configuration: Configuration = None) -> int:
+    """Defects the independent checker finds in the burst (tolerance 0): jobs lost (acked but not
+    succeeded), duplicated (more than one accepted result), unproven (an accepted result no ledger
+    line of that attempt's pod vouches for) or stale-visible (readers get another token than the
+    accepted attempt's). Waits up to ``timeout_s`` for the burst to end. Its figures (and
+    ``stale_writes``: superseded attempts that finished and wrote anyway) go to the run state and
+    the report. Before a burst is submitted there is nothing to judge: 0."""
+    state = RunState.load(configuration)
+    if not state.burst:
+        return 0
+    checker = target.load_checker()
+    wait_s = 0.5 if state.gave_up_waiting_at else timeout_s
 
-    async def go(client: JobqClient) -> int:
-        await target.wait_terminal(client, ids, timeout_s=timeout_s, configuration=configuration)
-        records = await target.burst_records(client, ids)
-        return sum(1 for r in records.values() if r is None or not r.phase.is_terminal)
+    async def go(client: JobqClient) -> Any:
+        return await checker.check(
+            client, acked=state.acked, ledger=Path(state.ledger or target.ledger_path(configuration)),
+            timeout_s=wait_s,
+        )
 
-    return target.run_async(lambda: target.with_client(configuration, go))
-
-
-def duplicate_results(configuration: Configuration = None) -> int:
-    """Jobs of the burst with more than one accepted result (more than one ``succeeded`` event)."""
-    ids = _ids(configuration)
-
-    async def go(client: JobqClient) -> int:
-        counts = [await target.count_events(client, i, contract.EventType.SUCCEEDED) for i in ids]
-        return sum(1 for n in counts if n > 1)
-
-    return target.run_async(lambda: target.with_client(configuration, go))
+    report = target.run_async(lambda: target.with_client(configuration, go))
+    summary: dict[str, int] = {str(k): int(v) for k, v in report.summary().items()}
+    unacked = len(state.burst) - len(state.acked)  # a publish the system never acknowledged
+    if unacked:
+        summary["unacked"] = unacked
+    flagged: dict[str, list[str]] = {name: list(getattr(report, name)) for name in checker.FINDINGS}
+    named = sorted({job_id for ids in flagged.values() for job_id in ids})[:50]
+    latest = RunState.load(configuration)
+    latest.checks.append({
+        "at": target.now_iso(),
+        "summary": summary,
+        "flagged": flagged,
+        "details": {job_id: list(report.details.get(job_id, [])) for job_id in named},
+        "notes": [str(n) for n in report.notes[:20]],
+    })
+    if flagged["lost"] and not latest.gave_up_waiting_at:
+        latest.gave_up_waiting_at = target.now_iso()  # later probes do not wait again
+    latest.save(configuration)
+    target.log.info("chaos_exactly_once", run_id=state.run_id, **summary, flagged=flagged)
+    return summary["defects"] + unacked
 
 
 def retries_by_reason(configuration: Configuration = None) -> dict[str, int]:
@@ -219,16 +242,17 @@ def nodes_ready(expected: int = 3, timeout_s: float = 30.0, configuration: Confi
     return target.run_async(lambda: target.with_client(configuration, go))
 
 
-def unfenced_stale_attempts(timeout_s: float = 30.0, configuration: Configuration = None) -> int:
-    """After a partition heals: superseded attempts whose result was accepted, or whose pod is
-    still on the node ``timeout_s`` later. Zero means every stale attempt was fenced."""
+def stale_pods_left(timeout_s: float = 30.0, configuration: Configuration = None) -> int:
+    """After a partition heals: pods of superseded attempts still on their node ``timeout_s``
+    later, as the node itself reports them (its heartbeat). Zero means every stale pod was killed.
+    (Whether a stale attempt's output was accepted or is visible is the checker's part:
+    :func:`exactly_once_defects`.)"""
     state = RunState.load(configuration)
     partitions = [d for d in state.disruptions if d["kind"] == "partition"]
 
     async def go(client: JobqClient) -> int:
         records = await target.burst_records(client, state.burst)
         stale: dict[str, set[str]] = {}
-        bad = 0
         for d in partitions:
             for pod in d.get("pods", []):
                 job_id, _, attempt = pod.rpartition("#")
@@ -236,8 +260,6 @@ def unfenced_stale_attempts(timeout_s: float = 30.0, configuration: Configuratio
                 if record is None or len(record.attempts) <= int(attempt):
                     continue  # the attempt was not superseded: nothing to fence
                 stale.setdefault(d["target"], set()).add(pod)
-                if record.result_attempt == int(attempt):
-                    bad += 1
         leftovers: set[str] = set()
 
         async def pods_gone() -> bool:
@@ -252,11 +274,8 @@ def unfenced_stale_attempts(timeout_s: float = 30.0, configuration: Configuratio
         if stale:
             await target.poll(pods_gone, timeout_s=timeout_s, interval_s=0.3)
         target.log.info(
-            "chaos_fencing",
-            stale=sorted(p for s in stale.values() for p in s),
-            accepted_stale=bad,
-            pods_left=sorted(leftovers),
+            "chaos_fencing", stale=sorted(p for s in stale.values() for p in s), pods_left=sorted(leftovers)
         )
-        return bad + len(leftovers)
+        return len(leftovers)
 
     return target.run_async(lambda: target.with_client(configuration, go))

@@ -1,9 +1,11 @@
-"""A self-contained HTML report of one chaos run: the verdict, what was disrupted and when, each
-affected job's attempts on a timeline, recovery times and retries by reason.
+"""A self-contained HTML report of one chaos run: the verdict, what was disrupted and when, the
+exactly-once checker's findings, each affected job's attempts on a timeline, recovery times and
+retries by reason.
 
 Input: Chaos Toolkit's journal plus the snapshot the runner takes of what the system recorded
-(job records and events of the burst, the run's disruptions); without a snapshot the report is
-built from the journal alone.
+(job records and events of the burst, the run's disruptions, the checker's last judgement, see
+``chaos.probes.exactly_once_defects``); without a snapshot the report is built from the journal
+alone.
 """
 
 from __future__ import annotations
@@ -133,6 +135,49 @@ def _ssh_table(ssh: Mapping[str, Any] | None) -> str:
     return f"<table><tr><th>probe</th><th>value</th><th>tolerance</th></tr>{rows}</table>"
 
 
+FINDINGS = (
+    ("lost", "lost", "acked, but not succeeded"),
+    ("duplicated", "duplicated", "more than one accepted result"),
+    ("unproven", "unproven", "accepted without a ledger line of that attempt's pod and token"),
+    ("stale_visible", "stale to readers", "readers get another token than the accepted attempt's"),
+)
+
+
+def _exactly_once(check: Mapping[str, Any] | None) -> str:
+    """The independent checker's last judgement (figures, flagged jobs and why)."""
+    head = "<h2>Exactly once (independent checker)</h2>"
+    if not check:
+        return head + "<p class='muted'>The checker did not judge this run.</p>"
+    summary: Mapping[str, Any] = check.get("summary", {})
+    flagged: Mapping[str, Sequence[str]] = check.get("flagged", {})
+    rows = []
+    for key, label, what in FINDINGS:
+        value = summary.get(key, "?")
+        which = ", ".join(flagged.get(key, [])[:20]) or "-"
+        rows.append(
+            f"<tr><td>{_e(label)}</td><td class='{'bad' if value else 'ok'}'>{_e(value)}</td>"
+            f"<td class='muted'>{_e(what)}</td><td>{_e(which)}</td></tr>"
+        )
+    cells = "".join(rows)
+    why = "".join(
+        f"<li><code>{_e(job_id)}</code>: {_e('; '.join(reasons))}</li>"
+        for job_id, reasons in (check.get("details") or {}).items()
+    )
+    return (
+        head
+        + f"<p>jobs acked <b>{_e(summary.get('jobs', '?'))}</b>, "
+        f"defects <b>{_e(summary.get('defects', '?'))}</b>; "
+        f"attempts that ran <b>{_e(summary.get('ran', '?'))}</b> (re-runs {_e(summary.get('reruns', '?'))}), "
+        f"stale writes <b>{_e(summary.get('stale_writes', '?'))}</b> (superseded attempts that finished and "
+        f"wrote anyway); judged {_e(check.get('at', ''))}</p>"
+        "<table><tr><th>finding</th><th>jobs</th><th>meaning</th><th>which</th></tr>" + cells + "</table>"
+        + (f"<ul>{why}</ul>" if why else "")
+        + "<p class='muted'>Evidence the dispatcher does not produce: publish acks, the ledger the "
+        "demo.witness attempts write, result keys, artifacts and results as readers get them, job "
+        "records and events (tests/checker.py).</p>"
+    )
+
+
 def render(
     journal: Mapping[str, Any], snapshot: Mapping[str, Any] | None = None, *, problems: Sequence[str] = ()
 ) -> str:
@@ -150,16 +195,6 @@ def render(
     retries: Counter[str] = Counter()
     for r in records:
         retries.update(r.get("retries", {}))
-    successes = {
-        job_id: sum(1 for e in j.get("events", []) if e.get("type") == "succeeded")
-        for job_id, j in jobs.items()
-    }
-    lost = sum(
-        1
-        for j in jobs.values()
-        if not j.get("record") or j["record"].get("phase") not in ("succeeded", "dead", "cancelled")
-    )
-
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>jobq chaos: {_e(experiment.get('title', ''))}</title><style>{CSS}</style></head><body>",
@@ -174,11 +209,11 @@ def render(
         parts.append("<ul>" + "".join(f"<li class='bad'>{_e(p)}</li>" for p in problems) + "</ul>")
     parts.append(
         f"<h2>Jobs</h2><p>submitted <b>{len(jobs)}</b>, succeeded <b>{phases.get('succeeded', 0)}</b>, "
-        f"dead {phases.get('dead', 0)}, lost <b>{lost}</b>, duplicate results "
-        f"<b>{sum(1 for n in successes.values() if n > 1)}</b>; retries by reason: "
+        f"dead {phases.get('dead', 0)}; retries by reason: "
         + (", ".join(f"<b>{_e(k)}</b> {v}" for k, v in sorted(retries.items())) or "none")
         + "</p>"
     )
+    parts.append(_exactly_once(snapshot.get("exactly_once")))
 
     parts.append("<h2>Disruptions and recovery</h2>")
     if disruptions:

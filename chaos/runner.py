@@ -145,7 +145,8 @@ class BackgroundStack:
 
 
 async def snapshot(configuration: Mapping[str, Any]) -> dict[str, Any]:
-    """What the system recorded about the run's burst: records and events, for the report."""
+    """What the system recorded about the run's burst: records and events, and the exactly-once
+    checker's last judgement (made by the steady-state probe), for the report."""
     cfg = dict(configuration)
     state = RunState.load(cfg)
     jobs: dict[str, Any] = {}
@@ -164,6 +165,7 @@ async def snapshot(configuration: Mapping[str, Any]) -> dict[str, Any]:
         "disruptions": state.disruptions,
         "recoveries": probes.recoveries(records, state.disruptions),
         "jobs": jobs,
+        "exactly_once": state.checks[-1] if state.checks else None,
     }
 
 
@@ -231,11 +233,13 @@ def run(
             snap = asyncio.run(snapshot(configuration))
         except Exception as exc:  # the report still renders from the journal alone
             log.warning("chaos_snapshot_failed", error=repr(exc))
+            state = RunState.load(configuration)
             snap = {
                 "run_id": run_id,
                 "jobs": {},
-                "disruptions": RunState.load(configuration).disruptions,
+                "disruptions": state.disruptions,
                 "recoveries": [],
+                "exactly_once": state.checks[-1] if state.checks else None,
             }
     finally:
         if background is not None:

@@ -9,8 +9,13 @@ Restarts go through the stack supervisor's control subject, so they work the sam
 ``jobq up`` and against the stack ``jobq chaos run`` starts.
 
 Chaos Toolkit cannot pass an action's output to a later probe, so each run keeps a small state
-file, ``<data_dir>/chaos/<run_id>.json``: the burst it submitted and every disruption (what, when,
-which process). Probes and the HTML report read it back.
+file, ``<data_dir>/chaos/<run_id>.json``: the burst it submitted (with each job's publish ack),
+every disruption (what, when, which process) and the exactly-once checker's findings. Probes and
+the HTML report read it back. The burst's ``demo.witness`` jobs write their execution ledger to
+``<data_dir>/chaos/<run_id>.ledger.jsonl``.
+
+The judge of exactly-once is the independent checker ``tests/checker.py`` (:func:`load_checker`),
+which is not part of the installed package on purpose; see docs/chaos.md.
 """
 
 from __future__ import annotations
@@ -19,11 +24,14 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import importlib.util
 import json
 import os
+import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
+from types import ModuleType
 from typing import Any, TypeVar
 
 import structlog
@@ -102,6 +110,12 @@ class RunState:
     disruptions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     gave_up_waiting_at: str | None = None
     """Set when a wait for the burst timed out after the method: later probes do not wait again."""
+    acked: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Job id -> stream sequence of its submission's PubAck: the jobs the system accepted."""
+    ledger: str | None = None
+    """The burst's execution ledger (absolute path; written by the demo.witness attempts)."""
+    checks: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    """Every judgement of the exactly-once checker in this run: its summary and flagged jobs."""
 
     @classmethod
     def path_for(cls, configuration: Configuration) -> Path:
@@ -120,6 +134,9 @@ class RunState:
             submitted_at=raw.get("submitted_at"),
             disruptions=list(raw.get("disruptions", [])),
             gave_up_waiting_at=raw.get("gave_up_waiting_at"),
+            acked={str(k): int(v) for k, v in (raw.get("acked") or {}).items()},
+            ledger=raw.get("ledger"),
+            checks=list(raw.get("checks", [])),
         )
 
     def save(self, configuration: Configuration) -> None:
@@ -128,6 +145,41 @@ class RunState:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(dataclasses.asdict(self), indent=2))
         tmp.replace(path)
+
+
+def ledger_path(configuration: Configuration) -> Path:
+    """Where the burst's demo.witness attempts append their start and end lines (absolute: the
+    pods run in other working directories)."""
+    return (data_dir(configuration) / "chaos" / f"{run_id(configuration)}.ledger.jsonl").resolve()
+
+
+CHECKER_ENV = "JOBQ_CHECKER"
+"""Path of ``checker.py`` when the chaos package runs outside a jobq checkout."""
+
+
+def load_checker() -> ModuleType:
+    """The independent exactly-once checker, ``tests/checker.py`` of the checkout this package
+    runs from (or the file JOBQ_CHECKER names). It is deliberately not shipped in the wheel: the
+    judge shares no code with what it judges beyond the wire contract and the SDK's readers."""
+    name = "jobq_exactly_once_checker"
+    if name in sys.modules:
+        return sys.modules[name]
+    checkout = Path(__file__).resolve().parent.parent
+    path = Path(os.environ.get(CHECKER_ENV) or checkout / "tests" / "checker.py")
+    spec = importlib.util.spec_from_file_location(name, path) if path.is_file() else None
+    if spec is None or spec.loader is None:
+        raise ChaosError(
+            f"the exactly-once checker is not at {path}: jobq's chaos probes run from a jobq checkout "
+            f"(tests/checker.py is not part of the package), or set {CHECKER_ENV} to its path"
+        )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
 
 
 def record_disruption(configuration: Configuration, disruption: dict[str, Any]) -> None:
@@ -163,7 +215,7 @@ async def control(nc: NATS, op: str, **fields: Any) -> dict[str, Any]:
     """Ask the stack supervisor to (re)start something; raises ChaosError if it refuses."""
     payload = json.dumps({"op": op, **fields}).encode()
     try:
-        msg = await natsutil.retry(lambda: nc.request(CONTROL_SUBJECT, payload, timeout=30), attempts=8)
+        msg = await natsutil.retry(lambda: nc.request(CONTROL_SUBJECT, payload, timeout=30), budget_s=60)
     except Exception as exc:
         raise ChaosError(
             f"the stack supervisor did not answer {op!r} on {CONTROL_SUBJECT} ({exc!r}); "
@@ -212,10 +264,6 @@ async def wait_terminal(
             state.save(configuration)
         return False
     return True
-
-
-async def count_events(client: JobqClient, job_id: str, kind: contract.EventType) -> int:
-    return sum(1 for e in await client.events(job_id) if e.type == kind)
 
 
 async def poll(check: Callable[[], Awaitable[bool]], *, timeout_s: float, interval_s: float = 0.2) -> bool:

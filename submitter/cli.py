@@ -204,13 +204,17 @@ def cli(ctx: click.Context, log_format: str | None, log_level: str) -> None:
 @click.option("--dispatchers", default=1, show_default=True, help="Dispatchers (one leads, others stand by).")
 @click.option("--nats-servers", type=click.Choice(["1", "3"]), default="1", show_default=True,
               help="NATS servers to start: 3 makes a cluster with replicated (R3) streams.")
+@click.option("--nats-sync", type=click.Choice(["always", "default"]), default=None,
+              help="fsync of the NATS we start: always (every write, before its ack) or nats-server's "
+                   "default (every 2 min; faster, acked writes can die with the machine). "
+                   "Default: $JOBQ_NATS_SYNC, else always.")
 @click.option("--backend", type=click.Choice(["local", "kubernetes"]), default="local", show_default=True,
               help="Where pods run: local node agents, or a Kubernetes cluster (no local nodes).")
 @click.option("--kubeconfig", type=click.Path(path_type=Path), default=None,
               help="Kubeconfig for --backend kubernetes (default: the one of `jobq dev-cluster up`).")
 def up(nodes: int, node_cpu: float, node_memory: str, data_dir: Path, nats_url: str | None,
-       nats_port: int, http_port: int, dispatchers: int, nats_servers: str, backend: str,
-       kubeconfig: Path | None) -> None:
+       nats_port: int, http_port: int, dispatchers: int, nats_servers: str, nats_sync: str | None,
+       backend: str, kubeconfig: Path | None) -> None:
     """Run the embedded stack in the foreground until Ctrl-C.
 
     Starts a real nats-server with JetStream (unless --nats is given), the dispatcher and NODES
@@ -223,6 +227,10 @@ def up(nodes: int, node_cpu: float, node_memory: str, data_dir: Path, nats_url: 
                                  node_memory=node_memory, nats_url=nats_url, nats_port=nats_port,
                                  http_port=http_port, dispatchers=dispatchers,
                                  nats_servers=int(nats_servers))
+    if nats_sync is not None:
+        import dataclasses
+
+        config = dataclasses.replace(config, nats_sync_always=nats_sync == "always")
     if backend == "kubernetes":
         import dataclasses
 

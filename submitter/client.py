@@ -7,6 +7,10 @@
 
 Submissions are JetStream publishes with ``Nats-Msg-Id`` set to the idempotency key (or the job
 id), retried through leader elections; the dispatcher runs a key once however often it is sent.
+
+A job's outputs are read from its accepted attempt only (the record's ``result_attempt``): its
+result (``result``, ``result_of``) and its artifacts (``artifact``), each checked against the
+writer the dispatcher accepted, so what a superseded attempt stored is never handed out.
 """
 
 from __future__ import annotations
@@ -45,6 +49,16 @@ class JobFailed(JobqError):
 
 class JobNotFound(JobqError):
     """No job has that id (never submitted, or not accepted yet)."""
+
+
+class ArtifactNotFound(JobqError, LookupError):
+    """The job has no accepted result (not finished, dead or cancelled), or its accepted attempt
+    stored no artifact of that name."""
+
+
+class OutputRejected(JobqError):
+    """A stored result or artifact of the job's accepted attempt was not written by that
+    attempt's pod (its writer stamp differs from the one the dispatcher accepted)."""
 
 
 class InvalidJob(JobqError, ValueError):
@@ -250,10 +264,12 @@ class JobqClient:
         return done
 
     async def result_of(self, record: contract.JobRecord) -> contract.TaskResult:
-        if record.phase != contract.JobPhase.SUCCEEDED or record.result_attempt is None:
+        """The accepted result of a finished job: the one its record's ``result_attempt`` names,
+        written by that attempt's pod. Raises JobFailed (no accepted result) or OutputRejected."""
+        attempt = contract.accepted_attempt(record)
+        if record.phase != contract.JobPhase.SUCCEEDED or attempt is None:
             raise JobFailed(record)
         if record.spec.task is None:
-            attempt = record.attempts[record.result_attempt - 1]
             return contract.TaskResult(
                 job_id=record.spec.id,
                 attempt=attempt.number,
@@ -261,12 +277,51 @@ class JobqClient:
                 started_at=attempt.started_at or attempt.created_at,
                 finished_at=attempt.finished_at or attempt.created_at,
             )
-        kv = await self.js.key_value(contract.BUCKET_RESULTS)
-        entry = await kv.get(contract.result_key(record.spec.id, record.result_attempt))
-        return contract.TaskResult.model_validate_json(entry.value or b"{}")
+        key = contract.result_key(record.spec.id, attempt.number)
+        try:
+            entry = await (await self.js.key_value(contract.BUCKET_RESULTS)).get(key)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.BucketNotFoundError):
+            raise OutputRejected(
+                f"job {record.spec.id} succeeded but its accepted result {key} is missing") from None
+        result = contract.TaskResult.model_validate_json(entry.value or b"{}")
+        problem = result.acceptance_problem(attempt)
+        if problem:
+            raise OutputRejected(f"the stored result {key} of job {record.spec.id} is not its accepted "
+                                 f"attempt's: {problem}")
+        return result
 
     async def result(self, job_id: str, *, timeout: float | None = None) -> contract.TaskResult:
+        """Wait for the job to finish and return its accepted result (see ``result_of``)."""
         return await JobHandle(self, job_id).result(timeout=timeout)
+
+    async def artifact(self, job_id: str, name: str) -> bytes:
+        """Artifact ``name`` of the job's accepted attempt (``contract.artifact_key(job_id,
+        result_attempt, name)``), written by the same pod as its accepted result. Does not wait:
+        raises JobNotFound, ArtifactNotFound (no accepted result yet or at all, or no such
+        artifact) or OutputRejected (the stored object was written by another pod)."""
+        record = await self.get(job_id)
+        if record is None:
+            raise JobNotFound(f"no job {job_id}")
+        attempt = contract.accepted_attempt(record)
+        if attempt is None:
+            raise ArtifactNotFound(f"job {job_id} has no accepted result (it is {record.phase}): "
+                                   "only the artifacts of a job's accepted attempt are handed out")
+        writer = attempt.writer
+        if writer is None:  # a command job, or a record from before writers were recorded
+            writer = (await self.result_of(record)).writer
+        key = contract.artifact_key(job_id, attempt.number, name)
+        try:
+            store = await self.js.object_store(contract.OBJECT_STORE_ARTIFACTS)
+            got = await store.get(key)
+        except nats.js.errors.NotFoundError:  # the bucket, the object, or a deleted object
+            raise ArtifactNotFound(f"job {job_id}'s accepted attempt {attempt.number} stored no "
+                                   f"artifact {name!r} ({key})") from None
+        stamped = contract.Writer.from_object_headers(got.info.headers)
+        if writer is None or stamped != writer:
+            by = stamped.model_dump() if stamped is not None else "no stamped writer"
+            raise OutputRejected(f"artifact {key} was written by {by}, not by the pod of job {job_id}'s "
+                                 f"accepted attempt {attempt.number}")
+        return bytes(got.data or b"")
 
     # --- output -----------------------------------------------------------------------------
 

@@ -4,7 +4,10 @@ It announces its capacity and its pods on ``jobq.node.<name>.status`` every ``in
 every change, runs pods it is asked to run as process groups (``workers.pod_runtime``), kills
 pods that use more memory than they requested (reason ``OOMKilled``) and kills pods on request.
 Finished pods stay listed until the dispatcher deletes them, like Pod objects in Kubernetes; a
-failed pod's status carries the last lines of its log. Pod logs are served on
+failed pod's status carries the last lines of its log. Each pod gets a fresh uid (uuid4) in its
+environment (``JOBQ_POD_UID``) and its status, as Kubernetes gives every Pod object one: the
+worker stamps its outputs with it, and the dispatcher accepts a result only from the uid it sees
+running the attempt. Pod logs are served on
 ``jobq.node.<name>.pods.log`` and stay readable after their pod is deleted.
 SIGKILL of the agent takes its pods with it: that is a node dying.
 """
@@ -38,6 +41,8 @@ class _Pod:
     process: asyncio.subprocess.Process | None
     """None: the command could not be started (the pod is Failed with reason StartError)."""
     started_at: dt.datetime
+    uid: str
+    """Unique per pod this agent started (uuid4), given to the pod as contract.ENV_POD_UID."""
     phase: contract.PodPhase = contract.PodPhase.RUNNING
     exit_code: int | None = None
     reason: str = ""
@@ -59,6 +64,7 @@ class _Pod:
             pid=self.process.pid if self.process is not None else None,
             resources=self.spec.resources,
             log_tail=self.log_tail,
+            uid=self.uid,
         )
 
 
@@ -112,6 +118,8 @@ class NodeAgent:
         self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
+        self._epoch = 0
+        """The highest leader epoch seen on a create or delete request (the fencing token)."""
 
     def _allocated(self) -> tuple[float, int, int]:
         active = [p.spec.resources for p in self._pods.values() if p.finished_at is None]
@@ -202,6 +210,8 @@ class NodeAgent:
         except ValidationError as exc:
             await self._reply(msg, ok=False, error=f"invalid pod spec: {exc}")
             return
+        if not await self._admit_epoch(msg, "create", spec.name, spec.epoch):
+            return
         async with self._lock:
             if spec.name in self._pods:
                 await self._reply(msg, ok=True)
@@ -215,11 +225,14 @@ class NodeAgent:
             ):
                 await self._reply(msg, ok=False, error=f"insufficient resources on {self._s.name}")
                 return
+            uid = str(uuid.uuid4())
             env = {
                 **os.environ,
                 **spec.env,
                 "JOBQ_NODE": self._s.name,
                 "JOBQ_NATS_URL": spec.env.get("JOBQ_NATS_URL", self._s.nats_url),
+                contract.ENV_POD: spec.name,
+                contract.ENV_POD_UID: uid,
             }
             log_path = self._log_path(spec.name)
             started_at = contract.utcnow()
@@ -230,7 +243,7 @@ class NodeAgent:
             except OSError as exc:
                 # Like a container runtime's StartError: the pod exists and failed, for good.
                 self._pods[spec.name] = _Pod(
-                    spec=spec, process=None, started_at=started_at, phase=contract.PodPhase.FAILED,
+                    spec=spec, process=None, started_at=started_at, uid=uid, phase=contract.PodPhase.FAILED,
                     exit_code=contract.EXIT_START_ERROR, reason=contract.POD_REASON_START_ERROR,
                     finished_at=contract.utcnow(), log_tail=contract.tail_of(str(exc).encode()))
                 log.warning("pod_start_failed", pod=spec.name, job_id=spec.job_id, attempt=spec.attempt,
@@ -238,7 +251,7 @@ class NodeAgent:
                 await self._reply(msg, ok=True)
                 self._changed.set()
                 return
-            pod = self._pods[spec.name] = _Pod(spec=spec, process=process, started_at=started_at)
+            pod = self._pods[spec.name] = _Pod(spec=spec, process=process, started_at=started_at, uid=uid)
             task = asyncio.create_task(self._wait_pod(pod), name=f"pod-{spec.name}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -249,6 +262,7 @@ class NodeAgent:
             attempt=spec.attempt,
             node=self._s.name,
             pid=process.pid,
+            uid=uid,
         )
         await self._reply(msg, ok=True)
         self._changed.set()
@@ -275,8 +289,26 @@ class NodeAgent:
         )
         self._changed.set()
 
+    async def _admit_epoch(self, msg: Msg, op: str, pod: str, epoch: int) -> bool:
+        """Fencing: refuse a request from a leader epoch older than the newest one seen (a
+        dispatcher that was superseded, acting late). Logs every request with its epoch."""
+        if epoch < self._epoch:
+            log.warning("pod_request_refused", op=op, pod=pod, node=self._s.name, epoch=epoch,
+                        newest_epoch=self._epoch, reason="stale_epoch")
+            await self._reply(msg, ok=False, error=f"stale leader epoch {epoch} < {self._epoch}")
+            return False
+        self._epoch = epoch
+        log.info("pod_request", op=op, pod=pod, node=self._s.name, epoch=epoch)
+        return True
+
     async def _on_delete(self, msg: Msg) -> None:
         name = msg.data.decode()
+        try:
+            epoch = int((msg.headers or {}).get(contract.HEADER_EPOCH, "0"))
+        except ValueError:
+            epoch = 0
+        if not await self._admit_epoch(msg, "delete", name, epoch):
+            return
         pod = self._pods.get(name)
         if pod is not None and pod.process is not None and pod.finished_at is None:
             pod.killed_for = "Killed"

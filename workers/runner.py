@@ -9,15 +9,20 @@ Environment (all strings)::
     JOBQ_ARGS_FROM=record  read them from the job's record in KV bucket jobq_jobs (the dispatcher
                          sets this when they are bigger than contract.MAX_INLINE_ARGS_BYTES)
     JOBQ_NODE            the node running the pod (optional, reported in heartbeats and results)
+    JOBQ_POD             the pod's name (set by the dispatcher; default contract.pod_name(job, attempt))
+    JOBQ_POD_UID         the pod's uid (the node agent's, or Kubernetes' metadata.uid); optional
     JOBQ_HEARTBEAT_S     seconds between heartbeats (default 1.0)
     JOBQ_NATS_CREDS      a NATS credentials file; or JOBQ_NATS_USER + JOBQ_NATS_PASSWORD; or
     JOBQ_NATS_TOKEN      (all optional)
     JOBQ_NATS_WAIT_S     give up connecting after this many seconds (default 30)
 
-The first seven are the contract's ENV_* constants. It connects to NATS first (and reads the
+The first nine are the contract's ENV_* constants. It connects to NATS first (and reads the
 arguments from the job record if told to), starts heart-beating on ``contract.heartbeat_subject``,
-resolves and runs the task, writes ``contract.TaskResult`` to ``jobq_results`` and exits. The exit code is the
-interface to the dispatcher: see the EXIT_* constants; a task can choose its own with TaskExit.
+resolves and runs the task, creates ``contract.TaskResult`` in ``jobq_results`` once and exits.
+Every result and artifact is stamped with its writer (``contract.Writer``: pod, pod uid, node and
+the machine's boot id, from /proc/sys/kernel/random/boot_id); a result key that holds another
+writer's result is never overwritten (exit EXIT_RESULT_EXISTS). The exit code is the interface to
+the dispatcher: see the EXIT_* constants; a task can choose its own with TaskExit.
 SIGTERM/SIGINT stop the attempt (an async task is cancelled; a thread cannot be, so the process
 exits without waiting for it) with exit code 128 + signal; a second signal exits at once.
 """
@@ -55,6 +60,9 @@ EXIT_TASK_NOT_FOUND = contract.EXIT_TASK_NOT_FOUND
 """JOBQ_TASK is no built-in and cannot be imported. Not retried."""
 EXIT_NATS_UNREACHABLE = contract.EXIT_NATS_UNREACHABLE
 """NATS could not be reached within JOBQ_NATS_WAIT_S, or the result could not be written."""
+EXIT_RESULT_EXISTS = contract.EXIT_RESULT_EXISTS
+"""Another writer's result is already stored under this attempt's key: it was left alone."""
+BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 
@@ -76,12 +84,20 @@ class RunnerSettings:
     """``args`` is still to be read from the job's record (JOBQ_ARGS_FROM=record)."""
     nats_servers: tuple[str, ...] = (DEFAULT_NATS_URL,)
     node: str | None = None
+    pod: str = ""
+    """The pod's name (JOBQ_POD; default ``contract.pod_name(job_id, attempt)``)."""
+    pod_uid: str = ""
+    """The pod's uid (JOBQ_POD_UID), "" when not given."""
     heartbeat_s: float = 1.0
     """Seconds between heartbeats."""
     connect_wait_s: float = 30.0
     """Seconds to keep trying to reach NATS before exiting with EXIT_NATS_UNREACHABLE."""
     auth: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
     """nats.connect() credentials, from contract.nats_auth_options."""
+
+    def writer(self, *, boot_id: str = "") -> contract.Writer:
+        """Who this attempt's outputs are stamped with."""
+        return contract.Writer(pod=self.pod, pod_uid=self.pod_uid, node=self.node, boot_id=boot_id)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> RunnerSettings:
@@ -113,13 +129,25 @@ class RunnerSettings:
             raise SettingsError(f"set {contract.ENV_ARGS} or {contract.ENV_ARGS_FROM}, not both")
         args = parse_args(raw_args or "{}", source=contract.ENV_ARGS)
         servers = tuple(s.strip() for s in environ.get(contract.ENV_NATS_URL, "").split(",") if s.strip())
-        return cls(job_id=required(contract.ENV_JOB_ID), attempt=int(raw_attempt),
+        job_id, attempt = required(contract.ENV_JOB_ID), int(raw_attempt)
+        return cls(job_id=job_id, attempt=attempt,
                    task=required(contract.ENV_TASK), args=args, args_in_record=bool(args_from),
                    nats_servers=servers or (DEFAULT_NATS_URL,),
                    node=environ.get(contract.ENV_NODE) or None,
+                   pod=environ.get(contract.ENV_POD, "").strip() or contract.pod_name(job_id, attempt),
+                   pod_uid=environ.get(contract.ENV_POD_UID, "").strip(),
                    heartbeat_s=number("JOBQ_HEARTBEAT_S", 1.0),
                    connect_wait_s=number("JOBQ_NATS_WAIT_S", 30.0),
                    auth=contract.nats_auth_options(_without_missing_pod_creds(environ)))
+
+
+def read_boot_id(path: str = BOOT_ID_PATH) -> str:
+    """The machine's boot id (a new one after every reboot); "" where it cannot be read."""
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 def parse_args(raw: str | bytes, *, source: str) -> dict[str, Any]:
@@ -199,14 +227,18 @@ async def connect(settings: RunnerSettings) -> NATS:
 
 
 class RunnerContext:
-    """The TaskContext the runner gives a task; its blocking methods are for the task's thread."""
+    """The TaskContext the runner gives a task; its blocking methods are for the task's thread.
 
-    def __init__(self, *, job_id: str, attempt: int, node: str | None,
+    Artifacts live under ``contract.artifact_key(job_id, attempt, name)``, stamped with
+    ``writer``; another job's are read from its accepted attempt only."""
+
+    def __init__(self, *, job_id: str, attempt: int, node: str | None, writer: contract.Writer,
                  progress: heartbeat.ProgressReporter, artifacts: results.ArtifactStore,
                  loop: asyncio.AbstractEventLoop) -> None:
         self.job_id = job_id
         self.attempt = attempt
         self.node = node
+        self.writer = writer
         self._progress = progress
         self._artifacts = artifacts
         self._loop = loop
@@ -221,13 +253,27 @@ class RunnerContext:
         return self._blocking(self.aload_artifact(name, job_id=job_id))
 
     async def asave_artifact(self, name: str, data: bytes) -> str:
-        full_name = f"{self.job_id}/{name}"
-        await self._artifacts.put(full_name, bytes(data))
-        log.info("artifact_saved", artifact=full_name, size=len(data))
-        return full_name
+        results.check_artifact_name(name)
+        key = contract.artifact_key(self.job_id, self.attempt, name)
+        await self._artifacts.put(key, bytes(data), writer=self.writer)
+        log.info("artifact_saved", artifact=key, size=len(data))
+        return key
 
     async def aload_artifact(self, name: str, *, job_id: str | None = None) -> bytes:
-        return await self._artifacts.get(f"{job_id or self.job_id}/{name}")
+        results.check_artifact_name(name)
+        if job_id is None:
+            attempt, writer = self.attempt, self.writer
+            whose = "this attempt's pod"
+        else:
+            attempt, writer = await self._artifacts.accepted(job_id)
+            whose = f"the pod of {job_id}'s accepted attempt {attempt}"
+        key = contract.artifact_key(job_id or self.job_id, attempt, name)
+        data, stamped = await self._artifacts.get(key)
+        if stamped != writer:
+            by = stamped.model_dump() if stamped is not None else "no stamped writer"
+            log.warning("artifact_rejected", artifact=key, reason="writer_mismatch", writer=by)
+            raise tasks.ArtifactNotFound(f"artifact {key} was written by {by}, not by {whose}")
+        return data
 
     def _blocking(self, coroutine: Coroutine[Any, Any, _T]) -> _T:
         try:
@@ -277,7 +323,8 @@ async def run(environ: Mapping[str, str]) -> int:
         _stderr(f"jobq-runner: {exc}")
         return EXIT_BAD_ARGS
     structlog.contextvars.bind_contextvars(
-        component="worker", job_id=settings.job_id, attempt=settings.attempt, node=settings.node)
+        component="worker", job_id=settings.job_id, attempt=settings.attempt, node=settings.node,
+        pod=settings.pod)
     try:
         nc = await connect(settings)
     except NatsUnreachable as exc:
@@ -316,7 +363,8 @@ async def _run_connected(nc: NATS, settings: RunnerSettings) -> _Outcome:
     stop = _Stop(loop)
     try:
         ctx = RunnerContext(job_id=settings.job_id, attempt=settings.attempt, node=settings.node,
-                            progress=progress, artifacts=results.ArtifactStore(nc.jetstream()), loop=loop)
+                            writer=settings.writer(boot_id=read_boot_id()), progress=progress,
+                            artifacts=results.ArtifactStore(nc.jetstream()), loop=loop)
         outcome = await _execute(nc, settings, ctx=ctx, stop=stop)
         if outcome.code == EXIT_OK:
             progress.report(1.0, "done")
@@ -364,9 +412,15 @@ async def _execute(nc: NATS, settings: RunnerSettings, *, ctx: RunnerContext, st
         log.error("task_failed", task=settings.task, error=repr(exc), exit_code=EXIT_TASK_FAILED)
         return _Outcome(EXIT_TASK_FAILED)
     result = contract.TaskResult(job_id=settings.job_id, attempt=settings.attempt, node=settings.node,
-                                 output=output, started_at=started_at, finished_at=contract.utcnow())
+                                 writer=ctx.writer, output=output, started_at=started_at,
+                                 finished_at=contract.utcnow())
     try:
         revision = await results.write_result(nc.jetstream(), result)
+    except results.ResultExists as exc:
+        _stderr(f"jobq-runner: the task succeeded but its result was not stored: {exc}")
+        log.error("result_exists", key=exc.key, reason="another_writer", error=str(exc),
+                  exit_code=EXIT_RESULT_EXISTS)
+        return _Outcome(EXIT_RESULT_EXISTS)
     except (results.ResultNotWritten, nats.errors.Error) as exc:
         _stderr(f"jobq-runner: the task succeeded but its result was not stored: {exc}")
         log.error("result_not_written", error=repr(exc))

@@ -79,6 +79,10 @@ class PodState:
     terminating: bool = False
     """Deletion was requested and waits for the pod's node to confirm (Kubernetes:
     ``deletionTimestamp`` set)."""
+    uid: str = ""
+    """Unique per pod ever created (Kubernetes: ``metadata.uid``; embedded: the node agent's),
+    "" when the backend does not know it yet. The worker stamps its outputs with it
+    (contract.ENV_POD_UID), so the dispatcher can tell this pod's result from another's."""
 
     @property
     def is_finished(self) -> bool:
@@ -112,11 +116,13 @@ class ClusterBackend(Protocol):
         """Return once list_pods reflects the cluster (after a restart, all nodes reported)."""
 
     async def create_pod(self, spec: contract.PodSpec) -> None:
-        """Run the pod; creating a pod that exists already succeeds."""
+        """Run the pod; creating a pod that exists already succeeds. ``spec.epoch`` is the asking
+        leader's epoch (embedded nodes refuse one older than they have seen)."""
 
-    async def delete_pod(self, name: str, *, force: bool = False) -> None:
+    async def delete_pod(self, name: str, *, force: bool = False, epoch: int = 0) -> None:
         """Kill and forget the pod; deleting a missing pod succeeds. ``force``: the dispatcher
-        judged the pod's node lost, so do not wait for its node to confirm (Kubernetes: grace 0)."""
+        judged the pod's node lost, so do not wait for its node to confirm (Kubernetes: grace 0).
+        ``epoch``: the asking leader's epoch, as for ``create_pod``."""
 
     async def read_log(self, name: str, *, node: str | None, offset: int = 0,
                        limit: int = 64 * 1024) -> LogRead:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import uuid
 from collections.abc import AsyncIterator
 from typing import Self
 
@@ -53,10 +54,11 @@ class FakeBackend:
             raise base.Unschedulable(f"no Ready node with a free slot for {spec.name}")
         self.specs[spec.name] = spec
         self.pods[spec.name] = base.PodState(name=spec.name, job_id=spec.job_id, attempt=spec.attempt,
-                                             phase=contract.PodPhase.PENDING, node=free[0], node_ready=True)
+                                             phase=contract.PodPhase.PENDING, node=free[0], node_ready=True,
+                                             uid=str(uuid.uuid4()))
         self._wakeups.put_nowait(spec.job_id)
 
-    async def delete_pod(self, name: str, *, force: bool = False) -> None:
+    async def delete_pod(self, name: str, *, force: bool = False, epoch: int = 0) -> None:
         pod = self.pods.pop(name, None)
         self.specs.pop(name, None)
         if pod is not None:

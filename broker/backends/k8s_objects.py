@@ -16,6 +16,9 @@ LABEL_JOB = "jobq.dev/job-id"
 LABEL_ATTEMPT = "jobq.dev/attempt"
 LABEL_QUEUE = "jobq.dev/queue"
 LABEL_MANAGED = "app.kubernetes.io/managed-by"
+ANNOTATION_EPOCH = "jobq.io/epoch"
+"""The leader epoch of the dispatcher that created the pod (informational: the API server cannot
+compare it with anything; the job record's compare-and-set before the create is the fence)."""
 MANAGED_BY = "jobq"
 GPU_RESOURCE = "nvidia.com/gpu"
 CONTAINER = "task"
@@ -49,8 +52,10 @@ def pod_manifest(spec: contract.PodSpec, *, namespace: str, image: str,
         "image": spec.image or image,
         "command": list(spec.command),
         "env": [*({"name": k, "value": v} for k, v in sorted(spec.env.items())),
-                # The runner stamps heartbeats and results with the node it runs on.
-                {"name": "JOBQ_NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
+                # The runner stamps heartbeats and results with the node it runs on, and its
+                # results and artifacts with the Pod's uid (the dispatcher checks it).
+                {"name": "JOBQ_NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                {"name": contract.ENV_POD_UID, "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}}],
         "resources": {"requests": requests, "limits": limits},
         "securityContext": {"allowPrivilegeEscalation": False, "privileged": False,
                             "runAsNonRoot": True, "runAsUser": RUN_AS_USER,
@@ -86,7 +91,8 @@ def pod_manifest(spec: contract.PodSpec, *, namespace: str, image: str,
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": spec.name, "namespace": namespace,
                      "labels": {LABEL_JOB: spec.job_id, LABEL_ATTEMPT: str(spec.attempt),
-                                LABEL_QUEUE: spec.queue, LABEL_MANAGED: MANAGED_BY}},
+                                LABEL_QUEUE: spec.queue, LABEL_MANAGED: MANAGED_BY},
+                     "annotations": {ANNOTATION_EPOCH: str(spec.epoch)}},
         "spec": pod_spec,
     }
     validate(pod, allow_privileged=allow_privileged)
@@ -177,7 +183,8 @@ def pod_state(pod: Obj, *, node_ready: bool, node_why: str = "") -> base.PodStat
         name=meta["name"], job_id=labels.get(LABEL_JOB, ""), attempt=int(labels.get(LABEL_ATTEMPT, "0")),
         phase=phase, node=pod.get("spec", {}).get("nodeName"), node_ready=node_ready, node_why=node_why,
         exit_code=exit_code, reason=reason, message=message, started_at=started,
-        finished_at=parse_time(terminated.get("finishedAt")), terminating=bool(meta.get("deletionTimestamp")))
+        finished_at=parse_time(terminated.get("finishedAt")), terminating=bool(meta.get("deletionTimestamp")),
+        uid=str(meta.get("uid") or ""))
 
 
 def quantity_cpu(raw: str) -> float:

@@ -301,7 +301,9 @@ class KubernetesBackend:
         self.pods.upsert(created)
         log.info("pod_created", pod=spec.name, job_id=spec.job_id, attempt=spec.attempt, namespace=self._ns)
 
-    async def delete_pod(self, name: str, *, force: bool = False) -> None:
+    async def delete_pod(self, name: str, *, force: bool = False, epoch: int = 0) -> None:
+        # The API server cannot compare ``epoch`` with anything: the reconciler re-reads the job
+        # record before asking (docs/design/dispatcher.md, "Leadership and fencing").
         assert self.pods is not None
         pod = self.pods.items.get(f"{self._ns}/{name}")
         node = pod.get("spec", {}).get("nodeName") if pod else None
@@ -319,7 +321,7 @@ class KubernetesBackend:
             raise
         labels = (pod or {}).get("metadata", {}).get("labels") or {}
         log.info("pod_deleted", pod=name, node=node, force=force, job_id=labels.get(k8s_objects.LABEL_JOB),
-                 attempt=labels.get(k8s_objects.LABEL_ATTEMPT),
+                 attempt=labels.get(k8s_objects.LABEL_ATTEMPT), epoch=epoch,
                  reason="node_lost" if force else "requested")
 
     async def read_log(self, name: str, *, node: str | None, offset: int = 0,

@@ -168,6 +168,7 @@ class LocalBackend:
                             message=p.log_tail,
                             started_at=p.started_at,
                             finished_at=p.finished_at,
+                            uid=p.uid,
                         )
                     )
             for spec in node.placed.values():
@@ -276,7 +277,7 @@ class LocalBackend:
             "pod_created", pod=spec.name, node=node.status.name, job_id=spec.job_id, attempt=spec.attempt
         )
 
-    async def delete_pod(self, name: str, *, force: bool = False) -> None:
+    async def delete_pod(self, name: str, *, force: bool = False, epoch: int = 0) -> None:
         for node in self._find(name):
             node.placed.pop(name, None)
             if not node.ready or force:
@@ -287,16 +288,21 @@ class LocalBackend:
                     contract.node_delete_subject(node.status.name),
                     name.encode(),
                     timeout=self._request_timeout_s,
+                    headers={contract.HEADER_EPOCH: str(epoch)},
                 )
             except (nats.errors.TimeoutError, nats.errors.NoRespondersError, TimeoutError):
                 node.forgotten.add(name)
                 continue
             except nats.errors.Error as exc:
                 raise base.BackendUnavailable(f"NATS request failed: {exc}") from exc
-            if contract.NodeReply.model_validate_json(reply.data).ok:
+            answer = contract.NodeReply.model_validate_json(reply.data)
+            if answer.ok:
                 node.status = node.status.model_copy(
                     update={"pods": tuple(p for p in node.status.pods if p.name != name)}
                 )
+            else:  # e.g. a newer leader's epoch reached the node first
+                log.warning("pod_delete_refused", pod=name, node=node.status.name, epoch=epoch,
+                            error=answer.error)
 
     async def read_log(self, name: str, *, node: str | None, offset: int = 0,
                        limit: int = 64 * 1024) -> base.LogRead:

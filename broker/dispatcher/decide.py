@@ -32,7 +32,10 @@ class Observed:
     last_heartbeat: dt.datetime | None = None
     """Latest heartbeat of the current attempt's worker, if any arrived."""
     result_exists: bool = False
-    """Whether the current attempt stored a result (only looked up once its pod succeeded)."""
+    """Whether the current attempt's own pod stored a result (looked up once its pod succeeded or
+    looks lost); a result under its key written by anyone else does not count."""
+    result_writer: contract.Writer | None = None
+    """Who wrote that result (recorded on the attempt when it succeeds the job)."""
     queue_full: bool = False
     """The job's queue is at its concurrency limit."""
     ready_nodes: frozenset[str] | None = None
@@ -124,6 +127,7 @@ def pod_spec(
             contract.ENV_JOB_ID: spec.id,
             contract.ENV_ATTEMPT: str(attempt.number),
             contract.ENV_QUEUE: spec.queue,
+            contract.ENV_POD: attempt.pod,  # the writer identity the worker stamps on its outputs
         }
     )
     if limits.nats_url:
@@ -567,6 +571,7 @@ def _succeeded(
             "exit_code": 0,
             "finished_at": now,
             "started_at": current.started_at or pod.started_at,
+            "writer": seen.result_writer,
         }
     )
     record = job.model_copy(

@@ -20,6 +20,7 @@ from nats.aio.msg import Msg
 
 from broker import contract, store
 from broker.dispatcher import pull
+from broker.dispatcher.lease import LeaseLost
 
 log = structlog.get_logger("jobq.intake")
 
@@ -31,8 +32,11 @@ class Intake:
         *,
         on_job: Callable[[str], None],
         on_rejected: Callable[[str], None] | None = None,
+        fence: Callable[[], int] | None = None,
     ) -> None:
         self._store = st
+        self._fence = fence or (lambda: 0)
+        """The leader's lease check (docs/design/dispatcher.md): our epoch, or LeaseLost."""
         self._on_job = on_job
         self._on_rejected = on_rejected or (lambda _reason: None)
 
@@ -45,6 +49,13 @@ class Intake:
     async def _handle_or_nak(self, msg: Msg) -> None:
         try:
             await self.handle(msg)
+        except LeaseLost:  # no longer the leader: given back for whoever leads next
+            delivered = msg.metadata.num_delivered if msg.metadata else 1
+            log.info("submission_released", subject=contract.clip(msg.subject, 256), delivered=delivered)
+            with contextlib.suppress(Exception):
+                # With a delay, not at once: this dispatcher may pull a few more times before it
+                # has stopped, and each redelivery counts against max_deliver.
+                await msg.nak(delay=redelivery_delay(delivered))
         except Exception as exc:  # the store failed: redelivered after a pause
             delivered = msg.metadata.num_delivered if msg.metadata else 1
             log.error(
@@ -58,6 +69,7 @@ class Intake:
                 await msg.nak(delay=redelivery_delay(delivered))
 
     async def handle(self, msg: Msg) -> None:
+        self._fence()
         try:
             spec = contract.parse_submission(msg.data, subject=msg.subject)
         except Exception as exc:  # any verdict on the message itself is final: never a retry
@@ -71,7 +83,8 @@ class Intake:
                 return
         now = contract.utcnow()
         submitted = msg.metadata.timestamp if msg.metadata and msg.metadata.timestamp else now
-        record = contract.JobRecord(spec=spec, submitted_at=submitted, updated_at=now)
+        epoch = self._fence()
+        record = contract.JobRecord(spec=spec, submitted_at=submitted, updated_at=now, epoch=epoch)
         if await self._store.create(record) is None:
             existing = await self._store.get(spec.id)
             same = existing is not None and existing[0].spec == spec
@@ -87,6 +100,7 @@ class Intake:
                 type=contract.EventType.ACCEPTED,
                 phase=contract.JobPhase.QUEUED,
                 message=f"queue {spec.queue}",
+                epoch=epoch,
             )
         )
         await msg.ack()

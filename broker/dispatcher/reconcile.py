@@ -14,7 +14,9 @@ import random
 import time
 import uuid
 from collections.abc import Callable
+from typing import Protocol
 
+import pydantic
 import structlog
 
 from broker import contract, store
@@ -80,11 +82,29 @@ class Observer:
         """The backend accepted the pod of ``spec.attempt`` (may repeat for the same attempt)."""
 
 
+class Fence(Protocol):
+    """What lets a pass act: the leader's lease (``broker.dispatcher.lease.Lease``)."""
+
+    def check(self, seen_epoch: int = 0) -> int:
+        """Our epoch if we may act now; raises LeaseLost (having stepped down) when our validity
+        ran out or ``seen_epoch`` is higher than ours."""
+        ...
+
+
+class Unfenced:
+    """No lease (unit tests driving a Reconciler alone): epoch 0, always allowed."""
+
+    def check(self, seen_epoch: int = 0) -> int:
+        return 0
+
+
 class Reconciler:
     def __init__(self, *, store: store.Store, backend: base.ClusterBackend, index: JobIndex,
                  heartbeats: Heartbeats, limits: decisions.Limits, queue_limits: dict[str, int],
                  observer: Observer | None = None, clock: Clock = contract.utcnow,
-                 rng: random.Random | None = None, wake: Callable[[str], None] | None = None) -> None:
+                 rng: random.Random | None = None, wake: Callable[[str], None] | None = None,
+                 fence: Fence | None = None) -> None:
+        self._fence: Fence = fence or Unfenced()
         self._store = store
         self._backend = backend
         self._index = index
@@ -179,6 +199,7 @@ class Reconciler:
         pods = tuple(self._judge_node(record, p, now) for p in pods)
         current = record.current
         result_exists = False
+        result_writer = None
         last_heartbeat = None
         node_lost_why = ""
         if current is not None:
@@ -190,9 +211,22 @@ class Reconciler:
                     record.spec.id, current.number, now=now)
                 # A result settles it: look one up when the pod says it succeeded, or when the
                 # attempt would otherwise be judged lost (its node could not report the exit).
+                # It counts only when the attempt's own pod wrote it (its writer stamp names the
+                # pod, and the pod's uid when the backend reports one): anything else under the
+                # key (a forged or stray write, another pod of that name) is treated as absent.
                 if pod.phase == contract.PodPhase.SUCCEEDED or (
                         pod.phase != contract.PodPhase.FAILED and (silent or not pod.node_ready)):
-                    result_exists = await self._store.get_result(record.spec.id, current.number) is not None
+                    try:
+                        result = await self._store.get_result(record.spec.id, current.number)
+                        problem = result.acceptance_problem(current, pod_uid=pod.uid) if result else ""
+                    except pydantic.ValidationError as exc:
+                        result, problem = None, f"it is unreadable: {exc.error_count()} validation error(s)"
+                    if problem:
+                        log.warning("result_rejected", job_id=record.spec.id, attempt=current.number,
+                                    node=pod.node, pod=pod.name, pod_uid=pod.uid, reason=problem,
+                                    key=contract.result_key(record.spec.id, current.number))
+                    elif result is not None:
+                        result_exists, result_writer = True, result.writer
         limit = self._queue_limits.get(record.spec.queue)
         queue_full = (record.phase == contract.JobPhase.QUEUED and limit is not None
                       and self._index.running_in(record.spec.queue) >= limit)
@@ -205,6 +239,7 @@ class Reconciler:
         elif record.avoid_nodes and not record.phase.is_terminal:
             ready_nodes = frozenset(n.name for n in await self._backend.list_nodes() if n.ready)
         return decisions.Observed(pods=pods, last_heartbeat=last_heartbeat, result_exists=result_exists,
+                                  result_writer=result_writer,
                                   queue_full=queue_full, ready_nodes=ready_nodes, node_lost_why=node_lost_why,
                                   listening_since=self._heartbeats.listening_since,
                                   suspect_nodes=suspects, placement=verdict,
@@ -212,42 +247,81 @@ class Reconciler:
 
     async def _apply(self, record: contract.JobRecord, revision: int,
                      action: decisions.Action, *, force_delete: frozenset[str] = frozenset()) -> float | None:
+        """Carry out ``action``, fenced: every side effect first checks the lease (``Fence.check``
+        raises LeaseLost when we may no longer act) and carries our epoch; the record is written
+        with our epoch before anything else we do for the job, so an older leader's later
+        compare-and-set on it fails, and a record a newer leader wrote stops us."""
         job_id = record.spec.id
+        epoch = self._fence.check(record.epoch)
         if action.dead_letter is not None:
+            self._fence.check()
             await self._store.publish_dead_letter(
                 action.dead_letter, msg_id=f"dead-{job_id}-{len(record.attempts)}")
-        if action.record is not None:
+        written = action.record
+        if written is None and record.epoch < epoch:
+            written = record  # first pass of this leadership on the job: stamp our epoch on it
+        if written is not None:
+            stamped = written.model_copy(update={"epoch": epoch})
+            self._fence.check()
             try:
-                revision = await self._store.update(action.record, revision=revision)
+                revision = await self._store.update(stamped, revision=revision)
             except store.Conflict:
                 log.info("job_conflict", job_id=job_id)
                 return 0.0
-            self._index.put(action.record, revision)
-            self._observer.transition(record, action.record, action)
-            if record.phase == contract.JobPhase.RUNNING and action.record.phase != contract.JobPhase.RUNNING:
-                for waiter in self.admission.best(4):  # an attempt ended: capacity is free
-                    self._wake(waiter)
+            self._index.put(stamped, revision)
+            if action.record is not None:
+                self._observer.transition(record, stamped, action)
+                if record.phase == contract.JobPhase.RUNNING and stamped.phase != contract.JobPhase.RUNNING:
+                    for waiter in self.admission.best(4):  # an attempt ended: capacity is free
+                        self._wake(waiter)
+            record = stamped
 
         # "attempt_created" is said once its pod exists: a create the backend turns down is taken
         # back by the next pass and was never an attempt anyone saw.
         created = contract.EventType.ATTEMPT_CREATED
         await self._publish([e for e in action.events if action.create is None or e.type != created])
-        for name in action.delete:
-            await self._backend.delete_pod(name, force=name in force_delete)
+        if action.delete and not await self._delete(record, revision, action.delete, force_delete):
+            return 0.0
         if action.create is not None:
             announce = [e for e in action.events if e.type == created]
-            return await self._create(action.record or record, revision, action.create, action, announce)
+            return await self._create(record, revision, action.create, action, announce)
         return action.requeue_after
+
+    async def _delete(self, record: contract.JobRecord, revision: int, names: tuple[str, ...],
+                      force_delete: frozenset[str]) -> bool:
+        """Delete pods the decision on ``record`` (at ``revision``) named, after reading the record
+        again: a pod goes only while the record is still at that revision, or when it is not the
+        pod of the stored record's live current attempt. False: something was skipped (the record
+        moved on meanwhile), so the caller requeues the job for a fresh decision."""
+        got = await self._store.get(record.spec.id)
+        fresh, fresh_revision = got if got is not None else (None, None)
+        if fresh is not None:
+            self._fence.check(fresh.epoch)
+        current = fresh.current if fresh is not None else None
+        complete = True
+        for name in names:
+            live = (fresh_revision != revision and current is not None and current.pod == name
+                    and not current.state.is_final)
+            if live:
+                log.warning("pod_delete_skipped", job_id=record.spec.id, pod=name, revision=revision,
+                            stored_revision=fresh_revision, reason="record changed since the decision")
+                complete = False
+                continue
+            epoch = self._fence.check()
+            await self._backend.delete_pod(name, force=name in force_delete, epoch=epoch)
+        return complete
 
     async def _publish(self, events: list[contract.JobEvent]) -> None:
         for event in events:
+            epoch = self._fence.check()
             try:
-                await self._store.publish_event(event)
+                await self._store.publish_event(event.model_copy(update={"epoch": epoch}))
             except Exception as exc:  # events are an audit trail; the record is the truth
                 log.error("event_lost", job_id=event.job_id, type=event.type, error=repr(exc))
 
     async def _create(self, record: contract.JobRecord, revision: int, spec: contract.PodSpec,
                       action: decisions.Action, announce: list[contract.JobEvent]) -> float | None:
+        spec = spec.model_copy(update={"epoch": self._fence.check()})
         try:
             await self._backend.create_pod(spec)
         except base.Unschedulable as exc:

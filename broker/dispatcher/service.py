@@ -14,6 +14,7 @@ import dataclasses
 import datetime as dt
 import itertools
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 from nats.aio.msg import Msg
@@ -32,6 +33,8 @@ log = structlog.get_logger("jobq.dispatcher")
 class Status:
     leader: bool = False
     synced: bool = False
+    epoch: int = 0
+    """Our leader epoch while we lead (the lease's fencing token); 0 on standby."""
     reconciles: int = 0
     errors: int = 0
 
@@ -59,8 +62,8 @@ class Dispatcher:
         self.reconciler = reconcile.Reconciler(
             store=st, backend=backend, index=self.index, heartbeats=self.heartbeats,
             limits=self.limits, queue_limits=dict(d.queue_limits), observer=self.observer,
-            wake=self.queue.add)
-        self.intake = intake.Intake(st, on_job=self.queue.add)
+            wake=self.queue.add, fence=self.lease)
+        self.intake = intake.Intake(st, on_job=self.queue.add, fence=self.lease.check)
         self.undeliverable = undeliverable.Undeliverable(st)
         self.index_ready = asyncio.Event()
         self.index.subscribe(self._on_external_change)
@@ -102,13 +105,15 @@ class Dispatcher:
                 if not await self.lease.acquire(stop):
                     break
                 self.status.leader = True
+                self.status.epoch = self.lease.epoch or 0
                 try:
                     await self._lead(stop)
                 except* lease.LeaseLost as group:
-                    log.error("lease_lost", error=str(group.exceptions[0]))
+                    log.error("lease_lost", error=str(group.exceptions[0]), epoch=self.status.epoch)
                 finally:
                     self.status.leader = False
                     self.status.synced = False
+                    self.status.epoch = 0
             await self.lease.release()
         finally:
             watcher.cancel()
@@ -119,42 +124,61 @@ class Dispatcher:
             self.queue.close()
 
     async def _lead(self, stop: asyncio.Event) -> None:
+        """Lead until ``stop`` (graceful: passes in flight finish) or until the lease is lost
+        (raises LeaseLost at once: every pass checks the lease before acting anyway)."""
         work_stop = asyncio.Event()
+        lost: list[lease.LeaseLost] = []
+
+        async def keep() -> None:
+            try:
+                await self.lease.keep(work_stop)
+            except lease.LeaseLost as exc:
+                lost.append(exc)
+            finally:
+                work_stop.set()
+
         async with asyncio.TaskGroup() as tg:
-            keeper = tg.create_task(self.lease.keep(work_stop), name="lease")
-            await self.backend.wait_synced()
-            self.status.synced = True
-            for job_id in self.index.active_ids():
-                self.queue.add(job_id)
-            log.info("dispatcher_leading", holder=self.lease.identity,
-                     active_jobs=len(self.index.active_ids()), backend=self.backend.name)
-            intake_task = tg.create_task(self._supervised("intake", lambda: self.intake.run(work_stop)),
-                                         name="intake")
-            loops = [
-                tg.create_task(self._supervised("undeliverable", lambda: self.undeliverable.run(work_stop)),
-                               name="undeliverable"),
-                tg.create_task(self._supervised("backend-watch", self._watch_backend), name="backend-watch"),
-                tg.create_task(self._supervised("resync", lambda: self._resync(work_stop)), name="resync"),
-                tg.create_task(self._supervised("node-silence", lambda: self._watch_silence(work_stop)),
-                               name="node-silence"),
-                tg.create_task(self._supervised("capacity", lambda: self._watch_capacity(work_stop)),
-                               name="capacity"),
-            ]
-            workers = [tg.create_task(self._worker(n), name=f"reconcile-{n}")
-                       for n in range(self.settings.dispatcher.workers)]
+            keeper = tg.create_task(keep(), name="lease")
             stopper = tg.create_task(stop.wait(), name="stop")
-            await asyncio.wait({stopper, keeper}, return_when=asyncio.FIRST_COMPLETED)
-            # Shutting down (or lost the lease): stop taking work, let passes in flight finish.
+            synced = tg.create_task(self.backend.wait_synced(), name="backend-sync")
+            tasks: list[asyncio.Task[Any]] = [keeper, stopper, synced]
+            await asyncio.wait({synced, stopper, keeper}, return_when=asyncio.FIRST_COMPLETED)
+            if synced.done() and not work_stop.is_set() and not stop.is_set():
+                tasks += self._start_leading(tg, work_stop)
+                await asyncio.wait({stopper, keeper}, return_when=asyncio.FIRST_COMPLETED)
+            # Shutting down (or lost the lease): stop taking work; when shutting down, let the
+            # passes in flight finish.
             work_stop.set()
-            await asyncio.wait({intake_task}, timeout=self.settings.dispatcher.shutdown_grace_s)
-            deadline = asyncio.get_running_loop().time() + self.settings.dispatcher.shutdown_grace_s
-            while self.queue.in_flight and asyncio.get_running_loop().time() < deadline:
-                await asyncio.sleep(0.05)
-            for task in [*loops, *workers, intake_task, stopper]:
-                task.cancel()
-            if keeper.done() and keeper.exception() is not None:
-                raise keeper.exception()  # type: ignore[misc]
-            keeper.cancel()
+            if not lost:
+                intake_task = [t for t in tasks if t.get_name() == "intake"]
+                if intake_task:
+                    await asyncio.wait(intake_task, timeout=self.settings.dispatcher.shutdown_grace_s)
+                deadline = asyncio.get_running_loop().time() + self.settings.dispatcher.shutdown_grace_s
+                while self.queue.in_flight and asyncio.get_running_loop().time() < deadline and not lost:
+                    await asyncio.sleep(0.05)
+            await cancel_all(tasks)
+        if lost:
+            raise lost[0]
+
+    def _start_leading(self, tg: asyncio.TaskGroup, work_stop: asyncio.Event) -> list[asyncio.Task[None]]:
+        self.status.synced = True
+        for job_id in self.index.active_ids():
+            self.queue.add(job_id)
+        log.info("dispatcher_leading", holder=self.lease.identity, epoch=self.lease.epoch,
+                 active_jobs=len(self.index.active_ids()), backend=self.backend.name)
+        return [
+            tg.create_task(self._supervised("intake", lambda: self.intake.run(work_stop)), name="intake"),
+            tg.create_task(self._supervised("undeliverable", lambda: self.undeliverable.run(work_stop)),
+                           name="undeliverable"),
+            tg.create_task(self._supervised("backend-watch", self._watch_backend), name="backend-watch"),
+            tg.create_task(self._supervised("resync", lambda: self._resync(work_stop)), name="resync"),
+            tg.create_task(self._supervised("node-silence", lambda: self._watch_silence(work_stop)),
+                           name="node-silence"),
+            tg.create_task(self._supervised("capacity", lambda: self._watch_capacity(work_stop)),
+                           name="capacity"),
+            *(tg.create_task(self._worker(n), name=f"reconcile-{n}")
+              for n in range(self.settings.dispatcher.workers)),
+        ]
 
     async def _supervised(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
         """Run a long-lived loop; if it crashes, log it and start it again after a pause."""
@@ -180,6 +204,9 @@ class Dispatcher:
             except asyncio.CancelledError:
                 self.queue.done(job_id)
                 raise
+            except lease.LeaseLost as exc:  # fenced: we step down (the lease keeper raises too)
+                log.info("reconcile_fenced", job_id=job_id, reason=str(exc), worker=n)
+                requeue = None
             except Exception as exc:
                 self.status.errors += 1
                 log.warning("reconcile_failed", job_id=job_id, error=repr(exc), worker=n)
@@ -262,3 +289,14 @@ class Dispatcher:
             log.warning("heartbeat_invalid", subject=msg.subject)
             return
         self.heartbeats.record(beat, now=contract.utcnow(), node=self._node_of(beat))
+
+
+async def cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait until every one has ended, cancelling again as long as one runs:
+    Python 3.11's ``asyncio.wait_for`` (used by nats-py for every request) swallows a cancellation
+    that arrives as its inner future completes, and a task that swallowed it would go on acting."""
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.5)

@@ -1,8 +1,13 @@
 """`jobq demo`: the embedded stack plus a real ML workload, optionally with a node killed mid-run.
 
 Everything the summary reports is read back from what the system recorded (job records and the
-event stream), not from what the demo believes it did: ``lost`` counts submitted jobs without a
-finished record, ``duplicate_results`` counts jobs with more than one ``succeeded`` event.
+event stream), not from what the demo believes it did. ``submitted`` counts the jobs whose publish
+JetStream acknowledged; ``lost`` counts those of them without a ``succeeded`` record at the end
+(a wait that runs out does not stop the demo before counting: ``timed_out`` says it ran out);
+``duplicate_results`` counts jobs for which more than one attempt was ever seen accepted (the
+records' ``result_attempt`` as every update showed it, the final read, and the attempts named by
+``succeeded`` events). The independent check of the same promise, from evidence the dispatcher
+does not produce, is tests/checker.py (used by the tests and the chaos experiments).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from nats.aio.msg import Msg
 
 from broker import contract
 from broker.embedded.stack import Stack, StackConfig, StackError
-from submitter.client import JobqClient
+from submitter.client import JobqClient, WaitTimeout
 
 DATASETS = ("digits", "iris", "wine", "breast_cancer")
 MODELS = ("logreg", "random_forest", "knn", "svc")
@@ -103,16 +108,33 @@ async def _drive(stack: Stack, *, jobs: int, kill_node: bool, timeout_s: float,
     first, second = specs[:-n_predict], specs[-n_predict:]
     counts: Counter[str] = Counter()
     phases: dict[str, str] = {}
+    accepted: dict[str, set[int]] = {}
+    acked: list[str] = []
+    timed_out: list[str] = []
     killed: tuple[str, dt.datetime] | None = None
     t0 = time.monotonic()
     async with JobqClient(stack.nats_url, name="jobq-demo") as client:
         work_started = time.monotonic()
-        for spec in first:
-            await client.submit(spec)
-        say(f"submitted {len(first)} training/evaluation/sweep jobs")
+
+        async def submit(batch: list[dict[str, Any]]) -> list[str]:
+            ids = []
+            for spec in batch:
+                await client.submit(spec)  # returns once JetStream acknowledged the publish
+                ids.append(spec["id"])
+            acked.extend(ids)
+            return ids
 
         def seen(record: contract.JobRecord) -> None:
             phases[record.spec.id] = record.phase.value
+            if record.result_attempt is not None:
+                accepted.setdefault(record.spec.id, set()).add(record.result_attempt)
+
+        async def wait(ids: list[str]) -> None:
+            try:
+                await client.wait(ids, timeout=timeout_s, on_update=seen)
+            except WaitTimeout as exc:  # count what happened anyway: unfinished jobs are lost
+                timed_out.extend(exc.pending)
+                say(str(exc))
 
         async def report() -> None:
             while True:
@@ -122,23 +144,29 @@ async def _drive(stack: Stack, *, jobs: int, kill_node: bool, timeout_s: float,
                     f"(running {tally['running']}, queued {tally['queued']}, dead {tally['dead']}) "
                     f"after {time.monotonic() - t0:.0f}s")
 
+        first_ids = await submit(first)
+        say(f"submitted {len(first)} training/evaluation/sweep jobs")
         reporter = asyncio.create_task(report())
         try:
-            waiter = asyncio.create_task(
-                client.wait([s["id"] for s in first], timeout=timeout_s, on_update=seen))
+            waiter = asyncio.create_task(wait(first_ids))
             if kill_node:
                 killed = await _kill_busiest_node(stack, phases, client)
             await waiter
-            for spec in second:
-                await client.submit(spec)
+            second_ids = await submit(second)
             say(f"submitted {len(second)} batch-prediction jobs using the trained models")
-            await client.wait([s["id"] for s in second], timeout=timeout_s, on_update=seen)
+            await wait(second_ids)
         finally:
             reporter.cancel()
         work_seconds = time.monotonic() - work_started
-        records = {s["id"]: await client.get(s["id"]) for s in specs}
+        records = {job_id: await client.get(job_id) for job_id in acked}
+        for record in records.values():
+            if record is not None:
+                seen(record)
         events = await _all_events(client)
-    return summarize(records, events, killed=killed, work_seconds=work_seconds, counts=counts)
+    summary = summarize(records, events, killed=killed, work_seconds=work_seconds, counts=counts,
+                        accepted=accepted)
+    summary["timed_out"] = len(timed_out)
+    return summary
 
 
 async def _kill_busiest_node(stack: Stack, phases: dict[str, str],
@@ -190,10 +218,23 @@ async def _all_events(client: JobqClient) -> list[contract.JobEvent]:
 
 def summarize(records: dict[str, contract.JobRecord | None], events: list[contract.JobEvent], *,
               killed: tuple[str, dt.datetime] | None, work_seconds: float,
-              counts: Counter[str] | None = None) -> dict[str, Any]:
+              counts: Counter[str] | None = None,
+              accepted: dict[str, set[int]] | None = None) -> dict[str, Any]:
+    """The figures of a run. ``records``: every job whose submission was acknowledged (None: it has
+    no record). ``accepted``: every ``result_attempt`` seen per job while it ran; added to the
+    final records' and the attempts named by ``succeeded`` events, a job with more than one
+    distinct accepted attempt is a duplicate result."""
     done = [r for r in records.values() if r is not None and r.phase.is_terminal]
     by_phase = Counter(r.phase.value for r in done)
-    successes = Counter(e.job_id for e in events if e.type == contract.EventType.SUCCEEDED)
+    succeeded = {job_id for job_id, r in records.items()
+                 if r is not None and r.phase == contract.JobPhase.SUCCEEDED and r.result_attempt is not None}
+    attempts_accepted: dict[str, set[int]] = {job_id: set(seen) for job_id, seen in (accepted or {}).items()}
+    for job_id, r in records.items():
+        if r is not None and r.result_attempt is not None:
+            attempts_accepted.setdefault(job_id, set()).add(r.result_attempt)
+    for e in events:
+        if e.type == contract.EventType.SUCCEEDED and e.job_id in records and e.attempt is not None:
+            attempts_accepted.setdefault(e.job_id, set()).add(e.attempt)
     retries: Counter[str] = Counter()
     for r in done:
         retries.update(r.retries)
@@ -203,8 +244,8 @@ def summarize(records: dict[str, contract.JobRecord | None], events: list[contra
         "failed": by_phase["dead"] + by_phase["cancelled"],
         "dead": by_phase["dead"],
         "cancelled": by_phase["cancelled"],
-        "lost": len(records) - len(done),
-        "duplicate_results": sum(1 for n in successes.values() if n > 1),
+        "lost": len(records) - len(succeeded),
+        "duplicate_results": sum(1 for seen in attempts_accepted.values() if len(seen) > 1),
         "retries": dict(sorted(retries.items())),
         "work_seconds": round(work_seconds, 2),
         "jobs_per_second": round(len(done) / work_seconds, 2) if work_seconds else 0.0,
@@ -223,11 +264,13 @@ def summarize(records: dict[str, contract.JobRecord | None], events: list[contra
 
 
 def recovery_seconds(records: list[contract.JobRecord], *, node: str, killed_at: dt.datetime) -> list[float]:
-    """Per job that lost an attempt on ``node``: from the kill to its replacement running."""
+    """Per job that lost an attempt on ``node`` to a disruption (``node_lost``, or ``deleted``,
+    ``heartbeat_lost``, ``evicted``: however the loss was noticed first, e.g. a node restarted
+    before its timeout reports its pods gone): from the kill to its replacement running."""
     found = []
     for record in records:
         for i, attempt in enumerate(record.attempts):
-            if attempt.node == node and attempt.reason == contract.FailureReason.NODE_LOST:
+            if attempt.node == node and attempt.reason is not None and attempt.reason.is_disruption:
                 following = record.attempts[i + 1] if i + 1 < len(record.attempts) else None
                 if following is not None and following.started_at is not None:
                     found.append((following.started_at - killed_at).total_seconds())
@@ -241,7 +284,8 @@ def _print_summary(summary: dict[str, Any], *, as_json: bool, logs: Path) -> Non
         "",
         f"jobs        submitted {summary['submitted']}  succeeded {summary['succeeded']}  "
         f"failed {summary['failed']}  dead {summary['dead']}  lost {summary['lost']}  "
-        f"duplicate results {summary['duplicate_results']}",
+        f"duplicate results {summary['duplicate_results']}"
+        + (f"  (wait ran out for {summary['timed_out']})" if summary.get("timed_out") else ""),
         f"retries     {', '.join(f'{k}={v}' for k, v in summary['retries'].items()) or 'none'}",
         f"time        {summary['wall_seconds']}s wall, {summary['work_seconds']}s of work, "
         f"{summary['jobs_per_second']} jobs/s",

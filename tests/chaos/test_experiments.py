@@ -31,7 +31,19 @@ def run(name: str, tmp_path: Path, **kwargs: Any) -> runner.Outcome:
             f"{name}: {rec['kind']} {rec['target']} recovery {rec['seconds']}s "
             f"({rec.get('affected_jobs', '-')} job(s) moved); run took {outcome.seconds}s"
         )
+    check = outcome.snapshot.get("exactly_once") or {}
+    print(f"{name}: checker {check.get('summary')}")
     return outcome
+
+
+def assert_checked(outcome: runner.Outcome) -> dict[str, int]:
+    """The steady state after the method was judged by the checker over the whole burst."""
+    check = outcome.snapshot.get("exactly_once")
+    assert check, "the exactly-once checker did not judge the run"
+    summary: dict[str, int] = check["summary"]
+    assert summary["jobs"] == len(outcome.snapshot["jobs"]) > 0, summary
+    assert summary["defects"] == 0 and summary["ran"] >= summary["jobs"], check
+    return summary
 
 
 def disruptions(outcome: runner.Outcome, kind: str) -> list[dict[str, Any]]:
@@ -49,13 +61,15 @@ def retries(outcome: runner.Outcome) -> dict[str, int]:
 def test_node_kill(tmp_path: Path) -> None:
     outcome = run("node-kill", tmp_path)
     assert_passed(outcome.journal)
+    # The kill hit tasks that had begun (ledger start lines), so some ran twice:
+    assert assert_checked(outcome)["reruns"] >= 1
     (killed,) = disruptions(outcome, "node_kill")
     assert outcome.snapshot["recoveries"][0]["affected_jobs"] > 0, "the killed node ran none of the burst"
     assert retries(outcome).get("node_lost", 0) >= 1
     assert all(j["record"]["app_failures"] == 0 for j in outcome.snapshot["jobs"].values())
     # The report names the killed node and the affected jobs.
     html = (tmp_path / "report.html").read_text()
-    assert "PASSED" in html and killed["target"] in html
+    assert "PASSED" in html and killed["target"] in html and "Exactly once (independent checker)" in html
     for pod in killed["pods"]:
         assert pod.rpartition("#")[0] in html
 
@@ -63,12 +77,16 @@ def test_node_kill(tmp_path: Path) -> None:
 def test_node_kill_majority(tmp_path: Path) -> None:
     outcome = run("node-kill-majority", tmp_path)
     assert_passed(outcome.journal)
+    assert_checked(outcome)
     assert len(disruptions(outcome, "node_kill")) == 2
 
 
 def test_node_partition(tmp_path: Path) -> None:
     outcome = run("node-partition", tmp_path)
     assert_passed(outcome.journal)
+    # Frozen mid-task, the superseded attempts finish when the partition heals (their sleep is
+    # overdue) and write a result, an artifact and a ledger line: fencing is really exercised.
+    assert assert_checked(outcome)["stale_writes"] >= 1, "no stale attempt wrote after the partition"
     (partition,) = disruptions(outcome, "partition")
     moved = [j for j in outcome.snapshot["jobs"].values() if len(j["record"]["attempts"]) > 1]
     assert moved, "nothing moved off the partitioned node"
@@ -80,6 +98,7 @@ def test_node_partition(tmp_path: Path) -> None:
 def test_dispatcher_kill(tmp_path: Path) -> None:
     outcome = run("dispatcher-kill", tmp_path)
     assert_passed(outcome.journal)
+    assert_checked(outcome)
     (kill,) = disruptions(outcome, "dispatcher_kill")
     assert kill["new_holder"] != kill["holder"]
 
@@ -87,6 +106,7 @@ def test_dispatcher_kill(tmp_path: Path) -> None:
 def test_broker_kill(tmp_path: Path) -> None:
     outcome = run("broker-kill", tmp_path)
     assert_passed(outcome.journal)
+    assert_checked(outcome)
     (kill,) = disruptions(outcome, "nats_kill")
     assert kill.get("restarted_at"), "the killed nats-server was not restarted"
 
@@ -94,8 +114,10 @@ def test_broker_kill(tmp_path: Path) -> None:
 def test_rolling_node_kill(tmp_path: Path) -> None:
     outcome = run("rolling-node-kill", tmp_path)
     assert_passed(outcome.journal)
+    assert_checked(outcome)
     kills = disruptions(outcome, "node_kill")
     assert len(kills) == 3 and all(k.get("restarted_at") for k in kills)
+    assert sum(r["affected_jobs"] for r in outcome.snapshot["recoveries"]) > 0, outcome.snapshot["recoveries"]
 
 
 def test_negative_control_node_kill_deviates_without_rescheduling(tmp_path: Path) -> None:
@@ -137,11 +159,14 @@ def test_negative_control_node_kill_deviates_without_rescheduling(tmp_path: Path
         for p in journal["steady_states"]["after"]["probes"]
         if not p["tolerance_met"]
     }
-    assert "burst-succeeded" in failed, failed  # Chaos Toolkit stops at the first unmet probe
+    assert failed.get("exactly-once", 0) > 0, failed  # Chaos Toolkit stops at the first unmet probe
+    state = json.loads(next((tmp_path / "stack" / "chaos").glob("*.json")).read_text())
+    (check,) = state["checks"][-1:]
+    assert check["summary"]["lost"] > 0 and check["flagged"]["lost"], check  # the checker can fail
     states = next(r["output"] for r in journal["run"] if r["activity"]["name"] == "jobs-by-state")
     assert states.get("running", 0) > 0, states  # the killed node's jobs never finished
     html = report_path.read_text()
-    assert "DEVIATED" in html
+    assert "DEVIATED" in html and check["flagged"]["lost"][0] in html
     killed = next(
         r["output"]["killed"][0] for r in journal["run"] if r["activity"]["name"] == "kill-busiest-node"
     )

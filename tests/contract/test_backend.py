@@ -267,3 +267,36 @@ async def test_a_pod_whose_program_cannot_start_fails_with_start_error(harness: 
     assert (seen.reason, seen.exit_code) == (contract.POD_REASON_START_ERROR, contract.EXIT_START_ERROR)
     assert seen.message == "[Errno 2] No such file or directory: 'no-such-program-jobq'"
     await harness.backend.delete_pod(pod.name)
+
+
+async def test_every_pod_has_its_own_uid_and_its_process_sees_it(harness: Harness) -> None:
+    """The uid the backend reports is the one the pod's worker stamps on its outputs
+    (contract.ENV_POD_UID), and a pod created again under the same name gets a new one."""
+    job_id = job()
+    command = ("sh", "-c", f'echo "uid=${contract.ENV_POD_UID}"; sleep 120')
+    pod = spec(job_id).model_copy(update={"command": command})
+
+    async def listed_uid() -> str:
+        await create(harness.backend, pod)
+        await eventually(lambda: _has_uid(harness, job_id), what="the pod is listed with its uid")
+        [state] = await pods_of(harness, job_id)
+        [again] = await pods_of(harness, job_id)
+        assert again.uid == state.uid
+        if harness.runs_pods:  # (a local node keeps appending a pod name's log file)
+            async def printed() -> bool:
+                try:
+                    read = await harness.backend.read_log(pod.name, node=state.node)
+                except base.LogUnavailable:
+                    return False
+                return read.data.decode().endswith(f"uid={state.uid}\n")
+            await eventually(printed, what="the pod printed the uid it is listed with")
+        await harness.backend.delete_pod(pod.name)
+        await eventually(lambda: _has(harness, job_id, 0), what="the pod is gone", timeout=60)
+        return state.uid
+
+    first = await listed_uid()
+    assert first != await listed_uid()
+
+
+async def _has_uid(h: Harness, job_id: str) -> bool:
+    return any(p.uid for p in await pods_of(h, job_id))

@@ -137,6 +137,23 @@ async def artifact(nc: NATS, name: str) -> bytes:
     return (await store.get(name)).data or b""
 
 
+async def accept(nc: NATS, result: contract.TaskResult) -> None:
+    """Store the job record a dispatcher would, with ``result`` accepted (tasks that read another
+    job's artifacts read them from its accepted attempt)."""
+    now = contract.utcnow()
+    attempt = contract.Attempt(number=result.attempt, pod=contract.pod_name(result.job_id, result.attempt),
+                               state=contract.AttemptState.SUCCEEDED, created_at=now, writer=result.writer)
+    record = contract.JobRecord(spec=contract.JobSpec(id=result.job_id, task="sklearn.train"),
+                                phase=contract.JobPhase.SUCCEEDED, attempts=(attempt,),
+                                result_attempt=result.attempt, submitted_at=now, updated_at=now)
+    js = nc.jetstream()
+    try:
+        kv = await js.key_value(contract.BUCKET_JOBS)
+    except nats.js.errors.BucketNotFoundError:
+        kv = await js.create_key_value(bucket=contract.BUCKET_JOBS)
+    await kv.put(result.job_id, record.model_dump_json().encode())
+
+
 # --- success ----------------------------------------------------------------------------------
 
 
@@ -148,10 +165,12 @@ async def test_train_then_predict(nc: NATS, runner_nats_url: str) -> None:
     assert result is not None
     assert (result.job_id, result.attempt, result.node) == ("train-1", 1, "node-a")
     assert result.output["accuracy"] > 0.9
-    assert result.output["artifact"] == "train-1/model.pkl"
+    assert result.output["artifact"] == "train-1/1/model.pkl"
     assert result.started_at <= result.finished_at
+    assert result.writer is not None and result.writer.pod == contract.pod_name("train-1", 1)
+    assert result.writer.node == "node-a"
 
-    model = pickle.loads(await artifact(nc, "train-1/model.pkl"))
+    model = pickle.loads(await artifact(nc, "train-1/1/model.pkl"))
     assert model.n_features_in_ == 64
 
     await asyncio.sleep(0.1)  # the last heartbeats are in flight to our subscription
@@ -159,6 +178,7 @@ async def test_train_then_predict(nc: NATS, runner_nats_url: str) -> None:
     assert {(h.job_id, h.attempt, h.node) for h in pod.heartbeats} == {("train-1", 1, "node-a")}
     assert pod.heartbeats[-1].progress == 1.0
 
+    await accept(nc, result)
     pod = await run_pod(nc, runner_env(runner_nats_url, job_id="predict-1", task="sklearn.predict",
                                        args='{"model_job": "train-1", "limit": 200}'))
     assert pod.process.returncode == 0, pod.stderr
@@ -166,7 +186,7 @@ async def test_train_then_predict(nc: NATS, runner_nats_url: str) -> None:
     assert result is not None
     assert result.output["n_predictions"] == 200
     assert result.output["accuracy"] > 0.9
-    assert b'"model_job": "train-1"' in await artifact(nc, "predict-1/predictions.json")
+    assert b'"model_job": "train-1"' in await artifact(nc, "predict-1/1/predictions.json")
 
 
 async def test_heartbeats_carry_progress_while_an_async_task_runs(nc: NATS, runner_nats_url: str) -> None:
@@ -203,8 +223,8 @@ async def test_module_function_tasks(nc: NATS, runner_nats_url: str, tmp_path: P
     pod = await run_pod(nc, env)
     assert pod.process.returncode == 0, pod.stderr
     result = await stored_result(nc, "user-1")
-    assert result is not None and result.output == {"name": "user-1/note.txt", "back": "hi"}
-    assert await artifact(nc, "user-1/note.txt") == b"hi"
+    assert result is not None and result.output == {"name": "user-1/1/note.txt", "back": "hi"}
+    assert await artifact(nc, "user-1/1/note.txt") == b"hi"
 
     env = runner_env(runner_nats_url, job_id="user-2", task="usertasks:bail", args='{"code": 5}', extra=extra)
     assert (await run_pod(nc, env)).process.returncode == 5

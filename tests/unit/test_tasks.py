@@ -18,24 +18,34 @@ from workers.tasks import demo_tasks, registry, sklearn_tasks
 
 @dataclasses.dataclass
 class FakeContext:
-    """A TaskContext whose artifact store is a dict shared between 'jobs'."""
+    """A TaskContext whose artifact store is a dict shared between 'jobs', keyed as the runner
+    keys it (``contract.artifact_key``); another job's artifacts are read from its accepted
+    attempt (``accepted``, shared too), as the runner reads them from the job's record."""
 
     job_id: str = "job-1"
     attempt: int = 1
     node: str | None = "node-a"
     artifacts: dict[str, bytes] = dataclasses.field(default_factory=dict)
+    accepted: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Job id -> its accepted attempt (the record's ``result_attempt``)."""
     reports: list[tuple[float, str]] = dataclasses.field(default_factory=list)
 
     def progress(self, fraction: float, message: str = "") -> None:
         self.reports.append((fraction, message))
 
     def save_artifact(self, name: str, data: bytes) -> str:
-        key = f"{self.job_id}/{name}"
+        key = contract.artifact_key(self.job_id, self.attempt, name)
         self.artifacts[key] = bytes(data)
         return key
 
     def load_artifact(self, name: str, *, job_id: str | None = None) -> bytes:
-        key = f"{job_id or self.job_id}/{name}"
+        if job_id is None:
+            attempt = self.attempt
+        elif job_id in self.accepted:
+            attempt = self.accepted[job_id]
+        else:
+            raise tasks.ArtifactNotFound(f"job {job_id} has no accepted result")
+        key = contract.artifact_key(job_id or self.job_id, attempt, name)
         try:
             return self.artifacts[key]
         except KeyError:
@@ -72,6 +82,7 @@ def test_bad_args_exit_code_is_the_runners() -> None:
     assert runner.EXIT_TASK_NOT_FOUND == 3
     assert runner.EXIT_TASK_FAILED == 1
     assert runner.EXIT_NATS_UNREACHABLE == 4
+    assert runner.EXIT_RESULT_EXISTS == contract.EXIT_RESULT_EXISTS == 5
 
 
 # --- sklearn.train ----------------------------------------------------------------------------
@@ -83,8 +94,8 @@ def test_train_digits_logreg_is_accurate_and_stores_the_model() -> None:
     assert out["dataset"] == "digits" and out["model"] == "logreg"
     assert out["accuracy"] > 0.9
     assert out["n_train"] + out["n_test"] == 1797
-    assert out["artifact"] == "train-1/model.pkl"
-    model = pickle.loads(ctx.artifacts["train-1/model.pkl"])
+    assert out["artifact"] == "train-1/1/model.pkl"
+    model = pickle.loads(ctx.artifacts["train-1/1/model.pkl"])
     assert model.n_features_in_ == 64
     assert ctx.reports and all(0 <= f <= 1 for f, _ in ctx.reports)
     json.dumps(out)
@@ -101,7 +112,7 @@ def test_train_every_model_on_every_dataset(dataset: str, model: str) -> None:
 def test_train_passes_params_to_the_model() -> None:
     ctx = FakeContext()
     sklearn_tasks.train({"dataset": "iris", "model": "random_forest", "params": {"n_estimators": 7}}, ctx)
-    model = pickle.loads(ctx.artifacts["job-1/model.pkl"])
+    model = pickle.loads(ctx.artifacts["job-1/1/model.pkl"])
     assert len(model.named_steps["model"].estimators_) == 7
 
 
@@ -170,21 +181,22 @@ def test_sweep_rejects_bad_grids(grid: dict[str, Any]) -> None:
 def test_predict_round_trips_a_model_saved_by_train() -> None:
     store: dict[str, bytes] = {}
     trained = sklearn_tasks.train({"model": "svc"}, FakeContext(job_id="train-1", artifacts=store))
-    ctx = FakeContext(job_id="predict-1", artifacts=store)
+    ctx = FakeContext(job_id="predict-1", artifacts=store, accepted={"train-1": 1})
     out = sklearn_tasks.predict({"model_job": "train-1", "limit": 300}, ctx)
     assert out["n_predictions"] == 300
     assert out["accuracy"] > trained["accuracy"] - 0.05
     assert sum(out["class_counts"].values()) == 300
     assert set(out["class_counts"]) <= {str(d) for d in range(10)}
-    assert out["artifact"] == "predict-1/predictions.json"
-    document = json.loads(store["predict-1/predictions.json"])
+    assert out["artifact"] == "predict-1/1/predictions.json"
+    document = json.loads(store["predict-1/1/predictions.json"])
     assert document["model_job"] == "train-1" and len(document["predictions"]) == 300
 
 
 def test_predict_on_the_whole_dataset_by_default() -> None:
     store: dict[str, bytes] = {}
     sklearn_tasks.train({"dataset": "iris", "model": "knn"}, FakeContext(job_id="t", artifacts=store))
-    out = sklearn_tasks.predict({"model_job": "t", "dataset": "iris"}, FakeContext(artifacts=store))
+    out = sklearn_tasks.predict({"model_job": "t", "dataset": "iris"},
+                                FakeContext(artifacts=store, accepted={"t": 1}))
     assert out["n_predictions"] == 150
     assert out["accuracy"] > 0.9
 
@@ -192,6 +204,21 @@ def test_predict_on_the_whole_dataset_by_default() -> None:
 def test_predict_needs_a_trained_model() -> None:
     with pytest.raises(tasks.ArtifactNotFound):
         sklearn_tasks.predict({"model_job": "never-trained"}, FakeContext())
+
+
+def test_predict_loads_the_model_of_the_accepted_attempt_only() -> None:
+    store: dict[str, bytes] = {}
+    # Attempt 1 of "t" (superseded, still running) stored an iris model after attempt 2 stored a
+    # digits model; attempt 2's result is the accepted one.
+    sklearn_tasks.train({"dataset": "digits"}, FakeContext(job_id="t", attempt=2, artifacts=store))
+    sklearn_tasks.train({"dataset": "iris"}, FakeContext(job_id="t", attempt=1, artifacts=store))
+    assert {"t/1/model.pkl", "t/2/model.pkl"} <= set(store)
+    out = sklearn_tasks.predict({"model_job": "t", "dataset": "digits"},
+                                FakeContext(artifacts=store, accepted={"t": 2}))
+    assert out["n_predictions"] == 1797 and out["accuracy"] > 0.9
+    with pytest.raises(tasks.BadArgs, match="features"):  # the stale model would be iris's
+        sklearn_tasks.predict({"model_job": "t", "dataset": "digits"},
+                              FakeContext(artifacts=store, accepted={"t": 1}))
 
 
 @pytest.mark.parametrize("args", [{}, {"model_job": "Not A Job"}, {"model_job": "t", "limit": 0}])
@@ -204,7 +231,8 @@ def test_predict_rejects_a_dataset_the_model_was_not_trained_on() -> None:
     store: dict[str, bytes] = {}
     sklearn_tasks.train({"dataset": "iris"}, FakeContext(job_id="t", artifacts=store))
     with pytest.raises(tasks.BadArgs, match="features"):
-        sklearn_tasks.predict({"model_job": "t", "dataset": "wine"}, FakeContext(artifacts=store))
+        sklearn_tasks.predict({"model_job": "t", "dataset": "wine"},
+                              FakeContext(artifacts=store, accepted={"t": 1}))
 
 
 # --- demo tasks -------------------------------------------------------------------------------

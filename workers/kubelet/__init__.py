@@ -13,7 +13,9 @@ It behaves like a kubelet on upstream defaults:
   controller marked the Node Unknown, the next computation posts Ready=True again.
 - **Pods**: it watches the pods bound to it (``fieldSelector=spec.nodeName=<node>``) and runs each
   pod's first container as a local process group through ``workers.pod_runtime`` (image ignored;
-  command, args and env honoured; ``jobq-runner`` is this installation's task runner). Status goes
+  command, args and env honoured, downward-API ``fieldRef`` included; the process also gets the
+  Pod's name and ``metadata.uid`` as ``JOBQ_POD``/``JOBQ_POD_UID``, the writer identity a task
+  stamps on its outputs; ``jobq-runner`` is this installation's task runner). Status goes
   through ``pods/status``; graceful deletion is SIGTERM, the grace period, SIGKILL, the final
   status, then DELETE with ``gracePeriodSeconds=0`` and a UID precondition, as the kubelet does.
   ``terminationMessagePolicy: FallbackToLogsOnError`` puts the log's last 80 lines / 2 KiB into

@@ -218,7 +218,10 @@ class PodManager:
         job_id = labels.get("jobq.dev/job-id", "")
         attempt = int(labels.get("jobq.dev/attempt", "0") or 0)
         command = tuple([*(container.get("command") or []), *(container.get("args") or [])])
-        env = {**os.environ, **_env(container, obj, self._s.name), "JOBQ_NODE": self._s.name}
+        env = {**os.environ, **_env(container, obj, self._s.name), "JOBQ_NODE": self._s.name,
+               # The Pod object's uid, as the downward API gives it (metadata.uid): the writer
+               # identity the runner stamps on results, which the dispatcher checks.
+               contract.ENV_POD: meta["name"], contract.ENV_POD_UID: meta["uid"]}
         if self._s.nats_url:
             env.setdefault("JOBQ_NATS_URL", self._s.nats_url)
         argv = pod_command(contract.PodSpec(name=meta["name"], job_id=job_id or meta["name"], attempt=attempt,

@@ -43,10 +43,15 @@ class TaskContext(Protocol):
         """Record progress (clamped to 0..1); the next heartbeat carries it."""
 
     def save_artifact(self, name: str, data: bytes) -> str:
-        """Store ``data`` as ``<job_id>/<name>`` in the artifact store; return that full name."""
+        """Store ``data`` as artifact ``name`` of this attempt, under
+        ``contract.artifact_key(job_id, attempt, name)`` (``<job_id>/<attempt>/<name>``) and
+        stamped with this pod as its writer; return that key. Another attempt's artifacts are
+        never replaced."""
 
     def load_artifact(self, name: str, *, job_id: str | None = None) -> bytes:
-        """Read ``<job_id>/<name>`` (this job's by default); raise ArtifactNotFound if absent."""
+        """Read artifact ``name``: this attempt's own by default; with ``job_id``, the one of that
+        job's accepted attempt (its record's ``result_attempt``), written by that attempt's pod.
+        Raise ArtifactNotFound if it is absent, or the job has no accepted result."""
 
     async def asave_artifact(self, name: str, data: bytes) -> str:
         """save_artifact for async tasks (the blocking form would stall the event loop)."""
@@ -81,7 +86,8 @@ class BadArgs(TaskExit):
 
 
 class ArtifactNotFound(LookupError):
-    """``load_artifact`` found no object of that name."""
+    """``load_artifact`` found no object of that name written by the attempt it reads from, or
+    the job named has no accepted result (the message says which)."""
 
 
 # --- argument helpers: each raises BadArgs with a message naming the argument -----------------

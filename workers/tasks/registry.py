@@ -19,6 +19,7 @@ BUILTINS: Mapping[str, tasks.Task] = MappingProxyType({
     "demo.exit": demo_tasks.exit_with,
     "demo.hog": demo_tasks.hog,
     "demo.echo_size": demo_tasks.echo_size,
+    "demo.witness": demo_tasks.witness,
 })
 
 

@@ -99,7 +99,10 @@ def sweep(args: dict[str, Any], ctx: tasks.TaskContext) -> dict[str, Any]:
 
 
 def predict(args: dict[str, Any], ctx: tasks.TaskContext) -> dict[str, Any]:
-    """Batch-predict with the model an earlier sklearn.train job stored; store the predictions."""
+    """Batch-predict with the model an earlier sklearn.train job stored; store the predictions.
+
+    The model is the one of ``model_job``'s accepted attempt (an attempt superseded while it kept
+    running may have stored another, under its own attempt's key: it is never read)."""
     tasks.check_keys(args, ("model_job", "dataset", "limit"))
     model_job = args.get("model_job")
     if not isinstance(model_job, str) or not re.match(contract.JOB_ID_PATTERN, model_job):
@@ -109,7 +112,7 @@ def predict(args: dict[str, Any], ctx: tasks.TaskContext) -> dict[str, Any]:
     limit = None if args.get("limit") is None else tasks.int_arg(args, "limit", default=0, low=1)
     import numpy as np
 
-    ctx.progress(0.05, f"loading {model_job}/{MODEL_ARTIFACT}")
+    ctx.progress(0.05, f"loading {MODEL_ARTIFACT} of {model_job}'s accepted attempt")
     estimator = pickle.loads(ctx.load_artifact(MODEL_ARTIFACT, job_id=model_job))  # trusted store
     x, y = _load(dataset)
     x, y = x[:limit], y[:limit]

@@ -15,6 +15,9 @@ jetstream {
   store_dir: /data
   max_file_store: {{ $b.jetstream.maxFileStore }}
   max_memory_store: {{ $b.jetstream.maxMemoryStore }}
+  # "always": fsync every write before acknowledging it; a duration (nats-server's default is 2m)
+  # acknowledges first and fsyncs that often, so acked writes can be lost with the machine.
+  sync_interval: {{ $b.jetstream.syncInterval | quote }}
 }
 cluster {
   name: {{ $name }}
