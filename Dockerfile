@@ -18,6 +18,8 @@ RUN mkdir -p broker workers submitter chaos \
  && touch broker/__init__.py workers/__init__.py submitter/__init__.py chaos/__init__.py \
  && /opt/jobq/bin/pip install . 'kubernetes_asyncio>=33' \
  && /opt/jobq/bin/pip uninstall -y jobq
+# Not copied: devcluster/ (the dev cluster's Go-build and PKI tooling; `jobq dev-cluster` is then
+# absent) and _chaosjobq/ (Chaos Toolkit's name for the extension; chaostoolkit is not installed).
 COPY broker ./broker
 COPY workers ./workers
 COPY submitter ./submitter

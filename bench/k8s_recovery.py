@@ -5,7 +5,7 @@ Every row runs on a fresh control plane with ten simulated kubelets at the stock
 five workloads that request 3 of a node's 4 CPUs, so each lands on its own node and five empty
 nodes are left to take the replacements; every node is its own topology zone, so the node
 lifecycle controller keeps evicting while five of the ten are down. Then it kills the five busy
-machines at once (``broker.devcluster.nodes.kill_node``: the kubelet *and* its pod processes are
+machines at once (``devcluster.nodes.kill_node``: the kubelet *and* its pod processes are
 SIGKILLed) and measures, per workload, the seconds from its node's kill until a replacement pod of
 that workload is Running on another node.
 
@@ -43,426 +43,41 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import datetime as dt
 import json
 import os
 import shutil
 import signal
-import ssl
-import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from broker.devcluster import nodes, probe
-from broker.devcluster.build import ensure_binaries, find_kubectl
-from broker.devcluster.controlplane import ControlPlane, ControlPlaneConfig
+from bench.k8s_cluster import KUBELET_CADENCE, NODE_COUNT, NODE_CPU, Cluster, say
+from bench.k8s_measure import (
+    BYSTANDER_CPU,
+    ROWS,
+    SETTLE_S,
+    WORKLOAD_CPU,
+    WORKLOAD_MEMORY,
+    WORKLOAD_SECONDS,
+    WORKLOADS,
+    Row,
+    Sample,
+    false_not_ready,
+    kill_and_measure,
+    percentile50,
+    rel,
+    wait_placed,
+)
 from broker.embedded.stack import Stack, StackConfig
+from devcluster.build import ensure_binaries
 from submitter.client import JobqClient
 
-NODE_COUNT = 10
-NODE_CPU = 4.0
-NODE_MEMORY = "8Gi"
-WORKLOADS = 5
-WORKLOAD_CPU = 3.0
-WORKLOAD_MEMORY = "256Mi"
-WORKLOAD_SECONDS = 1800
-"""How long a workload runs: far longer than any measurement (and bounded if a run leaks it)."""
-BYSTANDER_CPU = 0.5
-SETTLE_S = 5.0
-"""Every row waits this long between "all workloads Running" and the kill."""
 JOB_NAMESPACE = "bench"
 JOBQ_NAMESPACE = "bench-jobq"
 JOB_LABEL = "job-name"
 JOBQ_LABEL = "jobq.dev/job-id"
-KUBELET_CADENCE = "kubelet Lease 40 s renewed every 10 s"
-KUBELET_STAGGER_S = 10.0 / NODE_COUNT
-"""Kubelets start this far apart, spreading their Lease renewals over the 10 s interval."""
-STOCK = ControlPlaneConfig(detached=False)
-FAST = ControlPlaneConfig.fastest_safe(detached=False)
-
-
-def plane_settings(cfg: ControlPlaneConfig) -> str:
-    return (f"node-monitor-grace-period {cfg.node_monitor_grace_period}, node-monitor-period "
-            f"{cfg.node_monitor_period}, default tolerations {cfg.toleration_seconds} s, "
-            f"eviction {cfg.node_eviction_rate:g}/s")
-
-
-@dataclasses.dataclass(frozen=True)
-class Row:
-    key: str
-    title: str
-    kind: str
-    """``job`` or ``jobq``."""
-    plane: ControlPlaneConfig
-    settings: str
-    pod_toleration_s: int | None = None
-    """Job rows: tolerationSeconds for the unreachable/not-ready taints in the pod template."""
-    bystanders: bool = False
-    timeout_s: float = 300.0
-    """Give up waiting for the replacements after this long."""
-
-
-ROWS = {row.key: row for row in (
-    Row("job-stock", "Job, stock controller", "job", STOCK, plane_settings(STOCK), timeout_s=900),
-    Row("job-fast", "Job, fastest operator settings", "job", FAST,
-        f"`ControlPlaneConfig.fastest_safe()`: {plane_settings(FAST)}; pod tolerations 1 s",
-        pod_toleration_s=1),
-    Row("jobq", "jobq", "jobq", STOCK, "stock control plane; jobq defaults"),
-    Row("jobq-busy", "jobq, other jobs on the surviving nodes", "jobq", STOCK,
-        f"as jobq, plus a {BYSTANDER_CPU:g}-CPU jobq job on each spare node", bystanders=True),
-)}
-
-_T0 = time.monotonic()
-
-
-def say(line: str) -> None:
-    print(f"[bench +{time.monotonic() - _T0:6.1f}s] {line}", file=sys.stderr, flush=True)
-
-
-def percentile50(values: list[float]) -> float:
-    return statistics.median(values)
-
-
-def parse_time(raw: str | None) -> float | None:
-    if not raw:
-        return None
-    return dt.datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
-
-
-# --- what the API server says, from one watch per resource ---------------------------------------
-
-
-@dataclasses.dataclass
-class PodSeen:
-    uid: str
-    namespace: str
-    name: str
-    labels: dict[str, str]
-    first_seen: float
-    node: str | None = None
-    bound_seen: float | None = None
-    running_seen: float | None = None
-    started_at: str | None = None
-    terminating_seen: float | None = None
-    deleted_seen: float | None = None
-    phase: str = ""
-
-
-class ApiWatch:
-    """Pods (all namespaces) and Nodes, listed then watched; each change stamped on arrival."""
-
-    def __init__(self, server: str, tls: ssl.SSLContext) -> None:
-        self._server = server
-        self._tls = tls
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self.pods: dict[str, PodSeen] = {}
-        self.node_ready: dict[str, str] = {}
-        self.not_ready_seen: dict[str, list[float]] = {}
-        """Node -> when its Ready condition was seen turning from True to anything else."""
-        self.tainted_seen: dict[str, float] = {}
-        """Node -> when a NoExecute unreachable/not-ready taint was first seen on it."""
-        self.renewed: dict[str, float] = {}
-        """Node -> the renewTime of its Lease (the kubelet's clock, which is ours)."""
-        self.synced = {"pod": threading.Event(), "node": threading.Event(), "lease": threading.Event()}
-        self.errors = 0
-
-    def start(self) -> None:
-        for kind, path in (("pod", "/api/v1/pods"), ("node", "/api/v1/nodes"),
-                           ("lease", "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases")):
-            threading.Thread(target=self._run, args=(kind, path), name=f"watch-{kind}", daemon=True).start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _open(self, url: str, timeout: float) -> Any:
-        return urllib.request.urlopen(url, context=self._tls, timeout=timeout)
-
-    def _run(self, kind: str, path: str) -> None:
-        handle = {"pod": self._on_pod, "node": self._on_node, "lease": self._on_lease}[kind]
-        while not self._stop.is_set():
-            try:
-                with self._open(f"{self._server}{path}", 30) as resp:
-                    listed = json.loads(resp.read())
-                version = listed["metadata"]["resourceVersion"]
-                for item in listed.get("items", []):
-                    handle("LIST", item)
-                self.synced[kind].set()
-                while not self._stop.is_set():
-                    url = (f"{self._server}{path}?watch=1&allowWatchBookmarks=true"
-                           f"&timeoutSeconds=30&resourceVersion={version}")
-                    with self._open(url, 60) as resp:
-                        for raw in resp:
-                            event = json.loads(raw)
-                            if event["type"] == "ERROR":
-                                raise RuntimeError(event["object"].get("message", "watch error"))
-                            version = event["object"]["metadata"]["resourceVersion"]
-                            if event["type"] != "BOOKMARK":
-                                handle(event["type"], event["object"])
-            except (OSError, ValueError, KeyError, RuntimeError, urllib.error.URLError):
-                self.errors += 1
-                self._stop.wait(0.5)
-
-    def _on_pod(self, kind: str, obj: dict[str, Any]) -> None:
-        now = time.time()
-        meta, spec, status = obj["metadata"], obj.get("spec", {}), obj.get("status", {})
-        with self._lock:
-            seen = self.pods.get(meta["uid"])
-            if seen is None:
-                seen = self.pods[meta["uid"]] = PodSeen(meta["uid"], meta["namespace"], meta["name"],
-                                                        dict(meta.get("labels", {})), first_seen=now)
-            if spec.get("nodeName") and seen.node is None:
-                seen.node, seen.bound_seen = spec["nodeName"], now
-            seen.phase = status.get("phase", "")
-            if meta.get("deletionTimestamp") and seen.terminating_seen is None:
-                seen.terminating_seen = now
-            if (seen.phase == "Running" and not meta.get("deletionTimestamp")
-                    and seen.running_seen is None):
-                seen.running_seen = now
-                for container in status.get("containerStatuses", []):
-                    seen.started_at = container.get("state", {}).get("running", {}).get("startedAt")
-            if kind == "DELETED" and seen.deleted_seen is None:
-                seen.deleted_seen = now
-
-    def _on_node(self, kind: str, obj: dict[str, Any]) -> None:
-        now = time.time()
-        name = obj["metadata"]["name"]
-        conditions = {c["type"]: c["status"] for c in obj.get("status", {}).get("conditions", [])}
-        ready = "Gone" if kind == "DELETED" else conditions.get("Ready", "Unknown")
-        taints = {t.get("key") for t in obj.get("spec", {}).get("taints", [])
-                  if t.get("effect") == "NoExecute"}
-        with self._lock:
-            before = self.node_ready.get(name)
-            if before == "True" and ready != "True":
-                self.not_ready_seen.setdefault(name, []).append(now)
-            self.node_ready[name] = ready
-            if taints & {"node.kubernetes.io/unreachable", "node.kubernetes.io/not-ready"}:
-                self.tainted_seen.setdefault(name, now)
-
-    def _on_lease(self, kind: str, obj: dict[str, Any]) -> None:
-        renewed = parse_time(obj.get("spec", {}).get("renewTime"))
-        if renewed is not None:
-            with self._lock:
-                self.renewed[obj["metadata"]["name"]] = renewed
-
-    def lease_age(self, node: str, at: float) -> float | None:
-        with self._lock:
-            renewed = self.renewed.get(node)
-        return None if renewed is None else round(at - renewed, 2)
-
-    def snapshot(self) -> tuple[list[PodSeen], dict[str, str], dict[str, list[float]], dict[str, float]]:
-        with self._lock:
-            return ([dataclasses.replace(p) for p in self.pods.values()], dict(self.node_ready),
-                    {n: list(t) for n, t in self.not_ready_seen.items()}, dict(self.tainted_seen))
-
-
-# --- a cluster per row -----------------------------------------------------------------------------
-
-
-def node_names() -> list[str]:
-    return [f"node-{i:02d}" for i in range(1, NODE_COUNT + 1)]
-
-
-class Cluster:
-    """A control plane plus NODE_COUNT simulated kubelets, all started from the main thread (their
-    parent-death signal is tied to it) and all stopped by ``stop``, pod processes included."""
-
-    def __init__(self, config: ControlPlaneConfig, state_dir: Path) -> None:
-        self.state_dir = state_dir.resolve()
-        self.plane = ControlPlane(dataclasses.replace(config, state_dir=self.state_dir), progress=say)
-        self.watch: ApiWatch | None = None
-
-    def start(self) -> None:
-        started = time.monotonic()
-        state = self.plane.start()
-        for name in node_names():
-            # Staggered, so the Lease renewals (every 10 s) are spread over the interval as on a real
-            # cluster: the Lease age at the kill then varies between the victims.
-            nodes.start_kubelet(self.state_dir, nodes.NodeSpec(name, cpu=NODE_CPU, memory=NODE_MEMORY),
-                                detached=False)
-            time.sleep(KUBELET_STAGGER_S)
-        nodes.wait_ready(self.state_dir, node_names(), timeout_s=180)
-        pki = self.plane.pki
-        self.watch = ApiWatch(state.server, probe.client_context(str(pki.ca.cert), pki.admin))
-        self.watch.start()
-        for event in self.watch.synced.values():
-            event.wait(30)
-        say(f"control plane + {NODE_COUNT} kubelets Ready in {time.monotonic() - started:.1f}s "
-            f"(state in {self.state_dir})")
-
-    def kubectl(self, *args: str, stdin: str | None = None) -> str:
-        out = subprocess.run([str(find_kubectl()), "--kubeconfig", str(self.plane.kubeconfig), *args],
-                             input=stdin, capture_output=True, text=True, timeout=60, check=False)
-        if out.returncode != 0:
-            raise RuntimeError(f"kubectl {' '.join(args)}: {out.stderr.strip()}")
-        return out.stdout
-
-    def kill_machine(self, name: str) -> None:
-        if not nodes.kill_node(self.state_dir, name):
-            say(f"WARNING: the kubelet of {name} was not running when it was to be killed")
-
-    def stop(self) -> None:
-        """Kubelets (SIGTERM) and every pod process they recorded (``stop_all``), then the
-        control plane; each step runs even if an earlier one failed."""
-        if self.watch is not None:
-            self.watch.stop()
-        try:
-            nodes.stop_all(self.state_dir, timeout=3)
-        finally:
-            self.plane.stop(timeout=5)
-
-
-# --- the measurement -------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Sample:
-    workload: str
-    node: str
-    killed_at: float
-    lease_age_s: float | None = None
-    """How long before the kill the node's Lease was last renewed (0-10 s)."""
-    recovery_s: float | None = None
-    """Kill -> replacement seen Running on another node; None: none within the timeout."""
-    started_at_s: float | None = None
-    """Kill -> the replacement container's startedAt (whole seconds)."""
-    node_not_ready_s: float | None = None
-    tainted_s: float | None = None
-    original_terminating_s: float | None = None
-    """Kill -> the lost pod got its deletionTimestamp (eviction, or jobq's force delete)."""
-    replacement_created_s: float | None = None
-    replacement_node: str | None = None
-    replacements: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    """Every later pod of the workload: node, created/bound/running relative to the kill."""
-    detours: int = 0
-    """Replacement pods the scheduler bound to another killed node (they can never run)."""
-    jobq: dict[str, Any] | None = None
-
-
-def _rel(t: float | None, since: float) -> float | None:
-    return None if t is None else round(t - since, 2)
-
-
-def workload_pods(pods: list[PodSeen], label: str, workload: str) -> list[PodSeen]:
-    return [p for p in pods if p.labels.get(label) == workload]
-
-
-async def wait_placed(cluster: Cluster, label: str, workloads: list[str], *, what: str,
-                      timeout: float = 240, distinct: bool = True) -> dict[str, PodSeen]:
-    """Each workload's one Running pod, once all are Running (on distinct nodes if ``distinct``)."""
-    assert cluster.watch is not None
-    deadline = time.monotonic() + timeout
-    next_report = time.monotonic() + 15
-    while True:
-        pods, *_ = cluster.watch.snapshot()
-        running: dict[str, PodSeen] = {}
-        for w in workloads:
-            live = [p for p in workload_pods(pods, label, w) if p.running_seen and not p.terminating_seen
-                    and not p.deleted_seen]
-            if len(live) == 1:
-                running[w] = live[0]
-        if len(running) == len(workloads):
-            placed = {p.node for p in running.values()}
-            if distinct and len(placed) != len(workloads):
-                raise RuntimeError(f"{what}: workloads share nodes: {sorted(str(n) for n in placed)}")
-            return running
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: only {len(running)}/{len(workloads)} Running after {timeout:.0f}s")
-        if time.monotonic() > next_report:
-            say(f"{what}: {len(running)}/{len(workloads)} Running")
-            next_report += 15
-        await asyncio.sleep(0.2)
-
-
-async def kill_and_measure(cluster: Cluster, row: Row, label: str, first: dict[str, PodSeen],
-                           progress_extra: Callable[[], str] = lambda: "") -> list[Sample]:
-    assert cluster.watch is not None
-    victims = sorted({str(p.node) for p in first.values()})
-    killed_at: dict[str, float] = {}
-    for node in victims:
-        killed_at[node] = time.time()
-        cluster.kill_machine(node)
-    t_kill = min(killed_at.values())
-    say(f"{row.key}: killed {len(victims)} machines (kubelet + pods) within "
-        f"{max(killed_at.values()) - t_kill:.3f}s: {', '.join(victims)}; waiting up to {row.timeout_s:.0f}s")
-    samples = {w: Sample(w, str(p.node), killed_at[str(p.node)],
-                         cluster.watch.lease_age(str(p.node), killed_at[str(p.node)]))
-               for w, p in first.items()}
-    ages = sorted(a for s in samples.values() if (a := s.lease_age_s) is not None)
-    if ages:
-        say(f"{row.key}: the victims' Leases had been renewed {ages[0]:.1f}-{ages[-1]:.1f}s before the kill")
-    next_report = time.monotonic() + 15
-    deadline = time.monotonic() + row.timeout_s
-    while True:
-        pods, ready, not_ready, tainted = cluster.watch.snapshot()
-        for w, sample in samples.items():
-            mine = workload_pods(pods, label, w)
-            lost = next(p for p in mine if p.uid == first[w].uid)
-            sample.original_terminating_s = _rel(lost.terminating_seen, sample.killed_at)
-            marked = min(not_ready.get(sample.node, []), default=None)
-            sample.node_not_ready_s = _rel(marked, sample.killed_at)
-            sample.tainted_s = _rel(tainted.get(sample.node), sample.killed_at)
-            others = sorted((p for p in mine if p.uid != first[w].uid), key=lambda p: p.first_seen)
-            if others:
-                sample.replacement_created_s = _rel(others[0].first_seen, sample.killed_at)
-            sample.replacements = [
-                {"pod": p.name, "node": p.node, "created_s": _rel(p.first_seen, sample.killed_at),
-                 "bound_s": _rel(p.bound_seen, sample.killed_at),
-                 "running_s": _rel(p.running_seen, sample.killed_at),
-                 "terminating_s": _rel(p.terminating_seen, sample.killed_at)} for p in others]
-            sample.detours = sum(1 for p in others if p.node in killed_at)
-            done = sorted((p for p in others if p.running_seen and p.node not in killed_at),
-                          key=lambda p: p.running_seen or 0.0)
-            if done and sample.recovery_s is None:
-                sample.recovery_s = round((done[0].running_seen or 0.0) - sample.killed_at, 2)
-                sample.replacement_node = done[0].node
-                started = parse_time(done[0].started_at)
-                sample.started_at_s = None if started is None else round(started - sample.killed_at, 2)
-        pending = [s for s in samples.values() if s.recovery_s is None]
-        if not pending:
-            break
-        elapsed = time.time() - t_kill
-        if time.monotonic() > next_report:
-            next_report += 15
-            down = sum(1 for n in victims if ready.get(n) != "True")
-            taints = sum(1 for n in victims if n in tainted)
-            terminating = sum(1 for s in samples.values() if s.original_terminating_s is not None)
-            say(f"{row.key}: +{elapsed:.0f}s after the kill: {WORKLOADS - len(pending)}/{WORKLOADS} running "
-                f"again; victims NotReady {down}/{len(victims)}, tainted {taints}/{len(victims)}, "
-                f"lost pods terminating {terminating}/{WORKLOADS}{progress_extra()}"
-                f"{_expectation(row, elapsed)}")
-        if time.monotonic() > deadline:
-            say(f"{row.key}: gave up after {row.timeout_s:.0f}s with {len(pending)} workload(s) not replaced")
-            break
-        await asyncio.sleep(0.2)
-    return list(samples.values())
-
-
-def _expectation(row: Row, elapsed: float) -> str:
-    if row.kind != "job":
-        return ""
-    cfg = row.plane
-    grace = float(cfg.node_monitor_grace_period.rstrip("s"))
-    tol = row.pod_toleration_s if row.pod_toleration_s is not None else cfg.toleration_seconds
-    expected = grace + tol + 10
-    if elapsed > expected + 30:
-        return ""
-    return f" (expected ≲ {expected:.0f}s: grace {grace:.0f} + tolerations {tol} + Job backoff 10)"
-
-
-def false_not_ready(cluster: Cluster, victims: set[str]) -> dict[str, list[float]]:
-    """Nodes the controller marked NotReady although nobody killed them (should be empty)."""
-    assert cluster.watch is not None
-    _, _, not_ready, _ = cluster.watch.snapshot()
-    return {n: t for n, t in not_ready.items() if n not in victims}
 
 
 # --- rows -----------------------------------------------------------------------------------------
@@ -576,9 +191,9 @@ async def run_jobq_row(row: Row, cluster: Cluster, work: Path) -> tuple[list[Sam
                     "attempts": len(record.attempts),
                     "lost_reason": lost.reason.value if lost and lost.reason else None,
                     "lost_message": lost.message if lost else None,
-                    "lost_finished_s": _rel(lost.finished_at.timestamp(), sample.killed_at)
+                    "lost_finished_s": rel(lost.finished_at.timestamp(), sample.killed_at)
                     if lost and lost.finished_at else None,
-                    "replacement_started_s": _rel(new.started_at.timestamp(), sample.killed_at)
+                    "replacement_started_s": rel(new.started_at.timestamp(), sample.killed_at)
                     if new and new.started_at else None,
                 }
             moved = 0

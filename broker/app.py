@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 from collections.abc import Callable
 
 import structlog
@@ -26,20 +24,6 @@ def make_backend(config: settings.Settings, nc: NATS) -> base.ClusterBackend:
             config.backend, nc=nc)
         return backend
     return local.LocalBackend(nc, node_timeout_s=config.dispatcher.node_timeout_s)
-
-
-def install_signal_handlers(stop: asyncio.Event) -> None:
-    """First SIGTERM/SIGINT: graceful stop. Second: exit at once."""
-    loop = asyncio.get_running_loop()
-
-    def handle() -> None:
-        if stop.is_set():
-            os._exit(130)
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, handle)
 
 
 async def run_dispatcher(config: settings.Settings, stop: asyncio.Event, *,

@@ -8,11 +8,16 @@ from typing import Literal
 
 import structlog
 
-LogFormat = Literal["json", "console"]
+LogFormat = Literal["json", "console", "auto"]
+"""``auto``: console on a terminal, JSON otherwise."""
 
 
-def configure(*, fmt: LogFormat = "json", level: str = "INFO", component: str | None = None) -> None:
-    """Log to stderr; stdout stays free for command output (summaries, JSON)."""
+def configure(*, fmt: LogFormat = "json", level: str = "INFO", component: str | None = None,
+              cache: bool = False) -> None:
+    """Log to stderr; stdout stays free for command output (summaries, JSON). ``cache`` keeps
+    each logger's configuration from its first use (for a process that configures once)."""
+    if fmt == "auto":
+        fmt = "console" if sys.stderr.isatty() else "json"
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
         if fmt == "console"
@@ -30,7 +35,7 @@ def configure(*, fmt: LogFormat = "json", level: str = "INFO", component: str | 
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=cache,
     )
     if component:
         structlog.contextvars.bind_contextvars(component=component)

@@ -6,9 +6,11 @@ Three sources feed them:
   (before -> after, written by compare-and-set, so each is seen once) drive the counters and
   histograms, and ``pod_created`` drives dispatch latency.
 * The job index (every dispatcher follows it, leader or standby) counts new submissions and
-  gives the current state gauges at scrape time.
+  gives the current state gauges at scrape time. The metrics read it, the dispatcher's status,
+  the backend's nodes and the JetStream backlog through the narrow ``Sources``.
 * ``watch_nodes`` polls the cluster backend and counts Ready -> NotReady transitions; it also
-  remembers the lost node's last heartbeat, from which recovery time is measured.
+  remembers the lost node's last heartbeat, from which recovery time is measured
+  (``broker.readmodel.recovery`` defines it, for the API, the demo and the chaos probes too).
 
 Names follow Prometheus conventions: one ``jobq_`` prefix, base units (seconds), ``_total``
 counters, and only low-cardinality labels (queue, outcome, reason, state; node only on node
@@ -22,8 +24,8 @@ import collections
 import contextlib
 import dataclasses
 import datetime as dt
-from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from typing import Protocol
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -32,10 +34,9 @@ from prometheus_client.registry import Collector
 
 from broker import contract
 from broker.backends import base
-from broker.dispatcher import decide, reconcile
-
-if TYPE_CHECKING:
-    from broker.dispatcher.service import Dispatcher
+from broker.dispatcher import reconcile
+from broker.dispatcher.action import Action
+from broker.readmodel import backlog, recovery
 
 log = structlog.get_logger("jobq.metrics")
 
@@ -46,18 +47,11 @@ RUN_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600,
 RECOVERY_BUCKETS = (1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 120, 300, 600)
 
 OUTCOMES = (contract.JobPhase.SUCCEEDED, contract.JobPhase.DEAD, contract.JobPhase.CANCELLED)
-RETRY_REASONS = tuple(
-    r
-    for r in contract.FailureReason
-    if r
-    not in (
-        contract.FailureReason.CANCELLED,
-        contract.FailureReason.INVALID,
-        contract.FailureReason.UNDELIVERABLE,
-        contract.FailureReason.NON_RETRYABLE,
-        contract.FailureReason.START_ERROR,
-    )
-)
+_NOT_RETRIED = {
+    contract.FailureReason(r)
+    for r in ("cancelled", "invalid", "undeliverable", "non_retryable", "start_error")
+}
+RETRY_REASONS = tuple(r for r in contract.FailureReason if r not in _NOT_RETRIED)
 
 METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "jobq_jobs_submitted_total": ("counter", ("queue",)),
@@ -84,34 +78,50 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
 """Every metric this module exposes: name -> (type, labels). docs/observability.md explains each."""
 
 NodeListener = Callable[[base.NodeState], None]
+RecordListener = Callable[[contract.JobRecord | None, contract.JobRecord], None]
+
+
+class JobIndex(Protocol):
+    """The dispatcher's job index, as far as the metrics read it."""
+
+    def subscribe(self, listener: RecordListener) -> None: ...
+
+    def get(self, job_id: str) -> contract.JobRecord | None: ...
+
+    def count_by_phase(self) -> Mapping[str, collections.Counter[str]]: ...
+
+
+class Status(Protocol):
+    """The dispatcher's status counters."""
+
+    leader: bool
+    reconciles: int
+    errors: int
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class NodeFailure:
-    """A node this dispatcher saw go from Ready to NotReady."""
+class Sources:
+    """What the metrics read, each through the narrowest interface that serves
+    (``broker.http.server`` wires a dispatcher's)."""
 
-    node: str
-    detected_at: dt.datetime
-    """When the backend marked it NotReady."""
-    last_heartbeat: dt.datetime | None
-    """The last time the node was heard from: the start of recovery time."""
-
-
-def seconds(start: dt.datetime | None, end: dt.datetime | None) -> float | None:
-    if start is None or end is None:
-        return None
-    return max(0.0, (end - start).total_seconds())
+    index: JobIndex
+    index_ready: Callable[[], bool]
+    """True once the index has loaded every record (earlier records are not new submissions)."""
+    status: Status
+    nats_connected: Callable[[], bool]
+    list_nodes: Callable[[], Awaitable[Iterable[base.NodeState]]]
+    read_backlog: Callable[[], Awaitable[backlog.Backlog]]
 
 
 class Metrics(reconcile.Observer):
-    """The metrics of one dispatcher; call ``bind(dispatcher)`` once it exists."""
+    """The metrics of one dispatcher; call ``bind(sources)`` once the dispatcher exists."""
 
     def __init__(
         self, *, clock: Callable[[], dt.datetime] = contract.utcnow, failures_kept: int = 50
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._clock = clock
-        self._dispatcher: Dispatcher | None = None
+        self._sources: Sources | None = None
         r = self.registry
         self.submitted = Counter(
             "jobq_jobs_submitted", "Jobs accepted by intake (new job records).", ["queue"], registry=r
@@ -164,7 +174,7 @@ class Metrics(reconcile.Observer):
             buckets=RECOVERY_BUCKETS,
             registry=r,
         )
-        self.failures: collections.deque[NodeFailure] = collections.deque(maxlen=failures_kept)
+        self.failures: collections.deque[recovery.NodeFailure] = collections.deque(maxlen=failures_kept)
         self._nodes: dict[str, base.NodeState] = {}
         self._node_listeners: list[NodeListener] = []
         self._dispatched: set[str] = set()
@@ -177,12 +187,12 @@ class Metrics(reconcile.Observer):
 
     # --- wiring -------------------------------------------------------------------------------
 
-    def bind(self, dispatcher: Dispatcher) -> None:
-        if self._dispatcher is not None:
+    def bind(self, sources: Sources) -> None:
+        if self._sources is not None:
             return
-        self._dispatcher = dispatcher
-        dispatcher.index.subscribe(self._on_record)
-        self.registry.register(_StateCollector(self, dispatcher))
+        self._sources = sources
+        sources.index.subscribe(self._on_record)
+        self.registry.register(_StateCollector(self, sources))
 
     def on_node_change(self, listener: NodeListener) -> None:
         self._node_listeners.append(listener)
@@ -207,15 +217,13 @@ class Metrics(reconcile.Observer):
 
     def _on_record(self, before: contract.JobRecord | None, after: contract.JobRecord) -> None:
         self._queue(after.spec.queue)
-        d = self._dispatcher
-        if before is None and d is not None and d.index_ready.is_set() and not after.attempts:
+        src = self._sources
+        if before is None and src is not None and src.index_ready() and not after.attempts:
             self.submitted.labels(queue=after.spec.queue).inc()
 
     # --- observer hooks (leader) ------------------------------------------------------------
 
-    def transition(
-        self, before: contract.JobRecord, after: contract.JobRecord, action: decide.Action
-    ) -> None:
+    def transition(self, before: contract.JobRecord, after: contract.JobRecord, action: Action) -> None:
         queue = after.spec.queue
         self._queue(queue)
         for reason, count in after.retries.items():
@@ -233,52 +241,41 @@ class Metrics(reconcile.Observer):
             if attempt.started_at is not None and (old is None or old.started_at is None):
                 self._started(after, attempt)
             if attempt.state.is_final and (old is None or not old.state.is_final):
-                ran = seconds(attempt.started_at, attempt.finished_at)
+                ran = recovery.seconds(attempt.started_at, attempt.finished_at)
                 if ran is not None:
                     self.run.labels(queue=queue, outcome=attempt.state.value).observe(ran)
 
     def _started(self, record: contract.JobRecord, attempt: contract.Attempt) -> None:
         earlier = record.attempts[: attempt.number - 1]
         if not any(a.started_at for a in earlier):  # the job's first attempt to run at all
-            waited = seconds(record.submitted_at, attempt.started_at)
+            waited = recovery.seconds(record.submitted_at, attempt.started_at)
             if waited is not None:
                 self.wait.labels(queue=record.spec.queue).observe(waited)
-        if attempt.number == 1:
-            return
-        lost = record.attempts[attempt.number - 2]
-        if lost.reason == contract.FailureReason.NODE_LOST:
-            recovered = seconds(self.lost_at(lost), attempt.started_at)
-            if recovered is not None:
-                self.recovery.observe(recovered)
+        recovered = recovery.after_node_lost(record, attempt, lost_at=self.lost_at)
+        if recovered is not None:
+            self.recovery.observe(recovered)
 
     def lost_at(self, attempt: contract.Attempt) -> dt.datetime | None:
         """When the node of an attempt lost with node_lost was last heard from."""
-        heartbeat = None
-        for failure in reversed(self.failures):
-            if failure.node == attempt.node and (
-                attempt.finished_at is None or failure.detected_at <= attempt.finished_at
-            ):
-                heartbeat = failure.last_heartbeat
-                break
-        if heartbeat is None and attempt.node in self._nodes:
-            heartbeat = self._nodes[attempt.node].last_heartbeat
-        if heartbeat is not None and attempt.finished_at is not None:
-            return min(heartbeat, attempt.finished_at)
-        return heartbeat or attempt.finished_at
+        heartbeats = {name: node.last_heartbeat for name, node in self._nodes.items()}
+        return recovery.lost_at(attempt, failures=self.failures, heartbeats=heartbeats)
 
     def unschedulable(self, job_id: str) -> None:
-        record = self._dispatcher.index.get(job_id) if self._dispatcher else None
+        record = self._sources.index.get(job_id) if self._sources else None
         self.unschedulable_total.labels(queue=record.spec.queue if record else "unknown").inc()
 
     def pod_created(self, record: contract.JobRecord, spec: contract.PodSpec) -> None:
         """Observe submit -> the job's first pod confirmed created. That is usually attempt 1's,
         but attempt 1's create can fail or end uncertain (its node died mid-create), and then it is
-        a later attempt's. An earlier attempt that ran had a pod (created by an earlier leader)."""
+        a later attempt's. An earlier attempt that ran had a pod (created by an earlier leader).
+        Timed to the attempt's ``created_at`` (recorded before the create request), so it never
+        exceeds the wait (submit -> started) by the create's round trip."""
         ran_before = any(a.started_at for a in record.attempts[: spec.attempt - 1])
         if record.spec.id in self._dispatched or ran_before:
             return
         self._dispatched.add(record.spec.id)
-        latency = seconds(record.submitted_at, self._clock())
+        attempt = next((a for a in record.attempts if a.number == spec.attempt), None)
+        latency = recovery.seconds(record.submitted_at, attempt.created_at if attempt else self._clock())
         if latency is not None:
             self.dispatch.labels(queue=record.spec.queue).observe(latency)
 
@@ -294,7 +291,7 @@ class Metrics(reconcile.Observer):
             elif known.ready and not node.ready:
                 self.node_failures.labels(node=node.name).inc()
                 self.failures.append(
-                    NodeFailure(
+                    recovery.NodeFailure(
                         node=node.name,
                         detected_at=node.not_ready_since or self._clock(),
                         last_heartbeat=node.last_heartbeat or known.last_heartbeat,
@@ -311,10 +308,10 @@ class Metrics(reconcile.Observer):
 
     async def watch_nodes(self, stop: asyncio.Event, *, interval_s: float = 0.5) -> None:
         """Poll the backend's nodes until ``stop`` (backend-agnostic node failure detection)."""
-        assert self._dispatcher is not None, "bind() first"
+        assert self._sources is not None, "bind() first"
         while not stop.is_set():
             try:
-                self.observe_nodes(await self._dispatcher.backend.list_nodes())
+                self.observe_nodes(await self._sources.list_nodes())
             except Exception as exc:  # a flaky backend must not end the HTTP server
                 log.warning("node_poll_failed", error=repr(exc))
             with contextlib.suppress(TimeoutError):
@@ -324,20 +321,14 @@ class Metrics(reconcile.Observer):
 
     async def refresh(self) -> None:
         """Read submission backlog and dead-letter count from JetStream (best effort)."""
-        assert self._dispatcher is not None, "bind() first"
-        js = self._dispatcher.store.js
+        assert self._sources is not None, "bind() first"
         try:
-            info = await asyncio.wait_for(
-                js.stream_info(contract.STREAM_SUBMIT, subjects_filter=contract.SUBMIT_WILDCARD), 2
-            )
-            subjects: dict[str, int] = info.state.subjects or {}
-            self.pending = {
-                subject.split(".", 2)[2]: int(n) for subject, n in subjects.items() if subject.count(".") >= 2
-            }
-            dead = await asyncio.wait_for(js.stream_info(contract.STREAM_DEAD), 2)
-            self.dead_letters = int(dead.state.messages or 0)
+            found = await self._sources.read_backlog()
         except Exception as exc:
             log.warning("metrics_refresh_failed", error=repr(exc))
+            return
+        self.pending = found.pending
+        self.dead_letters = found.dead_letters
 
 
 class _WithoutCreated(Collector):
@@ -353,15 +344,15 @@ class _WithoutCreated(Collector):
 class _StateCollector(Collector):
     """Gauges computed at scrape time from the index, the backend's nodes and the dispatcher."""
 
-    def __init__(self, metrics: Metrics, dispatcher: Dispatcher) -> None:
+    def __init__(self, metrics: Metrics, sources: Sources) -> None:
         self._metrics = metrics
-        self._dispatcher = dispatcher
+        self._sources = sources
 
     def describe(self) -> Iterable[Metric]:
         return []
 
     def collect(self) -> Iterator[Metric]:
-        d, m = self._dispatcher, self._metrics
+        src, m = self._sources, self._metrics
         jobs = GaugeMetricFamily("jobq_jobs", "Job records by current state.", labels=["queue", "state"])
         depth = GaugeMetricFamily(
             "jobq_queue_depth",
@@ -371,7 +362,7 @@ class _StateCollector(Collector):
         running = GaugeMetricFamily(
             "jobq_running_attempts", "Jobs with an attempt running (or starting).", labels=["queue"]
         )
-        counts = d.index.count_by_phase()
+        counts = src.index.count_by_phase()
         for queue in sorted(set(counts) | set(m.pending)):
             by_phase = counts.get(queue, collections.Counter())
             for phase in contract.JobPhase:
@@ -385,12 +376,12 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily(
             "jobq_leader",
             "1 while this dispatcher holds the leader lease.",
-            value=1 if d.status.leader else 0,
+            value=1 if src.status.leader else 0,
         )
         yield GaugeMetricFamily(
             "jobq_nats_connected",
             "1 while the dispatcher's NATS connection is up.",
-            value=1 if d.store.nc.is_connected else 0,
+            value=1 if src.nats_connected() else 0,
         )
         ready = GaugeMetricFamily("jobq_node_ready", "1 if the node is Ready.", labels=["node"])
         pods = GaugeMetricFamily("jobq_node_pods", "Active pods on the node.", labels=["node"])
@@ -398,7 +389,9 @@ class _StateCollector(Collector):
             ready.add_metric([name], 1 if node.ready else 0)
             pods.add_metric([name], node.pods)
         yield from (ready, pods)
-        yield CounterMetricFamily("jobq_reconciles", "Reconcile passes completed.", value=d.status.reconciles)
         yield CounterMetricFamily(
-            "jobq_reconcile_errors", "Reconcile passes that raised.", value=d.status.errors
+            "jobq_reconciles", "Reconcile passes completed.", value=src.status.reconciles
+        )
+        yield CounterMetricFamily(
+            "jobq_reconcile_errors", "Reconcile passes that raised.", value=src.status.errors
         )

@@ -1,4 +1,4 @@
-"""The thin NATS layer every jobq process shares: connecting, and publishing through failovers.
+"""The thin NATS layer every jobq process shares: connecting, and retrying through failovers.
 
 A leaf module (it imports only nats and the wire contract), so the submitter and the workers can
 use it without depending on the broker's internals.
@@ -7,6 +7,7 @@ use it without depending on the broker's internals.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
@@ -23,7 +24,7 @@ log = structlog.get_logger("jobq.nats")
 
 T = TypeVar("T")
 
-TRANSIENT = (
+TRANSIENT: tuple[type[Exception], ...] = (
     nats.errors.NoRespondersError,
     nats.js.errors.NoStreamResponseError,
     nats.errors.TimeoutError,
@@ -31,47 +32,91 @@ TRANSIENT = (
 )
 """Errors seen while a JetStream leader is elected or a server reconnects: worth retrying."""
 
+TRANSIENT_OR_RECONNECTING: tuple[type[Exception], ...] = (
+    *TRANSIENT,
+    nats.errors.ConnectionReconnectingError,
+    TimeoutError,
+)
+"""TRANSIENT, plus a client caught reconnecting and any timeout (``asyncio.wait_for`` included):
+for a worker, whose every JetStream call must outlast a failover before its attempt gives up."""
+
 
 async def connect(
     url: str,
     *,
     name: str,
     environ: Mapping[str, str] | None = None,
+    auth: Mapping[str, Any] | None = None,
     reconnect_forever: bool = True,
     connect_timeout_s: float = 5.0,
+    reconnect_wait_s: float = 0.5,
+    give_up_after_s: float | None = None,
     on_closed: Callable[[], None] | None = None,
 ) -> NATS:
-    """Connect with credentials from the environment (see contract.nats_auth_options).
+    """Connect to ``url`` (one server or a comma-separated list); ConnectionError if NATS cannot
+    be reached.
 
-    ``reconnect_forever=False`` (a one-shot client such as the CLI) gives up after a few tries
-    and raises ConnectionError; the failed tries before that are logged at debug level only, so
-    the error is said once."""
+    Credentials come from ``auth`` (``nats.connect`` options) or else from the environment (see
+    contract.nats_auth_options). ``reconnect_forever=False`` (a one-shot client such as the CLI)
+    gives up after a few tries; the failed tries before that are logged at debug level only, so
+    the error is said once. ``give_up_after_s`` (a worker) keeps trying to connect for that long,
+    logging the first error of each outage only, then closes the client and gives up."""
     connected = False
+    failing: list[Exception] = []
+    """The last error of the current outage (cleared on reconnect)."""
 
     async def error_cb(exc: Exception) -> None:
-        if connected or reconnect_forever:
-            log.warning("nats_error", error=repr(exc))
-        else:
+        first = not failing
+        failing[:] = [exc]
+        if not (connected or reconnect_forever):
             log.debug("nats_connect_failed", error=repr(exc))
+        elif first or give_up_after_s is None:
+            log.warning("nats_error", error=repr(exc))
+
+    async def disconnected_cb() -> None:
+        if connected and not (nc.is_closed or nc.is_draining):
+            log.warning("nats_disconnected")
+
+    async def reconnected_cb() -> None:
+        failing.clear()
+        log.info("nats_reconnected")
 
     async def closed_cb() -> None:
         if on_closed is not None:
             on_closed()
 
-    options: dict[str, Any] = contract.nats_auth_options(os.environ if environ is None else environ)
+    options: dict[str, Any] = dict(
+        auth if auth is not None else contract.nats_auth_options(os.environ if environ is None else environ)
+    )
+    options.update(connect_timeout=connect_timeout_s, reconnect_time_wait=reconnect_wait_s)
+    servers = [s.strip() for s in url.split(",") if s.strip()]
+    nc = NATS()
     try:
-        nc = await nats.connect(
-            servers=url.split(","),
-            name=name,
-            connect_timeout=connect_timeout_s,
-            max_reconnect_attempts=-1 if reconnect_forever else 3,
-            reconnect_time_wait=0.5,
-            allow_reconnect=True,
-            error_cb=error_cb,
-            closed_cb=closed_cb,
-            **options,
+        await asyncio.wait_for(
+            nc.connect(
+                servers=servers,
+                name=name,
+                max_reconnect_attempts=-1 if reconnect_forever or give_up_after_s is not None else 3,
+                allow_reconnect=True,
+                error_cb=error_cb,
+                disconnected_cb=disconnected_cb,
+                reconnected_cb=reconnected_cb,
+                closed_cb=closed_cb,
+                **options,
+            ),
+            timeout=give_up_after_s,
         )
-    except (nats.errors.NoServersError, OSError) as exc:
+    except (nats.errors.Error, OSError) as exc:  # OSError includes TimeoutError
+        unreachable = isinstance(exc, nats.errors.NoServersError | OSError)
+        if give_up_after_s is None and not unreachable:
+            raise
+        with contextlib.suppress(Exception):
+            await nc.close()  # it would go on reconnecting forever
+        if give_up_after_s is not None:
+            raise ConnectionError(
+                f"cannot reach NATS at {', '.join(servers)} within {give_up_after_s:g} s "
+                f"(last error: {failing[-1] if failing else exc!r})"
+            ) from exc
         raise ConnectionError(
             f"cannot reach NATS at {url}: {exc}. Is the jobq stack running "
             "(jobq up), or is --nats / JOBQ_NATS_URL right?"
@@ -85,21 +130,31 @@ RETRY_BUDGET_S = 30.0
 (4-10 s measured on a 3-server cluster, with the Raft election timeout and the client's reconnect)."""
 
 
-async def retry(call: Callable[[], Awaitable[T]], *, budget_s: float = RETRY_BUDGET_S,
-                delay_s: float = 0.25, max_delay_s: float = 2.0) -> T:
-    """Retry ``call`` through transient JetStream errors (publishes keep their Nats-Msg-Id, so a
+async def retry(
+    call: Callable[[], Awaitable[T]],
+    *,
+    budget_s: float = RETRY_BUDGET_S,
+    delay_s: float = 0.25,
+    max_delay_s: float = 2.0,
+    transient: tuple[type[Exception], ...] = TRANSIENT,
+    what: str = "",
+) -> T:
+    """Retry ``call`` through ``transient`` errors (publishes keep their Nats-Msg-Id, so a
     retried publish is stored once) for up to ``budget_s``, backing off from ``delay_s`` to
-    ``max_delay_s``. "No responders" comes back at once during an election: a budget of tries
-    would be spent in a second or two, so the budget is time."""
-    deadline = asyncio.get_running_loop().time() + budget_s
+    ``max_delay_s``; the last error is raised once the budget is spent. "No responders" comes
+    back at once during an election: a budget of tries would be spent in a second or two, so
+    the budget is time. ``what`` names the operation in the log."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + budget_s
     n = 0
     while True:
         n += 1
         try:
             return await call()
-        except TRANSIENT as exc:
-            if asyncio.get_running_loop().time() + delay_s > deadline:
+        except transient as exc:
+            if loop.time() + delay_s > deadline:
                 raise
-            log.warning("nats_call_retried", error=type(exc).__name__, attempt=n, retry_in_s=delay_s)
-            await asyncio.sleep(delay_s)
-            delay_s = min(delay_s * 2, max_delay_s)
+            log.warning("nats_call_retried", operation=what or None, error=repr(exc), attempt=n,
+                        retry_in_s=delay_s)
+        await asyncio.sleep(delay_s)
+        delay_s = min(delay_s * 2, max_delay_s)

@@ -15,7 +15,6 @@ from pydantic import ValidationError
 
 from broker import contract
 
-DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 LABEL_KEY = re.compile(
     r"([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
@@ -30,7 +29,7 @@ class SettingsError(ValueError):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class NatsSettings:
-    url: str = DEFAULT_NATS_URL
+    url: str = contract.DEFAULT_NATS_URL
     """Comma-separated NATS server URLs (JOBQ_NATS_URL)."""
     replicas: int = 1
     """Replicas of jobq's streams and buckets: 1, or 3 on a clustered NATS (JOBQ_NATS_REPLICAS)."""
@@ -60,9 +59,9 @@ class DispatcherSettings:
     reschedule_on_node_loss: bool = True
     """Switch off only to prove that a chaos experiment can fail (negative control)."""
     queue_limits: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    """Most running attempts per queue, e.g. JOBQ_QUEUE_LIMITS="gpu=2,default=50"."""
     queue_pending_timeouts: Mapping[str, float] = dataclasses.field(default_factory=dict)
     """pending_timeout_s per queue for jobs that bring none, e.g. JOBQ_QUEUE_PENDING_TIMEOUTS="gpu=3600"."""
-    """Most running attempts per queue, e.g. JOBQ_QUEUE_LIMITS="gpu=2,default=50"."""
     shutdown_grace_s: float = 5.0
     """On SIGTERM, reconciles in flight get this long to finish."""
     queue_policies: Mapping[str, contract.RetryPolicy] = dataclasses.field(default_factory=dict)
@@ -142,6 +141,9 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Settings from ``JOBQ_*`` variables; one not set keeps its field's default above."""
+        n, d, h, b = NatsSettings(), DispatcherSettings(), HttpSettings(), BackendSettings()
+
         def get(name: str, default: str) -> str:
             return environ.get(f"JOBQ_{name}", default)
 
@@ -158,41 +160,41 @@ class Settings:
                 raise SettingsError(f"JOBQ_{name}={raw!r} must be true or false")
             return raw in ("1", "true", "yes")
 
-        kind = get("BACKEND", "local")
+        kind = get("BACKEND", b.kind)
         if kind not in ("local", "kubernetes"):
             raise SettingsError(f"JOBQ_BACKEND must be local or kubernetes, not {kind!r}")
         return cls(
             nats=NatsSettings(
-                url=get("NATS_URL", DEFAULT_NATS_URL), replicas=int(number("NATS_REPLICAS", 1))
+                url=get("NATS_URL", n.url), replicas=int(number("NATS_REPLICAS", n.replicas))
             ),
             dispatcher=DispatcherSettings(
-                workers=int(number("WORKERS", 16)),
-                resync_interval_s=number("RESYNC_INTERVAL_S", 5.0),
-                heartbeat_timeout_s=number("HEARTBEAT_TIMEOUT_S", 10.0),
-                startup_timeout_s=number("STARTUP_TIMEOUT_S", 60.0),
-                node_timeout_s=number("NODE_TIMEOUT_S", 3.0),
-                node_silence_s=number("NODE_SILENCE_S", 5.0),
-                lease_ttl_s=number("LEASE_TTL_S", 5.0),
-                reschedule_on_node_loss=flag("RESCHEDULE_ON_NODE_LOSS", True),
+                workers=int(number("WORKERS", d.workers)),
+                resync_interval_s=number("RESYNC_INTERVAL_S", d.resync_interval_s),
+                heartbeat_timeout_s=number("HEARTBEAT_TIMEOUT_S", d.heartbeat_timeout_s),
+                startup_timeout_s=number("STARTUP_TIMEOUT_S", d.startup_timeout_s),
+                node_timeout_s=number("NODE_TIMEOUT_S", d.node_timeout_s),
+                node_silence_s=number("NODE_SILENCE_S", d.node_silence_s),
+                lease_ttl_s=number("LEASE_TTL_S", d.lease_ttl_s),
+                reschedule_on_node_loss=flag("RESCHEDULE_ON_NODE_LOSS", d.reschedule_on_node_loss),
                 queue_limits=parse_queue_limits(get("QUEUE_LIMITS", "")),
                 queue_pending_timeouts=parse_queue_pending_timeouts(get("QUEUE_PENDING_TIMEOUTS", "")),
-                shutdown_grace_s=number("SHUTDOWN_GRACE_S", 5.0),
+                shutdown_grace_s=number("SHUTDOWN_GRACE_S", d.shutdown_grace_s),
                 queue_policies=parse_queue_policies(get("QUEUE_POLICIES", "")),
             ),
             http=HttpSettings(
-                host=get("HTTP_HOST", "127.0.0.1"),
-                port=int(number("HTTP_PORT", 8222)),
-                token=get("HTTP_TOKEN", ""),
+                host=get("HTTP_HOST", h.host),
+                port=int(number("HTTP_PORT", h.port)),
+                token=get("HTTP_TOKEN", h.token),
             ),
             backend=BackendSettings(
                 kind="kubernetes" if kind == "kubernetes" else "local",
-                kubeconfig=get("KUBECONFIG", ""),
-                namespace=get("NAMESPACE", "jobq-jobs"),
-                image=get("IMAGE", "jobq:latest"),
-                allow_privileged=flag("ALLOW_PRIVILEGED", False),
+                kubeconfig=get("KUBECONFIG", b.kubeconfig),
+                namespace=get("NAMESPACE", b.namespace),
+                image=get("IMAGE", b.image),
+                allow_privileged=flag("ALLOW_PRIVILEGED", b.allow_privileged),
                 pod_service_account=get("POD_SERVICE_ACCOUNT", "").strip(),
                 image_pull_secrets=tuple(
-                    filter(None, (n.strip() for n in get("POD_IMAGE_PULL_SECRETS", "").split(",")))),
+                    filter(None, (s.strip() for s in get("POD_IMAGE_PULL_SECRETS", "").split(",")))),
                 gpu_node_selector=parse_node_selector(get("GPU_NODE_SELECTOR", "")),
                 gpu_tolerations=parse_tolerations(get("GPU_TOLERATIONS", "")),
                 pod_nats_secret=get("POD_NATS_SECRET", "").strip(),

@@ -1,5 +1,6 @@
 """jobq's Chaos Toolkit extension: actions and probes that break a jobq stack on purpose and
-check that every job still finished exactly once (``chaos discover jobq``)."""
+check that every job still finished exactly once (``chaos discover jobq``, which chaoslib finds
+through the top-level ``_chaosjobq``)."""
 
 from __future__ import annotations
 

@@ -6,8 +6,8 @@ The cluster is found from the experiment's configuration: ``kubeconfig`` (JOBQ_K
 default: the dev cluster's, ``jobq dev-cluster kubeconfig``), ``namespace`` (JOBQ_NAMESPACE, the
 jobs namespace, default ``jobq-jobs``) and ``cluster_dir`` (the dev cluster's state directory with
 ``kubelets.json``; default: the kubeconfig's directory). Node agents are signalled through
-``broker.devcluster.nodes``; API calls go through kubectl. Every disruption is recorded in the
-run's state file like chaos.actions does, so the probes (recovery time, lost jobs) and the report
+``devcluster.nodes``; API calls go through kubectl. Every disruption is recorded in the
+run's state file like chaos.node_actions does, so the probes (recovery time, lost jobs) and the report
 work unchanged. chaostoolkit-kubernetes is deliberately not used (docs/chaos.md).
 """
 
@@ -25,11 +25,10 @@ from chaoslib.exceptions import ActivityFailed
 
 from broker import contract
 from broker.backends import k8s_objects
-from broker.devcluster import nodes
-from broker.devcluster.build import find_kubectl
-from chaos import target
-from chaos.actions import _choose, _running_on_nodes
+from chaos import burst, target
 from chaos.target import ChaosError, Configuration, RunState
+from devcluster import nodes
+from devcluster.build import find_kubectl
 from submitter.client import JobqClient
 
 __all__ = [
@@ -113,12 +112,12 @@ def _victim(configuration: Configuration, name: str, *, min_running: int, timeou
     state = RunState.load(configuration)
 
     async def go(client: JobqClient) -> Counter[str]:
-        return await _running_on_nodes(
+        return await burst.running_on_nodes(
             client, state.burst, at_least=min_running, timeout_s=timeout_s, ledger=state.ledger
         )
 
     by_node = target.run_async(lambda: target.with_client(configuration, go))
-    return _choose(_live_agents(configuration), by_node, count=1, names=None, pick="busiest")[0]
+    return burst.choose_victims(_live_agents(configuration), by_node, count=1, names=None, pick="busiest")[0]
 
 
 def _wait_moved(configuration: Configuration, pods: list[str], *, timeout_s: float) -> bool:
@@ -297,8 +296,7 @@ def drain_node(
     except ChaosError as exc:
         raise ActivityFailed(str(exc)) from exc
     disruption = {"kind": "node_drain", "target": victim, "at": at, "pods": pods, "method": method}
-    target.record_disruption(configuration, disruption)
-    index = len(RunState.load(configuration).disruptions) - 1
+    index = target.record_disruption(configuration, disruption)
     moved = _wait_moved(configuration, pods, timeout_s=timeout_s)
     if moved:
         target.update_disruption(configuration, index, recovered_at=target.now_iso())
@@ -318,8 +316,7 @@ def delete_node(
     except ChaosError as exc:
         raise ActivityFailed(str(exc)) from exc
     disruption = {"kind": "node_delete", "target": victim, "at": at, "pods": pods}
-    target.record_disruption(configuration, disruption)
-    index = len(RunState.load(configuration).disruptions) - 1
+    index = target.record_disruption(configuration, disruption)
     moved = _wait_moved(configuration, pods, timeout_s=timeout_s)
     if moved:
         target.update_disruption(configuration, index, recovered_at=target.now_iso())

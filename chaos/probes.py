@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 
 from broker import contract
-from broker.embedded import demo
+from broker.readmodel import recovery
 from chaos import target
 from chaos.target import Configuration, RunState
 from submitter.client import JobqClient
@@ -151,7 +151,7 @@ def _from_attempt_alive_at(
 
 def recoveries(records: list[contract.JobRecord], disruptions: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Recovery per disruption. Node kills and partitions: from the disruption to the last
-    affected job's replacement attempt running (demo.recovery_seconds). Dispatcher and broker
+    affected job's replacement attempt running (readmodel.recovery.after_disruption). Dispatcher and broker
     kills: from the kill to the takeover the action observed (new lease holder, stream leaders)."""
     found = []
     for d in disruptions:
@@ -159,7 +159,7 @@ def recoveries(records: list[contract.JobRecord], disruptions: list[dict[str, An
         entry: dict[str, Any] = {"kind": d["kind"], "target": d["target"], "at": d["at"]}
         if d["kind"] in NODE_KINDS:
             hit = [r for r in (_from_attempt_alive_at(r, d["target"], at) for r in records) if r is not None]
-            seconds = demo.recovery_seconds(hit, node=d["target"], killed_at=at)
+            seconds = recovery.after_disruption(hit, node=d["target"], killed_at=at)
             entry["affected_jobs"] = len(seconds)
             entry["seconds"] = round(max(seconds), 2) if seconds else 0.0
         elif d.get("recovered_at"):

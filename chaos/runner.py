@@ -69,7 +69,7 @@ def stack_requirements(experiment: Mapping[str, Any]) -> dict[str, Any]:
 def kubernetes_env() -> dict[str, str]:
     """JOBQ_BACKEND/JOBQ_KUBECONFIG for a stack on the Kubernetes backend (experiments whose jobq
     extension says ``"backend": "kubernetes"``): $JOBQ_KUBECONFIG, else the dev cluster's."""
-    from broker.devcluster.nodes import stack_env
+    from devcluster.nodes import stack_env
 
     explicit = os.environ.get("JOBQ_KUBECONFIG")
     return stack_env(Path(explicit) if explicit else None)

@@ -38,7 +38,7 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from broker import contract, natsutil
-from broker.embedded.stack import CONTROL_SUBJECT, read_state
+from broker.embedded.stack import read_state
 from submitter.client import JobqClient
 
 log = structlog.get_logger("jobq.chaos")
@@ -48,7 +48,6 @@ Configuration = dict[str, Any] | None
 
 BURST_LABEL = "chaos-run"
 """Label key put on every job of a burst; its value is the run id."""
-DEFAULT_NATS = "nats://127.0.0.1:4222"
 NODE_SILENT_S = 3.0
 """A node whose last heartbeat is older than this is not ready (the dispatcher's default)."""
 
@@ -82,7 +81,7 @@ def nats_url(configuration: Configuration) -> str:
     url = stack_state(configuration).get("nats_url")
     if isinstance(url, str) and url:
         return url
-    return os.environ.get("JOBQ_NATS_URL") or DEFAULT_NATS
+    return os.environ.get(contract.ENV_NATS_URL) or contract.DEFAULT_NATS_URL
 
 
 def run_id(configuration: Configuration) -> str:
@@ -182,11 +181,13 @@ def load_checker() -> ModuleType:
     return module
 
 
-def record_disruption(configuration: Configuration, disruption: dict[str, Any]) -> None:
+def record_disruption(configuration: Configuration, disruption: dict[str, Any]) -> int:
+    """Append ``disruption`` to the run's state; its index (for ``update_disruption``)."""
     state = RunState.load(configuration)
     state.disruptions.append(disruption)
     state.save(configuration)
     log.info("chaos_disruption", run_id=state.run_id, **disruption)
+    return len(state.disruptions) - 1
 
 
 def update_disruption(configuration: Configuration, index: int, **fields: Any) -> None:
@@ -215,10 +216,11 @@ async def control(nc: NATS, op: str, **fields: Any) -> dict[str, Any]:
     """Ask the stack supervisor to (re)start something; raises ChaosError if it refuses."""
     payload = json.dumps({"op": op, **fields}).encode()
     try:
-        msg = await natsutil.retry(lambda: nc.request(CONTROL_SUBJECT, payload, timeout=30), budget_s=60)
+        msg = await natsutil.retry(lambda: nc.request(contract.CONTROL_SUBJECT, payload, timeout=30),
+                                   budget_s=60)
     except Exception as exc:
         raise ChaosError(
-            f"the stack supervisor did not answer {op!r} on {CONTROL_SUBJECT} ({exc!r}); "
+            f"the stack supervisor did not answer {op!r} on {contract.CONTROL_SUBJECT} ({exc!r}); "
             "restarts need a stack started by `jobq up` or `jobq chaos run`"
         ) from exc
     reply: dict[str, Any] = json.loads(msg.data)

@@ -18,8 +18,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import hashlib
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, Self
 
@@ -29,113 +27,48 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from broker import contract, natsutil
+from broker.readmodel import deadletters
+from broker.readmodel import events as event_log
+from submitter import specs
+from submitter.errors import (
+    ArtifactNotFound,
+    DispatcherUnavailable,
+    InvalidJob,
+    JobFailed,
+    JobNotFound,
+    JobqError,
+    LogUnavailable,
+    OutputRejected,
+    WaitTimeout,
+)
+from submitter.handles import JobHandle
+from submitter.logtail import unseen_tail
+from submitter.specs import new_job_id
+
+__all__ = [
+    "ArtifactNotFound",
+    "DispatcherUnavailable",
+    "InvalidJob",
+    "JobFailed",
+    "JobHandle",
+    "JobNotFound",
+    "JobqClient",
+    "JobqError",
+    "LogUnavailable",
+    "OutputRejected",
+    "WaitTimeout",
+    "new_job_id",
+    "unseen_tail",
+]
+
 
 _FINAL_EVENTS = frozenset(
     {contract.EventType.SUCCEEDED, contract.EventType.DEAD, contract.EventType.CANCELLED}
 )
 
 
-class JobqError(Exception):
-    """Base of the SDK's errors."""
-
-
-class JobFailed(JobqError):
-    """The job ended without a result (dead or cancelled); ``record`` says why."""
-
-    def __init__(self, record: contract.JobRecord) -> None:
-        super().__init__(f"job {record.spec.id} ended {record.phase}: {record.reason} {record.message}")
-        self.record = record
-
-
-class JobNotFound(JobqError):
-    """No job has that id (never submitted, or not accepted yet)."""
-
-
-class ArtifactNotFound(JobqError, LookupError):
-    """The job has no accepted result (not finished, dead or cancelled), or its accepted attempt
-    stored no artifact of that name."""
-
-
-class OutputRejected(JobqError):
-    """A stored result or artifact of the job's accepted attempt was not written by that
-    attempt's pod (its writer stamp differs from the one the dispatcher accepted)."""
-
-
-class InvalidJob(JobqError, ValueError):
-    """The job cannot be submitted as it is (too big, for one)."""
-
-
-class WaitTimeout(JobqError, TimeoutError):
-    """``wait()`` gave up before the jobs finished; they go on. ``pending``: their ids."""
-
-    def __init__(self, message: str, *, pending: Iterable[str]) -> None:
-        super().__init__(message)
-        self.pending = tuple(sorted(pending))
-
-
-class DispatcherUnavailable(JobqError):
-    """No dispatcher answered a request (none running, or it did not answer in time)."""
-
-
-class LogUnavailable(JobqError):
-    """An attempt's output cannot be read: not yet (its pod has not started; ``finished`` False)
-    or no more (its pod or node is gone). ``tail`` holds the last lines jobq kept of a failed
-    attempt, minus what ``logs()`` had already yielded."""
-
-    def __init__(self, message: str, *, job_id: str, attempt: int | None, tail: str = "",
-                 finished: bool = True) -> None:
-        super().__init__(message)
-        self.job_id = job_id
-        self.attempt = attempt
-        self.tail = tail
-        self.finished = finished
-
-
-def unseen_tail(shown: str, tail: str) -> str:
-    """The lines of ``tail`` (the end of a log) that ``shown`` (its beginning) does not end with."""
-    tail_lines = tail.splitlines()
-    shown_lines = shown.splitlines()
-    for k in range(min(len(shown_lines), len(tail_lines)), 0, -1):
-        first, *rest = tail_lines[:k]  # the tail's first line may be cut: compare its end only
-        start = len(shown_lines) - k
-        if shown_lines[start].endswith(first) and shown_lines[start + 1:] == rest:
-            return "\n".join(tail_lines[k:])
-    return tail
-
-
-def _payload(job: contract.JobSpec) -> bytes:
-    return job.model_dump_json(exclude_defaults=True).encode()
-
-
-def new_job_id(idempotency_key: str | None = None) -> str:
-    """A fresh id, or one derived from the idempotency key (same key, same id)."""
-    if idempotency_key is not None:
-        return "k-" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:24]
-    return "j-" + uuid.uuid4().hex[:20]
-
-
-class JobHandle:
-    def __init__(self, client: JobqClient, job_id: str) -> None:
-        self.client = client
-        self.id = job_id
-
-    def __repr__(self) -> str:
-        return f"JobHandle({self.id!r})"
-
-    async def status(self) -> contract.JobRecord | None:
-        return await self.client.get(self.id)
-
-    async def wait(self, *, timeout: float | None = None) -> contract.JobRecord:
-        records = await self.client.wait([self.id], timeout=timeout)
-        return records[self.id]
-
-    async def result(self, *, timeout: float | None = None) -> contract.TaskResult:
-        record = await self.wait(timeout=timeout)
-        return await self.client.result_of(record)
-
-
 class JobqClient:
-    def __init__(self, url: str = "nats://127.0.0.1:4222", *, name: str = "jobq-client") -> None:
+    def __init__(self, url: str = contract.DEFAULT_NATS_URL, *, name: str = "jobq-client") -> None:
         self.url = url
         self.name = name
         self._nc: NATS | None = None
@@ -169,20 +102,7 @@ class JobqClient:
     ) -> contract.JobSpec:
         """A validated JobSpec from a spec, a dict, or keyword fields; fills in the id. Raises
         pydantic's ValidationError, or InvalidJob when it is bigger than MAX_SUBMISSION_BYTES."""
-        if isinstance(spec, contract.JobSpec):
-            job = spec
-        else:
-            data = {**(spec or {}), **fields}
-            data.setdefault("id", new_job_id(data.get("idempotency_key")))
-            job = contract.JobSpec.model_validate(data)
-        # As published and as the dispatcher stores it (with every default): both must fit.
-        size = max(len(_payload(job)), len(job.model_dump_json().encode()))
-        if size > contract.MAX_SUBMISSION_BYTES:
-            raise InvalidJob(
-                f"job {job.id} is {size} bytes; the limit is {contract.MAX_SUBMISSION_BYTES} (a job is "
-                "one NATS message): put big inputs in the object store"
-            )
-        return job
+        return specs.build_spec(spec, **fields)
 
     async def submit(self, spec: contract.JobSpec | dict[str, Any] | None = None, **fields: Any) -> JobHandle:
         job = self.build_spec(spec, **fields)
@@ -190,7 +110,7 @@ class JobqClient:
             contract.HEADER_MSG_ID: job.dedupe_key,
             contract.HEADER_CONTRACT: str(contract.CONTRACT_VERSION),
         }
-        payload = _payload(job)
+        payload = specs.payload(job)
         await natsutil.retry(
             lambda: self.js.publish(contract.submit_subject(job.queue), payload, headers=dict(headers))
         )
@@ -406,70 +326,27 @@ class JobqClient:
         """
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
-            events = await self._events_now(job_id)
+            events = await event_log.job_events(self.js, job_id, limit=None)
             if not settled or any(e.type in _FINAL_EVENTS for e in events):
                 return events
             if asyncio.get_running_loop().time() > deadline:
                 raise TimeoutError(f"job {job_id} has no final event after {timeout}s")
             await asyncio.sleep(0.1)
 
-    async def _events_now(self, job_id: str) -> builtins.list[contract.JobEvent]:
-        sub = await self.js.subscribe(
-            contract.event_subject(job_id),
-            ordered_consumer=True,
-            deliver_policy=nats.js.api.DeliverPolicy.ALL,
-        )
-        events: builtins.list[contract.JobEvent] = []
-        try:
-            info = await self.js.stream_info(
-                contract.STREAM_EVENTS, subjects_filter=contract.event_subject(job_id)
-            )
-            expected = (info.state.subjects or {}).get(contract.event_subject(job_id), 0)
-            while len(events) < expected:
-                msg = await sub.next_msg(timeout=5)
-                events.append(contract.JobEvent.model_validate_json(msg.data))
-        finally:
-            await sub.unsubscribe()
-        return events
-
     async def dead_letters(self, *, limit: int = 100) -> builtins.list[tuple[int, contract.DeadLetter]]:
         """Newest dead-letter records first, with their stream sequence."""
-        try:
-            info = await self.js.stream_info(contract.STREAM_DEAD)
-        except nats.js.errors.NotFoundError:
-            return []
-        found: builtins.list[tuple[int, contract.DeadLetter]] = []
-        seq = info.state.last_seq
-        while seq >= max(info.state.first_seq, 1) and len(found) < limit:
-            with contextlib.suppress(nats.js.errors.NotFoundError):
-                raw = await self.js.get_msg(contract.STREAM_DEAD, seq)
-                if raw.data:
-                    found.append((seq, contract.DeadLetter.model_validate_json(raw.data)))
-            seq -= 1
-        return found
+        found, _ = await deadletters.newest(self.js, limit=limit)
+        return [(item.seq, item.letter) for item in found]
 
     async def dead_letter(self, seq: int) -> contract.DeadLetter | None:
         """The dead letter stored under ``seq`` in stream JOBQ_DEAD, if any."""
-        try:
-            raw = await self.js.get_msg(contract.STREAM_DEAD, seq)
-        except nats.js.errors.NotFoundError:
-            return None
-        return contract.DeadLetter.model_validate_json(raw.data) if raw.data else None
+        return await deadletters.get(self.js, seq)
 
     async def dead_letter_original(self, letter: contract.DeadLetter) -> bytes | None:
         """The whole original message a dead letter is about: its inline ``payload`` when it has
         one, else the copy in object store ``jobq_dead``; None when the letter names none or the
         copy expired (with the letter's stream, after 30 days)."""
-        if letter.payload is not None:
-            return letter.payload.encode()
-        if letter.original is None:
-            return None
-        try:
-            originals = await self.js.object_store(contract.OBJECT_STORE_DEAD)
-            result = await originals.get(letter.original)
-        except nats.js.errors.NotFoundError:
-            return None
-        return bytes(result.data or b"")
+        return await deadletters.original(self.js, letter)
 
     async def retry_dead(self, job_id: str) -> contract.JobRecord:
         """Re-drive a dead job: fresh budgets, same id, attempt history kept."""

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 import click
 from pydantic import ValidationError
 
 from broker import contract
+from submitter import clibase
 from submitter.client import JobNotFound, JobqClient, LogUnavailable
 
 STATUS_TAIL_LINES = 10
@@ -50,13 +50,7 @@ def attempt_lines(record: contract.JobRecord) -> list[str]:
     return lines
 
 
-def register(
-    cli: click.Group,
-    *,
-    nats_option: Callable[..., Any],
-    resolve_nats: Callable[[str | None], str],
-    run: Callable[[Coroutine[Any, Any, Any]], Any],
-) -> None:
+def register(cli: click.Group) -> None:
 
     @cli.command()
     @click.option("--task", help="Built-in task (see `jobq schema`) or module:function.")
@@ -81,7 +75,7 @@ def register(
     @click.option("--idempotency-key", default=None, help="Submissions with the same key run once.")
     @click.option("--wait", is_flag=True, help="Wait for the job and print its result.")
     @wait_timeout_option
-    @nats_option
+    @clibase.nats_option
     def submit(
         task: str | None,
         command: tuple[str, ...],
@@ -129,7 +123,7 @@ def register(
         if idempotency_key:
             fields["idempotency_key"] = idempotency_key
 
-        url = resolve_nats(nats_url)
+        url = clibase.resolve_nats(nats_url)
         try:  # before connecting: an invalid job is a usage error wherever NATS is
             spec = JobqClient(url).build_spec(**fields)
         except ValidationError as exc:
@@ -143,20 +137,20 @@ def register(
                     return
                 if sys.stderr.isatty():  # chatter for people; scripts get one line, and only on error
                     click.echo(f"submitted {handle.id}; waiting", err=True)
-                result = await handle.result(timeout=timeout)  # JobFailed, WaitTimeout: see cli.py
+                result = await handle.result(timeout=timeout)  # JobFailed, WaitTimeout: see clibase.py
                 _echo_json(result.model_dump(mode="json"))
 
-        run(go())
+        clibase.run(go())
 
     @cli.command()
     @click.argument("job_id")
     @click.option("--json", "as_json", is_flag=True, help="Print the whole record as JSON.")
-    @nats_option
+    @clibase.nats_option
     def status(job_id: str, as_json: bool, nats_url: str | None) -> None:
         """Show a job: phase, attempts with node, state and failure reason."""
 
         async def go() -> None:
-            async with JobqClient(resolve_nats(nats_url)) as client:
+            async with JobqClient(clibase.resolve_nats(nats_url)) as client:
                 record = await client.get(job_id)
             if record is None:
                 raise JobNotFound(f"no job {job_id} (not submitted, or not accepted yet)")
@@ -172,7 +166,7 @@ def register(
             for line in attempt_lines(record):
                 click.echo(line)
 
-        run(go())
+        clibase.run(go())
 
     @cli.command()
     @click.argument("job_id")
@@ -180,7 +174,7 @@ def register(
                   help="Which attempt (1 is the first). Default: the current one.")
     @click.option("--follow", "-f", is_flag=True,
                   help="Keep printing as the attempt writes, until it ends (waits for it to start).")
-    @nats_option
+    @clibase.nats_option
     def logs(job_id: str, attempt: int | None, follow: bool, nats_url: str | None) -> None:
         """Print the output (stdout and stderr) of a job's attempt.
 
@@ -193,7 +187,7 @@ def register(
 
         async def go() -> None:
             printed = ""
-            async with JobqClient(resolve_nats(nats_url)) as client:
+            async with JobqClient(clibase.resolve_nats(nats_url)) as client:
                 try:
                     async for text in client.logs(job_id, attempt=attempt, follow=follow):
                         click.echo(text, nl=False)
@@ -209,29 +203,29 @@ def register(
                     else:
                         raise click.ClickException(f"{exc}; no output was kept") from None
 
-        run(go())
+        clibase.run(go())
 
     @cli.command("list")
     @click.option("--state", type=click.Choice([p.value for p in contract.JobPhase]), default=None)
     @click.option("--queue", default=None)
-    @nats_option
+    @clibase.nats_option
     def list_(state: str | None, queue: str | None, nats_url: str | None) -> None:
         """List jobs, oldest first."""
 
         async def go() -> None:
-            async with JobqClient(resolve_nats(nats_url)) as client:
+            async with JobqClient(clibase.resolve_nats(nats_url)) as client:
                 records = await client.list()
             for record in records:
                 if (state is None or record.phase == state) and (queue is None or record.spec.queue == queue):
                     click.echo(_record_line(record))
 
-        run(go())
+        clibase.run(go())
 
     @cli.command()
     @click.argument("job_id")
     @click.option("--wait", is_flag=True, help="Wait for the job to finish.")
     @wait_timeout_option
-    @nats_option
+    @clibase.nats_option
     def result(job_id: str, wait: bool, timeout: float | None, nats_url: str | None) -> None:
         """Print a finished job's accepted result as JSON.
 
@@ -240,7 +234,7 @@ def register(
         _check_wait(wait, timeout)
 
         async def go() -> None:
-            async with JobqClient(resolve_nats(nats_url)) as client:
+            async with JobqClient(clibase.resolve_nats(nats_url)) as client:
                 record = await client.get(job_id)
                 if record is None:
                     raise JobNotFound(f"no job {job_id}")
@@ -250,23 +244,23 @@ def register(
                     record = (await client.wait([job_id], timeout=timeout))[job_id]
                 _echo_json((await client.result_of(record)).model_dump(mode="json"))
 
-        run(go())
+        clibase.run(go())
 
     @cli.command()
     @click.argument("job_id")
-    @nats_option
+    @clibase.nats_option
     def cancel(job_id: str, nats_url: str | None) -> None:
         """Stop a queued or running job; it ends `cancelled`."""
 
         async def go() -> None:
-            async with JobqClient(resolve_nats(nats_url)) as client:
+            async with JobqClient(clibase.resolve_nats(nats_url)) as client:
                 record = await client.cancel(job_id)
             if record.phase.is_terminal:
                 click.echo(f"{job_id} already finished: {record.phase}")
             else:
                 click.echo(f"{job_id}: cancellation requested")
 
-        run(go())
+        clibase.run(go())
 
     @cli.command()
     @click.option(
@@ -278,12 +272,6 @@ def register(
     def schema(kind: str) -> None:
         """Print the JSON Schema of a message (default: the job submission)."""
         _echo_json(contract.json_schema(kind))  # type: ignore[arg-type]
-
-    import importlib
-
-    for name in ("dlq_commands", "watch_commands", "chaos_commands", "devcluster_commands"):
-        module = importlib.import_module(f"submitter.{name}")
-        module.register(cli, nats_option=nats_option, resolve_nats=resolve_nats, run=run)
 
 
 wait_timeout_option = click.option(

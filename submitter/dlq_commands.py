@@ -2,51 +2,44 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
 
 import click
 
+from submitter import clibase
 from submitter.client import JobqClient
 
 
-def register(
-    cli: click.Group,
-    *,
-    nats_option: Callable[..., Any],
-    resolve_nats: Callable[[str | None], str],
-    run: Callable[[Coroutine[Any, Any, Any]], Any],
-) -> None:
+def register(cli: click.Group) -> None:
     @cli.group()
     def dlq() -> None:
         """Dead letters: jobs that gave up, and submissions that could not be read."""
 
     @dlq.command("list")
     @click.option("--limit", default=50, show_default=True)
-    @nats_option
+    @clibase.nats_option
     def list_(limit: int, nats_url: str | None) -> None:
         """Newest dead letters first: sequence, job, reason, message."""
 
         async def go() -> None:
-            async with JobqClient(resolve_nats(nats_url)) as client:
+            async with JobqClient(clibase.resolve_nats(nats_url)) as client:
                 letters = await client.dead_letters(limit=limit)
             if not letters:
                 click.echo("no dead letters")
             for seq, letter in letters:
                 click.echo(f"{seq:>6} {letter.job_id or '-':<26} {letter.reason:<14} {letter.message[:100]}")
 
-        run(go())
+        clibase.run(go())
 
     @dlq.command("original")
     @click.argument("seq", type=int)
     @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write it here, not to stdout.")
-    @nats_option
+    @clibase.nats_option
     def original(seq: int, output: str | None, nats_url: str | None) -> None:
         """The whole original message of dead letter SEQ (a letter itself carries an excerpt)."""
 
         async def go() -> bytes:
-            async with JobqClient(resolve_nats(nats_url)) as client:
+            async with JobqClient(clibase.resolve_nats(nats_url)) as client:
                 letter = await client.dead_letter(seq)
                 if letter is None:
                     raise click.ClickException(f"no dead letter {seq}")
@@ -55,7 +48,7 @@ def register(
                 raise click.ClickException(f"dead letter {seq} keeps no original (or it expired)")
             return data
 
-        data: bytes = run(go())
+        data: bytes = clibase.run(go())
         if output:
             Path(output).write_bytes(data)
         else:
@@ -63,13 +56,13 @@ def register(
 
     @dlq.command("retry")
     @click.argument("job_id")
-    @nats_option
+    @clibase.nats_option
     def retry(job_id: str, nats_url: str | None) -> None:
         """Give a dead job fresh retry budgets and queue it again (its history is kept)."""
 
         async def go() -> None:
-            async with JobqClient(resolve_nats(nats_url)) as client:
+            async with JobqClient(clibase.resolve_nats(nats_url)) as client:
                 await client.retry_dead(job_id)
             click.echo(f"{job_id}: queued again")
 
-        run(go())
+        clibase.run(go())

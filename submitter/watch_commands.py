@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,8 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
+
+from submitter import clibase
 
 DEFAULT_URL = "http://127.0.0.1:8222/"
 PHASES = ("queued", "running", "succeeded", "dead", "cancelled")
@@ -143,13 +144,7 @@ async def watch(base: str, *, interval_s: float, once: bool, console: Console) -
                 await asyncio.sleep(interval_s)
 
 
-def register(
-    cli: click.Group,
-    *,
-    nats_option: Callable[..., Any],
-    resolve_nats: Callable[[str | None], str],
-    run: Callable[[Coroutine[Any, Any, Any]], Any],
-) -> None:
+def register(cli: click.Group) -> None:
     @cli.command("watch")
     @click.option(
         "--url",
@@ -170,8 +165,8 @@ def register(
         """Live view of queues, retries, nodes, node failures and dead letters (Ctrl-C ends)."""
         base = resolve_url(url, data_dir)
         try:
-            run(watch(base, interval_s=interval, once=once, console=Console()))
-        except (aiohttp.ClientError, TimeoutError) as exc:  # one line, exit 4 (submitter/cli.py)
+            clibase.run(watch(base, interval_s=interval, once=once, console=Console()))
+        except (aiohttp.ClientError, TimeoutError) as exc:  # one line, exit 4 (submitter/clibase.py)
             raise ConnectionError(
                 f"cannot read {base}: {str(exc) or type(exc).__name__}. Is the dispatcher running "
                 "(jobq up), or is --url right?"

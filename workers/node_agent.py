@@ -29,7 +29,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
-from broker import contract, natsutil
+from broker import contract, fit, natsutil
 from workers import pod_runtime
 
 log = structlog.get_logger("jobq.node")
@@ -78,7 +78,7 @@ class AgentSettings:
     """Seconds between SIGTERM and SIGKILL when a pod is deleted."""
     work_dir: Path = Path(".jobq/nodes")
     """Pod logs go to <work_dir>/<node>/<pod>.log."""
-    nats_url: str = "nats://127.0.0.1:4222"
+    nats_url: str = contract.DEFAULT_NATS_URL
     """Given to pods as JOBQ_NATS_URL."""
     python: str = sys.executable
     """Interpreter that runs built-in tasks (``python -m workers.runner``)."""
@@ -218,19 +218,16 @@ class NodeAgent:
                 return
             cpu, memory, gpu = self._allocated()
             cap, want = self._s.capacity, spec.resources
-            if (
-                cpu + want.cpu > cap.cpu + 1e-9
-                or memory + want.memory_bytes > cap.memory_bytes
-                or gpu + want.gpu > cap.gpu
-            ):
+            if not fit.fits(want, cpu=cap.cpu - cpu, memory_bytes=cap.memory_bytes - memory,
+                            gpu=cap.gpu - gpu):
                 await self._reply(msg, ok=False, error=f"insufficient resources on {self._s.name}")
                 return
             uid = str(uuid.uuid4())
             env = {
                 **os.environ,
                 **spec.env,
-                "JOBQ_NODE": self._s.name,
-                "JOBQ_NATS_URL": spec.env.get("JOBQ_NATS_URL", self._s.nats_url),
+                contract.ENV_NODE: self._s.name,
+                contract.ENV_NATS_URL: spec.env.get(contract.ENV_NATS_URL, self._s.nats_url),
                 contract.ENV_POD: spec.name,
                 contract.ENV_POD_UID: uid,
             }

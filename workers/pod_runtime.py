@@ -288,7 +288,7 @@ class PodRecord:
     """One pod process started by the simulated kubelet, as ``<pods dir>/<uid>.json``.
 
     Written when the process starts, removed when the Pod object is gone. A restarted kubelet
-    adopts the process from it; ``broker.devcluster.nodes.kill_node`` (machine death) kills it.
+    adopts the process from it; ``devcluster.nodes.kill_node`` (machine death) kills it.
     """
 
     uid: str

@@ -14,9 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import nats.errors
 import nats.js.errors
@@ -27,15 +25,12 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 from pydantic import ValidationError
 
-from broker import contract
+from broker import contract, natsutil
 from workers import tasks
 
 log = structlog.get_logger("workers.results")
 
-_T = TypeVar("_T")
-_TRANSIENT = (nats.errors.TimeoutError, nats.errors.NoRespondersError,
-              nats.js.errors.NoStreamResponseError, nats.js.errors.ServiceUnavailableError,
-              nats.errors.ConnectionReconnectingError, asyncio.TimeoutError)
+_TRANSIENT = natsutil.TRANSIENT_OR_RECONNECTING
 """Errors worth retrying: a reconnect or a JetStream leader election in progress."""
 _ARTIFACT_NAME = re.compile(r"^[-_=.a-zA-Z0-9]+(/[-_=.a-zA-Z0-9]+)*$")
 
@@ -100,7 +95,7 @@ async def write_result(js: JetStreamContext, result: contract.TaskResult, *,
         raise ResultNotWritten(f"could not create result {key}: it kept appearing and vanishing")
 
     try:
-        return await _retrying(create, deadline_s=deadline_s, what="result_create")
+        return await natsutil.retry(create, transient=_TRANSIENT, budget_s=deadline_s, what="result_create")
     except _TRANSIENT as exc:
         raise ResultNotWritten(f"could not write result {key}: {exc!r}") from exc
 
@@ -135,7 +130,7 @@ class ArtifactStore:
                                   headers=writer.object_headers())
             await store.put(key, data, meta=meta)
 
-        await _retrying(put, deadline_s=self._deadline_s, what="artifact_put")
+        await natsutil.retry(put, transient=_TRANSIENT, budget_s=self._deadline_s, what="artifact_put")
 
     async def get(self, key: str) -> tuple[bytes, contract.Writer | None]:
         """The object under ``key`` and its stamped writer; ArtifactNotFound if there is none."""
@@ -147,7 +142,8 @@ class ArtifactStore:
             return bytes(got.data or b""), contract.Writer.from_object_headers(got.info.headers)
 
         try:
-            return await _retrying(get, deadline_s=self._deadline_s, what="artifact_get")
+            return await natsutil.retry(get, transient=_TRANSIENT, budget_s=self._deadline_s,
+                                        what="artifact_get")
         except (nats.js.errors.ObjectNotFoundError, nats.js.errors.ObjectDeletedError) as exc:
             raise tasks.ArtifactNotFound(
                 f"no artifact {key!r} in {contract.OBJECT_STORE_ARTIFACTS}") from exc
@@ -187,7 +183,8 @@ async def accepted_writer(js: JetStreamContext, job_id: str) -> tuple[int, contr
         return record, contract.TaskResult.model_validate_json(got.value or b"{}"), key
 
     try:
-        record, result, key = await _retrying(read, deadline_s=30.0, what="accepted_read")
+        record, result, key = await natsutil.retry(read, transient=_TRANSIENT, budget_s=30.0,
+                                                   what="accepted_read")
     except ValidationError as exc:
         raise tasks.ArtifactNotFound(f"job {job_id}: its record or result is unreadable: {exc}") from None
     if record is None:
@@ -218,17 +215,3 @@ async def _results_bucket(js: JetStreamContext) -> KeyValue:
     except nats.js.errors.BucketNotFoundError:
         return await js.create_key_value(bucket=contract.BUCKET_RESULTS, history=1)
 
-
-async def _retrying(operation: Callable[[], Awaitable[_T]], *, deadline_s: float, what: str) -> _T:
-    """Run ``operation``, retrying transient failures with capped backoff until the deadline."""
-    deadline = time.monotonic() + deadline_s
-    delay = 0.25
-    while True:
-        try:
-            return await operation()
-        except _TRANSIENT as exc:
-            if time.monotonic() + delay > deadline:
-                raise
-            log.warning("nats_retrying", operation=what, error=repr(exc), retry_in_s=delay)
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 2.0)

@@ -1,22 +1,7 @@
 """The worker runtime: run one task attempt inside a pod (``python -m workers.runner``).
 
-Environment (all strings)::
-
-    JOBQ_NATS_URL        nats://host:port, or a comma-separated list (default nats://127.0.0.1:4222)
-    JOBQ_JOB_ID          the job's id                     JOBQ_ATTEMPT   attempt number, >= 1
-    JOBQ_TASK            a key of contract.BUILTIN_TASKS or 'package.module:function'
-    JOBQ_ARGS            the task's arguments, a JSON object (default {}); or
-    JOBQ_ARGS_FROM=record  read them from the job's record in KV bucket jobq_jobs (the dispatcher
-                         sets this when they are bigger than contract.MAX_INLINE_ARGS_BYTES)
-    JOBQ_NODE            the node running the pod (optional, reported in heartbeats and results)
-    JOBQ_POD             the pod's name (set by the dispatcher; default contract.pod_name(job, attempt))
-    JOBQ_POD_UID         the pod's uid (the node agent's, or Kubernetes' metadata.uid); optional
-    JOBQ_HEARTBEAT_S     seconds between heartbeats (default 1.0)
-    JOBQ_NATS_CREDS      a NATS credentials file; or JOBQ_NATS_USER + JOBQ_NATS_PASSWORD; or
-    JOBQ_NATS_TOKEN      (all optional)
-    JOBQ_NATS_WAIT_S     give up connecting after this many seconds (default 30)
-
-The first nine are the contract's ENV_* constants. It connects to NATS first (and reads the
+The environment it reads is described in ``workers.runner_settings``; the TaskContext a task
+gets is ``workers.runner_context.RunnerContext``. It connects to NATS first (and reads the
 arguments from the job record if told to), starts heart-beating on ``contract.heartbeat_subject``,
 resolves and runs the task, creates ``contract.TaskResult`` in ``jobq_results`` once and exits.
 Every result and artifact is stamped with its writer (``contract.Writer``: pod, pod uid, node and
@@ -39,16 +24,16 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Coroutine, Mapping
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import Any
 
 import nats.errors
 import nats.js.errors
 import structlog
 from nats.aio.client import Client as NATS
 
-from broker import contract
-from workers import heartbeat, results, tasks
+from broker import contract, logsetup, natsutil
+from workers import heartbeat, results, runner_context, runner_settings, tasks
 from workers.tasks import registry
 
 EXIT_OK = 0
@@ -62,228 +47,44 @@ EXIT_NATS_UNREACHABLE = contract.EXIT_NATS_UNREACHABLE
 """NATS could not be reached within JOBQ_NATS_WAIT_S, or the result could not be written."""
 EXIT_RESULT_EXISTS = contract.EXIT_RESULT_EXISTS
 """Another writer's result is already stored under this attempt's key: it was left alone."""
-BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
-
-DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 
 log = structlog.get_logger("workers.runner")
-_T = TypeVar("_T")
-
-
-class SettingsError(ValueError):
-    """The runner's environment is incomplete or invalid."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class RunnerSettings:
-    job_id: str
-    attempt: int
-    task: str
-    args: dict[str, Any]
-    args_in_record: bool = False
-    """``args`` is still to be read from the job's record (JOBQ_ARGS_FROM=record)."""
-    nats_servers: tuple[str, ...] = (DEFAULT_NATS_URL,)
-    node: str | None = None
-    pod: str = ""
-    """The pod's name (JOBQ_POD; default ``contract.pod_name(job_id, attempt)``)."""
-    pod_uid: str = ""
-    """The pod's uid (JOBQ_POD_UID), "" when not given."""
-    heartbeat_s: float = 1.0
-    """Seconds between heartbeats."""
-    connect_wait_s: float = 30.0
-    """Seconds to keep trying to reach NATS before exiting with EXIT_NATS_UNREACHABLE."""
-    auth: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
-    """nats.connect() credentials, from contract.nats_auth_options."""
-
-    def writer(self, *, boot_id: str = "") -> contract.Writer:
-        """Who this attempt's outputs are stamped with."""
-        return contract.Writer(pod=self.pod, pod_uid=self.pod_uid, node=self.node, boot_id=boot_id)
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> RunnerSettings:
-        def required(name: str) -> str:
-            value = environ.get(name, "").strip()
-            if not value:
-                raise SettingsError(f"{name} is not set")
-            return value
-
-        def number(name: str, default: float) -> float:
-            raw = environ.get(name, "").strip()
-            try:
-                value = float(raw) if raw else default
-            except ValueError:
-                raise SettingsError(f"{name}={raw!r} is not a number") from None
-            if not value > 0 or value == float("inf"):
-                raise SettingsError(f"{name}={raw!r} must be a positive number")
-            return value
-
-        raw_attempt = required(contract.ENV_ATTEMPT)
-        if not raw_attempt.isdigit() or int(raw_attempt) < 1:
-            raise SettingsError(f"{contract.ENV_ATTEMPT}={raw_attempt!r} is not a positive integer")
-        raw_args = environ.get(contract.ENV_ARGS, "").strip()
-        args_from = environ.get(contract.ENV_ARGS_FROM, "").strip()
-        if args_from and args_from != contract.ARGS_FROM_RECORD:
-            raise SettingsError(f"{contract.ENV_ARGS_FROM}={args_from!r}: the only source is "
-                                f"{contract.ARGS_FROM_RECORD!r}")
-        if args_from and raw_args:
-            raise SettingsError(f"set {contract.ENV_ARGS} or {contract.ENV_ARGS_FROM}, not both")
-        args = parse_args(raw_args or "{}", source=contract.ENV_ARGS)
-        servers = tuple(s.strip() for s in environ.get(contract.ENV_NATS_URL, "").split(",") if s.strip())
-        job_id, attempt = required(contract.ENV_JOB_ID), int(raw_attempt)
-        return cls(job_id=job_id, attempt=attempt,
-                   task=required(contract.ENV_TASK), args=args, args_in_record=bool(args_from),
-                   nats_servers=servers or (DEFAULT_NATS_URL,),
-                   node=environ.get(contract.ENV_NODE) or None,
-                   pod=environ.get(contract.ENV_POD, "").strip() or contract.pod_name(job_id, attempt),
-                   pod_uid=environ.get(contract.ENV_POD_UID, "").strip(),
-                   heartbeat_s=number("JOBQ_HEARTBEAT_S", 1.0),
-                   connect_wait_s=number("JOBQ_NATS_WAIT_S", 30.0),
-                   auth=contract.nats_auth_options(_without_missing_pod_creds(environ)))
-
-
-def read_boot_id(path: str = BOOT_ID_PATH) -> str:
-    """The machine's boot id (a new one after every reboot); "" where it cannot be read."""
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return ""
-
-
-def parse_args(raw: str | bytes, *, source: str) -> dict[str, Any]:
-    """A task's arguments: a JSON object (SettingsError otherwise)."""
-    try:
-        args = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SettingsError(f"{source} is not valid JSON: {exc}") from None
-    if not isinstance(args, dict):
-        raise SettingsError(f"{source} must be a JSON object, not {type(args).__name__}")
-    return args
-
-
-async def read_args_from_record(nc: NATS, job_id: str) -> dict[str, Any]:
-    """``spec.args`` of the job's record in bucket jobq_jobs. SettingsError if there is no such
-    record or it has no arguments; NATS errors (unreachable, timeout) are raised as they are."""
-    source = f"{contract.BUCKET_JOBS}[{job_id}].spec.args"
-    try:
-        kv = await nc.jetstream(timeout=10).key_value(contract.BUCKET_JOBS)
-        entry = await kv.get(job_id)
-    except (nats.js.errors.BucketNotFoundError, nats.js.errors.KeyNotFoundError):
-        raise SettingsError(f"{source}: the job has no record") from None
-    try:
-        record = json.loads(entry.value or b"")
-        raw = record["spec"]["args"]
-    except (ValueError, TypeError, KeyError) as exc:
-        raise SettingsError(f"{source}: the record is unreadable: {exc!r}") from None
-    if not isinstance(raw, dict):
-        raise SettingsError(f"{source} must be a JSON object, not {type(raw).__name__}")
-    return raw
-
-
-def _without_missing_pod_creds(environ: Mapping[str, str]) -> Mapping[str, str]:
-    """Drop JOBQ_NATS_CREDS when it names the pod's optional creds mount and the operator's
-    NATS Secret has no ``creds`` key (see contract.POD_NATS_CREDS_PATH); any other path is kept."""
-    if environ.get("JOBQ_NATS_CREDS") == contract.POD_NATS_CREDS_PATH and not os.path.exists(
-            contract.POD_NATS_CREDS_PATH):
-        return {k: v for k, v in environ.items() if k != "JOBQ_NATS_CREDS"}
-    return environ
 
 
 class NatsUnreachable(ConnectionError):
     pass
 
 
-async def connect(settings: RunnerSettings) -> NATS:
+async def connect(settings: runner_settings.RunnerSettings) -> NATS:
     """Connect (retrying forever under the hood) or raise NatsUnreachable after the wait."""
-    last_error: list[Exception] = []
-
-    async def on_error(exc: Exception) -> None:
-        if not last_error:
-            log.warning("nats_error", error=repr(exc))
-        last_error[:] = [exc]
-
-    async def on_disconnected() -> None:
-        if not (nc.is_closed or nc.is_draining):
-            log.warning("nats_disconnected")
-
-    async def on_reconnected() -> None:
-        log.info("nats_reconnected")
-
-    nc = NATS()
     try:
-        await asyncio.wait_for(nc.connect(
-            servers=list(settings.nats_servers), name=f"jobq-runner {settings.job_id}.{settings.attempt}",
-            connect_timeout=2, reconnect_time_wait=1, max_reconnect_attempts=-1,
-            error_cb=on_error, disconnected_cb=on_disconnected, reconnected_cb=on_reconnected,
-            **settings.auth), timeout=settings.connect_wait_s)
-    except (TimeoutError, OSError, nats.errors.Error) as exc:
-        with contextlib.suppress(Exception):
-            await nc.close()
-        cause = last_error[-1] if last_error else exc
-        raise NatsUnreachable(f"cannot reach NATS at {', '.join(settings.nats_servers)} within "
-                              f"{settings.connect_wait_s:g} s (last error: {cause!r})") from exc
+        nc = await natsutil.connect(
+            ",".join(settings.nats_servers), name=f"jobq-runner {settings.job_id}.{settings.attempt}",
+            auth=settings.auth, connect_timeout_s=2, reconnect_wait_s=1,
+            give_up_after_s=settings.connect_wait_s)
+    except ConnectionError as exc:
+        raise NatsUnreachable(str(exc)) from exc
     log.info("nats_connected", server=str(nc.connected_url.netloc if nc.connected_url else ""))
     return nc
 
 
-class RunnerContext:
-    """The TaskContext the runner gives a task; its blocking methods are for the task's thread.
-
-    Artifacts live under ``contract.artifact_key(job_id, attempt, name)``, stamped with
-    ``writer``; another job's are read from its accepted attempt only."""
-
-    def __init__(self, *, job_id: str, attempt: int, node: str | None, writer: contract.Writer,
-                 progress: heartbeat.ProgressReporter, artifacts: results.ArtifactStore,
-                 loop: asyncio.AbstractEventLoop) -> None:
-        self.job_id = job_id
-        self.attempt = attempt
-        self.node = node
-        self.writer = writer
-        self._progress = progress
-        self._artifacts = artifacts
-        self._loop = loop
-
-    def progress(self, fraction: float, message: str = "") -> None:
-        self._progress.report(fraction, message)
-
-    def save_artifact(self, name: str, data: bytes) -> str:
-        return self._blocking(self.asave_artifact(name, data))
-
-    def load_artifact(self, name: str, *, job_id: str | None = None) -> bytes:
-        return self._blocking(self.aload_artifact(name, job_id=job_id))
-
-    async def asave_artifact(self, name: str, data: bytes) -> str:
-        results.check_artifact_name(name)
-        key = contract.artifact_key(self.job_id, self.attempt, name)
-        await self._artifacts.put(key, bytes(data), writer=self.writer)
-        log.info("artifact_saved", artifact=key, size=len(data))
-        return key
-
-    async def aload_artifact(self, name: str, *, job_id: str | None = None) -> bytes:
-        results.check_artifact_name(name)
-        if job_id is None:
-            attempt, writer = self.attempt, self.writer
-            whose = "this attempt's pod"
-        else:
-            attempt, writer = await self._artifacts.accepted(job_id)
-            whose = f"the pod of {job_id}'s accepted attempt {attempt}"
-        key = contract.artifact_key(job_id or self.job_id, attempt, name)
-        data, stamped = await self._artifacts.get(key)
-        if stamped != writer:
-            by = stamped.model_dump() if stamped is not None else "no stamped writer"
-            log.warning("artifact_rejected", artifact=key, reason="writer_mismatch", writer=by)
-            raise tasks.ArtifactNotFound(f"artifact {key} was written by {by}, not by {whose}")
-        return data
-
-    def _blocking(self, coroutine: Coroutine[Any, Any, _T]) -> _T:
-        try:
-            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:  # the usual case: called from the task's thread
-            running = None
-        if running is self._loop:  # blocking here would deadlock the loop
-            coroutine.close()
-            raise RuntimeError("an async task must use 'await ctx.asave_artifact/aload_artifact'")
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+async def read_args_from_record(nc: NATS, job_id: str) -> dict[str, Any]:
+    """``spec.args`` of the job's record in bucket jobq_jobs. runner_settings.SettingsError if there
+    is no such record or it has no arguments; NATS errors (unreachable, timeout) are raised as they are."""
+    source = f"{contract.BUCKET_JOBS}[{job_id}].spec.args"
+    try:
+        kv = await nc.jetstream(timeout=10).key_value(contract.BUCKET_JOBS)
+        entry = await kv.get(job_id)
+    except (nats.js.errors.BucketNotFoundError, nats.js.errors.KeyNotFoundError):
+        raise runner_settings.SettingsError(f"{source}: the job has no record") from None
+    try:
+        record = json.loads(entry.value or b"")
+        raw = record["spec"]["args"]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise runner_settings.SettingsError(f"{source}: the record is unreadable: {exc!r}") from None
+    if not isinstance(raw, dict):
+        raise runner_settings.SettingsError(f"{source} must be a JSON object, not {type(raw).__name__}")
+    return raw
 
 
 class _Stop:
@@ -318,8 +119,8 @@ class _Outcome:
 async def run(environ: Mapping[str, str]) -> int:
     """Run one attempt as the environment describes; return the exit code."""
     try:
-        settings = RunnerSettings.from_env(environ)
-    except SettingsError as exc:
+        settings = runner_settings.RunnerSettings.from_env(environ)
+    except runner_settings.SettingsError as exc:
         _stderr(f"jobq-runner: {exc}")
         return EXIT_BAD_ARGS
     structlog.contextvars.bind_contextvars(
@@ -335,7 +136,7 @@ async def run(environ: Mapping[str, str]) -> int:
         if settings.args_in_record:
             try:
                 args = await read_args_from_record(nc, settings.job_id)
-            except SettingsError as exc:
+            except runner_settings.SettingsError as exc:
                 _stderr(f"jobq-runner: {exc}")
                 return EXIT_BAD_ARGS
             except (nats.errors.Error, TimeoutError) as exc:
@@ -354,7 +155,7 @@ async def run(environ: Mapping[str, str]) -> int:
     return outcome.code
 
 
-async def _run_connected(nc: NATS, settings: RunnerSettings) -> _Outcome:
+async def _run_connected(nc: NATS, settings: runner_settings.RunnerSettings) -> _Outcome:
     loop = asyncio.get_running_loop()
     progress = heartbeat.ProgressReporter()
     beat = heartbeat.Heartbeat(nc, job_id=settings.job_id, attempt=settings.attempt,
@@ -362,9 +163,10 @@ async def _run_connected(nc: NATS, settings: RunnerSettings) -> _Outcome:
     beating = asyncio.create_task(beat.run(), name="heartbeat")
     stop = _Stop(loop)
     try:
-        ctx = RunnerContext(job_id=settings.job_id, attempt=settings.attempt, node=settings.node,
-                            writer=settings.writer(boot_id=read_boot_id()), progress=progress,
-                            artifacts=results.ArtifactStore(nc.jetstream()), loop=loop)
+        ctx = runner_context.RunnerContext(
+            job_id=settings.job_id, attempt=settings.attempt, node=settings.node,
+            writer=settings.writer(boot_id=runner_settings.read_boot_id()), progress=progress,
+            artifacts=results.ArtifactStore(nc.jetstream()), loop=loop)
         outcome = await _execute(nc, settings, ctx=ctx, stop=stop)
         if outcome.code == EXIT_OK:
             progress.report(1.0, "done")
@@ -379,7 +181,8 @@ async def _run_connected(nc: NATS, settings: RunnerSettings) -> _Outcome:
             await nc.flush(timeout=2)
 
 
-async def _execute(nc: NATS, settings: RunnerSettings, *, ctx: RunnerContext, stop: _Stop) -> _Outcome:
+async def _execute(nc: NATS, settings: runner_settings.RunnerSettings, *,
+                   ctx: runner_context.RunnerContext, stop: _Stop) -> _Outcome:
     started_at = contract.utcnow()
     thread = _Thread()
     resolving = asyncio.ensure_future(asyncio.to_thread(registry.resolve, settings.task))
@@ -430,7 +233,7 @@ async def _execute(nc: NATS, settings: RunnerSettings, *, ctx: RunnerContext, st
     return _Outcome(EXIT_OK)
 
 
-async def _call(function: tasks.Task, args: dict[str, Any], ctx: RunnerContext, *,
+async def _call(function: tasks.Task, args: dict[str, Any], ctx: runner_context.RunnerContext, *,
                 thread: _Thread) -> object:
     """Await an async task; run a sync one in a thread (so heartbeats go on)."""
     try:
@@ -456,7 +259,7 @@ class _Thread:
         return self.started.is_set() and not self.done.is_set()
 
 
-def _call_sync(function: tasks.Task, args: dict[str, Any], ctx: RunnerContext,
+def _call_sync(function: tasks.Task, args: dict[str, Any], ctx: runner_context.RunnerContext,
                thread: _Thread) -> object:
     thread.started.set()
     try:
@@ -507,14 +310,7 @@ def _hard_exit(code: int) -> None:
 
 
 def configure_logging() -> None:
-    renderer: structlog.typing.Processor = (
-        structlog.dev.ConsoleRenderer() if sys.stderr.isatty() else structlog.processors.JSONRenderer())
-    structlog.configure(
-        processors=[structlog.contextvars.merge_contextvars, structlog.processors.add_log_level,
-                    structlog.processors.TimeStamper(fmt="iso", utc=True),
-                    structlog.processors.dict_tracebacks, renderer],
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=True)
+    logsetup.configure(fmt="auto", level="DEBUG", cache=True)
 
 
 def main() -> None:

@@ -8,19 +8,17 @@ successful list. Every change calls ``on_change(kind, old, new)`` (``new`` is No
 from __future__ import annotations
 
 import asyncio
-import json
 import random
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable
 
 import aiohttp
 import structlog
 
-from broker.k8sapi import ApiError, Obj, call
+from broker import k8swatch
+from broker.k8sapi import ApiError, Obj
 
 log = structlog.get_logger("jobq.backend.kubernetes")
 
-ListFn = Callable[..., Awaitable[Any]]
 OnChange = Callable[[str, Obj | None, Obj | None], None]
 
 
@@ -30,12 +28,13 @@ def key_of(obj: Obj) -> str:
 
 
 class Informer:
-    def __init__(self, kind: str, list_fn: ListFn, on_change: OnChange, *,
+    def __init__(self, kind: str, list_fn: k8swatch.ListFn, on_change: OnChange, *,
                  watch_timeout_s: int = 240) -> None:
         self.kind = kind
-        self._list = list_fn
         self._on_change = on_change
-        self._watch_timeout_s = watch_timeout_s
+        self._source = k8swatch.ListWatch(
+            list_fn, timeout_s=watch_timeout_s,
+            request_timeout=aiohttp.ClientTimeout(sock_connect=5, sock_read=watch_timeout_s + 30))
         self.items: dict[str, Obj] = {}
         self.synced = asyncio.Event()
         self.relists = 0
@@ -56,9 +55,12 @@ class Informer:
         if old is None:
             self._apply("ADDED", obj)
 
-    async def _relist(self) -> str:
-        listing = await call(self._list(_preload_content=False))
-        fresh = {key_of(o): o for o in listing.get("items", [])}
+    async def _on_event(self, kind: str, obj: Obj) -> None:
+        self._apply(kind, obj)
+
+    async def _relist(self) -> None:
+        listing = await self._source.list()
+        fresh = {key_of(o): o for o in listing}
         for key in [k for k in self.items if k not in fresh]:
             self._apply("DELETED", self.items[key])
         for obj in fresh.values():
@@ -67,22 +69,21 @@ class Informer:
                 self._apply("MODIFIED", obj)
         self.relists += 1
         self.synced.set()
-        version: str = listing["metadata"]["resourceVersion"]
-        return version
 
     async def run(self) -> None:
         backoff = 0.1
-        version: str | None = None
+        relist = True
         while True:
             try:
-                if version is None:
-                    version = await self._relist()
-                version = await self._watch(version)
+                if relist:
+                    await self._relist()
+                    relist = False
+                await self._source.watch(self._on_event)
                 backoff = 0.1
             except ApiError as exc:
-                if exc.status == 410:
+                if exc.status == k8swatch.GONE:
                     log.info("watch_expired", kind=self.kind, reason="gone")
-                    version = None
+                    relist = True
                     continue
                 delay = exc.retry_after or backoff
                 log.warning("watch_failed", kind=self.kind, status=exc.status, error=exc.message,
@@ -90,34 +91,8 @@ class Informer:
                 await asyncio.sleep(delay)
                 backoff = min(backoff * 2, 5.0)
                 if exc.status not in (429,) and exc.status < 500:
-                    version = None
+                    relist = True
             except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
                 log.warning("watch_failed", kind=self.kind, error=repr(exc), retry_in_s=round(backoff, 2))
                 await asyncio.sleep(backoff * (1 + random.random() / 2))
                 backoff = min(backoff * 2, 5.0)
-
-    async def _watch(self, version: str) -> str:
-        """One watch request; returns the resourceVersion to resume from."""
-        resp: aiohttp.ClientResponse = await self._list(
-            watch=True, resource_version=version, allow_watch_bookmarks=True,
-            timeout_seconds=self._watch_timeout_s, _preload_content=False,
-            _request_timeout=aiohttp.ClientTimeout(sock_connect=5, sock_read=self._watch_timeout_s + 30))
-        async with resp:
-            if resp.status != 200:
-                body = await resp.read()
-                try:
-                    message = str(json.loads(body).get("message", ""))
-                except ValueError:
-                    message = body[:200].decode(errors="replace")
-                raise ApiError(resp.status, message)
-            async for line in resp.content:
-                if not line.strip():
-                    continue
-                event = json.loads(line)
-                obj = event["object"]
-                if event["type"] == "ERROR":
-                    raise ApiError(int(obj.get("code", 500)), str(obj.get("message", "")))
-                version = obj["metadata"]["resourceVersion"]
-                if event["type"] != "BOOKMARK":
-                    self._apply(event["type"], obj)
-        return version

@@ -26,8 +26,8 @@ RUN_AS_USER = 65532
 """Non-root uid for task containers (the distroless ``nonroot`` user)."""
 GRACE_S = 10
 NATS_SECRET_VOLUME = "nats-auth"
-NATS_SECRET_ENV = (("JOBQ_NATS_USER", "user"), ("JOBQ_NATS_PASSWORD", "password"),
-                   ("JOBQ_NATS_TOKEN", "token"))
+NATS_SECRET_ENV = ((contract.ENV_NATS_USER, "user"), (contract.ENV_NATS_PASSWORD, "password"),
+                   (contract.ENV_NATS_TOKEN, "token"))
 """Env of task pods -> key of the operator's NATS Secret (JOBQ_POD_NATS_SECRET); ``creds`` is a file."""
 NATS_SECRET_CREDS_KEY = "creds"
 
@@ -54,7 +54,7 @@ def pod_manifest(spec: contract.PodSpec, *, namespace: str, image: str,
         "env": [*({"name": k, "value": v} for k, v in sorted(spec.env.items())),
                 # The runner stamps heartbeats and results with the node it runs on, and its
                 # results and artifacts with the Pod's uid (the dispatcher checks it).
-                {"name": "JOBQ_NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                {"name": contract.ENV_NODE, "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
                 {"name": contract.ENV_POD_UID, "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}}],
         "resources": {"requests": requests, "limits": limits},
         "securityContext": {"allowPrivilegeEscalation": False, "privileged": False,
@@ -103,11 +103,11 @@ def add_nats_secret(pod_spec: Obj, container: Obj, secret: str) -> None:
     """Credentials from ``secret``, every key optional: user/password/token as env (secretKeyRef),
     ``creds`` as a read-only file at contract.POD_NATS_CREDS_PATH named by JOBQ_NATS_CREDS (the
     runner ignores that path when the key, hence the file, is missing)."""
-    replaced = {name for name, _ in NATS_SECRET_ENV} | {"JOBQ_NATS_CREDS"}
+    replaced = {name for name, _ in NATS_SECRET_ENV} | {contract.ENV_NATS_CREDS}
     env = [e for e in container["env"] if e["name"] not in replaced]
     env += [{"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}}
             for name, key in NATS_SECRET_ENV]
-    env.append({"name": "JOBQ_NATS_CREDS", "value": contract.POD_NATS_CREDS_PATH})
+    env.append({"name": contract.ENV_NATS_CREDS, "value": contract.POD_NATS_CREDS_PATH})
     container["env"] = env
     directory, filename = posixpath.split(contract.POD_NATS_CREDS_PATH)
     container["volumeMounts"] = [{"name": NATS_SECRET_VOLUME, "mountPath": directory, "readOnly": True}]

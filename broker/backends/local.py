@@ -24,7 +24,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from pydantic import ValidationError
 
-from broker import contract
+from broker import contract, fit
 from broker.backends import base
 
 log = structlog.get_logger("jobq.backend.local")
@@ -227,11 +227,8 @@ class LocalBackend:
                 continue
             cpu, memory = self._allocated(node)
             cap = node.status.capacity
-            if (
-                cpu + spec.resources.cpu > cap.cpu + 1e-9
-                or memory + spec.resources.memory_bytes > cap.memory_bytes
-                or spec.resources.gpu > cap.gpu
-            ):
+            if not fit.fits(spec.resources, cpu=cap.cpu - cpu, memory_bytes=cap.memory_bytes - memory,
+                            gpu=cap.gpu):
                 continue
             candidates.append(((cpu + spec.resources.cpu) / cap.cpu, node.status.name, node))
         if not candidates:

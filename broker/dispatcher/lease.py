@@ -34,9 +34,11 @@ import nats.js.errors
 import structlog
 from nats.js.kv import KeyValue
 
+from broker import contract
+
 log = structlog.get_logger("jobq.lease")
 
-LEASE_KEY = "dispatcher"
+LEASE_KEY = contract.LEADER_LEASE_KEY
 
 RENEW_FRACTION = 0.2
 """Renew every ``ttl * RENEW_FRACTION`` seconds."""

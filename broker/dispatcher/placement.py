@@ -20,10 +20,8 @@ import dataclasses
 import enum
 from collections.abc import Iterable
 
-from broker import contract
+from broker import contract, fit
 from broker.backends.base import NodeState
-
-_EPSILON = 1e-9
 
 
 class Fit(enum.StrEnum):
@@ -43,7 +41,7 @@ NOW = Placement(Fit.NOW)
 
 
 def _holds(room_cpu: float, room_memory: int, room_gpu: int, want: contract.Resources) -> bool:
-    return room_cpu + _EPSILON >= want.cpu and room_memory >= want.memory_bytes and room_gpu >= want.gpu
+    return fit.fits(want, cpu=room_cpu, memory_bytes=room_memory, gpu=room_gpu)
 
 
 def judge(
@@ -88,7 +86,7 @@ def _describe(want: contract.Resources) -> str:
 def _shortfall(want: contract.Resources, ready: list[NodeState]) -> str:
     """The first resource no Ready node has enough of, with the largest offer."""
     cpu = max(n.capacity.cpu for n in ready)
-    if cpu + _EPSILON < want.cpu:
+    if not fit.cpu_fits(want.cpu, cpu):
         return f"needs {want.cpu:g} CPU; largest Ready node offers {cpu:g}"
     memory = max(n.capacity.memory_bytes for n in ready)
     if memory < want.memory_bytes:

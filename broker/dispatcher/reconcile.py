@@ -4,6 +4,10 @@ Apply order is the fence: the dead-letter record (idempotent by msg id) first, t
 record by compare-and-set, then events, then pod side effects. A crash anywhere leaves a state
 the next pass heals: a record that names an attempt whose pod does not exist yet gets the pod
 created (idempotently, same name); a pod that no record names any more is deleted.
+
+One decision per pass: a pod create the backend refuses is kept as an observation
+(``observation.CreateOutcome``) and the job is looked at again at once; that next pass's
+``decide()`` turns it into the transition (take the attempt back, or fail it).
 """
 
 from __future__ import annotations
@@ -19,12 +23,15 @@ from typing import Protocol
 import pydantic
 import structlog
 
-from broker import contract, store
+from broker import contract, settings, store
 from broker.backends import base
 from broker.dispatcher import decide as decisions
-from broker.dispatcher import node_health, placement
+from broker.dispatcher import node_health, placement, pod_spec
+from broker.dispatcher.action import Action
 from broker.dispatcher.admission import Admission
 from broker.dispatcher.index import JobIndex
+from broker.dispatcher.limits import Limits
+from broker.dispatcher.observation import CreateFailure, CreateOutcome, Observed
 
 log = structlog.get_logger("jobq.dispatcher")
 
@@ -36,7 +43,7 @@ class Heartbeats:
     """Latest heartbeat per (job, attempt), stamped with *our* receive time (no clock skew), and
     the same beats grouped by node (``nodes``) to tell a node whose attempts all fell silent."""
 
-    silence_s: float = 5.0
+    silence_s: float = settings.DispatcherSettings().node_silence_s
     """Heartbeats missing this long make an attempt silent (several beat intervals)."""
     listening_since: dt.datetime = dataclasses.field(default_factory=contract.utcnow)
     seen: dict[tuple[str, int], contract.AttemptHeartbeat] = dataclasses.field(default_factory=dict)
@@ -72,7 +79,7 @@ class Observer:
     """Hooks for metrics; the default does nothing."""
 
     def transition(self, before: contract.JobRecord, after: contract.JobRecord,
-                   action: decisions.Action) -> None:
+                   action: Action) -> None:
         pass
 
     def unschedulable(self, job_id: str) -> None:
@@ -100,7 +107,7 @@ class Unfenced:
 
 class Reconciler:
     def __init__(self, *, store: store.Store, backend: base.ClusterBackend, index: JobIndex,
-                 heartbeats: Heartbeats, limits: decisions.Limits, queue_limits: dict[str, int],
+                 heartbeats: Heartbeats, limits: Limits, queue_limits: dict[str, int],
                  observer: Observer | None = None, clock: Clock = contract.utcnow,
                  rng: random.Random | None = None, wake: Callable[[str], None] | None = None,
                  fence: Fence | None = None) -> None:
@@ -118,8 +125,9 @@ class Reconciler:
         self.admission = Admission()
         self.waiting: set[str] = set()
         """Queued jobs that no node can take now: woken when capacity changes, not on a timer."""
-        self._create_errors: dict[str, str] = {}
-        """Job -> why the backend could not place its pod, for the next pass to act on."""
+        self._create_outcomes: dict[str, tuple[int, CreateOutcome]] = {}
+        """Job -> the backend's refusal of its pod, with the record revision the create was made
+        at: an observation for the next pass while the record stays at that revision."""
 
     async def reconcile(self, job_id: str) -> float | None:
         """One pass; returns seconds until the job wants another look (None: only on events)."""
@@ -131,8 +139,10 @@ class Reconciler:
         record, revision = got
         self._index.put(record, revision)
         pods = tuple(await self._backend.list_pods(job_id=job_id))
-        seen = await self._observe(record, pods)
+        seen = await self._observe(record, pods, create_outcome=self._create_outcome(job_id, revision))
         action = decisions.decide(record, seen, now=self._clock(), rng=self._rng, limits=self._limits)
+        if action.record is not None:  # the record moves on: the outcome was acted on, or is moot
+            self._create_outcomes.pop(job_id, None)
         lost = frozenset(p.name for p in seen.pods if not p.node_ready)
         requeue = await self._apply(record, revision, action, force_delete=lost)
         self._track_waiting(action.record or record, action)
@@ -148,7 +158,17 @@ class Reconciler:
                      duration_ms=round((time.perf_counter() - started) * 1000, 1))
         return requeue
 
-    def _track_waiting(self, record: contract.JobRecord, action: decisions.Action) -> None:
+    def _create_outcome(self, job_id: str, revision: int) -> CreateOutcome | None:
+        """The refusal of this job's last pod create, if the record is still as it was then."""
+        kept = self._create_outcomes.get(job_id)
+        if kept is None:
+            return None
+        if kept[0] != revision:  # someone moved the record on since: the next pass looks afresh
+            del self._create_outcomes[job_id]
+            return None
+        return kept[1]
+
+    def _track_waiting(self, record: contract.JobRecord, action: Action) -> None:
         job_id = record.spec.id
         if record.phase == contract.JobPhase.QUEUED and action.summary.startswith("waiting"):
             self.waiting.add(job_id)
@@ -169,8 +189,8 @@ class Reconciler:
         """Where a queued job stands, and the Ready nodes (for the anti-affinity it gets)."""
         nodes = await self._backend.list_nodes()
         ready = frozenset(n.name for n in nodes if n.ready)
-        avoid = decisions.effective_avoid(record, ready, suspects)
-        verdict = placement.judge(decisions.requests(record.spec, self._limits), nodes, avoid=avoid,
+        avoid = pod_spec.effective_avoid(record, ready, suspects)
+        verdict = placement.judge(pod_spec.requests(record.spec, self._limits), nodes, avoid=avoid,
                                   cluster_waits=self._backend.cluster_waits)
         if verdict.fit == placement.Fit.NOW and self.admission.blocked(record):
             verdict = placement.Placement(placement.Fit.LATER,
@@ -193,8 +213,9 @@ class Reconciler:
         return dataclasses.replace(pod, node_ready=why is None, node_why=why or "")
 
     async def _observe(
-        self, record: contract.JobRecord, pods: tuple[base.PodState, ...]
-    ) -> decisions.Observed:
+        self, record: contract.JobRecord, pods: tuple[base.PodState, ...], *,
+        create_outcome: CreateOutcome | None = None,
+    ) -> Observed:
         now = self._clock()
         pods = tuple(self._judge_node(record, p, now) for p in pods)
         current = record.current
@@ -238,15 +259,14 @@ class Reconciler:
             verdict, ready_nodes = await self._placement(record, suspects)
         elif record.avoid_nodes and not record.phase.is_terminal:
             ready_nodes = frozenset(n.name for n in await self._backend.list_nodes() if n.ready)
-        return decisions.Observed(pods=pods, last_heartbeat=last_heartbeat, result_exists=result_exists,
-                                  result_writer=result_writer,
-                                  queue_full=queue_full, ready_nodes=ready_nodes, node_lost_why=node_lost_why,
-                                  listening_since=self._heartbeats.listening_since,
-                                  suspect_nodes=suspects, placement=verdict,
-                                  create_error=self._create_errors.pop(record.spec.id, ""))
+        return Observed(pods=pods, last_heartbeat=last_heartbeat, result_exists=result_exists,
+                        result_writer=result_writer,
+                        queue_full=queue_full, ready_nodes=ready_nodes, node_lost_why=node_lost_why,
+                        listening_since=self._heartbeats.listening_since,
+                        suspect_nodes=suspects, placement=verdict, create_outcome=create_outcome)
 
     async def _apply(self, record: contract.JobRecord, revision: int,
-                     action: decisions.Action, *, force_delete: frozenset[str] = frozenset()) -> float | None:
+                     action: Action, *, force_delete: frozenset[str] = frozenset()) -> float | None:
         """Carry out ``action``, fenced: every side effect first checks the lease (``Fence.check``
         raises LeaseLost when we may no longer act) and carries our epoch; the record is written
         with our epoch before anything else we do for the job, so an older leader's later
@@ -284,7 +304,8 @@ class Reconciler:
             return 0.0
         if action.create is not None:
             announce = [e for e in action.events if e.type == created]
-            return await self._create(record, revision, action.create, action, announce)
+            if not await self._create(record, revision, action.create, announce):
+                return 0.0  # the next pass decides what the refusal means
         return action.requeue_after
 
     async def _delete(self, record: contract.JobRecord, revision: int, names: tuple[str, ...],
@@ -320,33 +341,30 @@ class Reconciler:
                 log.error("event_lost", job_id=event.job_id, type=event.type, error=repr(exc))
 
     async def _create(self, record: contract.JobRecord, revision: int, spec: contract.PodSpec,
-                      action: decisions.Action, announce: list[contract.JobEvent]) -> float | None:
+                      announce: list[contract.JobEvent]) -> bool:
+        """Create the pod of ``spec``; False if the backend refused it. A refusal is not acted on
+        here: it is kept as an observation for the next pass (``_create_outcome``)."""
+        job_id = record.spec.id
         spec = spec.model_copy(update={"epoch": self._fence.check()})
         try:
             await self._backend.create_pod(spec)
         except base.Unschedulable as exc:
-            # Fed back as an observation: the next pass takes the attempt back and waits.
-            self._create_errors[record.spec.id] = str(exc)
-            self._observer.unschedulable(record.spec.id)
-            log.debug("pod_unschedulable", job_id=record.spec.id, attempt=spec.attempt, error=str(exc))
-            return 0.0
+            refused = CreateOutcome(CreateFailure.UNSCHEDULABLE, attempt=spec.attempt, message=str(exc))
+            self._observer.unschedulable(job_id)
+            log.debug("pod_unschedulable", job_id=job_id, attempt=spec.attempt, error=str(exc))
         except base.PlacementUncertain as exc:
-            await self._publish(announce)  # it may run there: it was an attempt
-            current = record.current
-            assert current is not None
-            failed = record.model_copy(update={"attempts": (*record.attempts[:-1],
-                                                            current.model_copy(update={"node": exc.node}))})
-            return await self._apply(failed, revision, decisions.fail_current(
-                failed, contract.FailureReason.NODE_LOST, now=self._clock(), rng=self._rng,
-                limits=self._limits, message=str(exc), delete=(spec.name,)))
+            refused = CreateOutcome(CreateFailure.UNCERTAIN, attempt=spec.attempt, message=str(exc),
+                                    node=exc.node)
         except base.PodRejected as exc:
+            refused = CreateOutcome(CreateFailure.REJECTED, attempt=spec.attempt, message=str(exc))
+        else:
             await self._publish(announce)
-            return await self._apply(record, revision, decisions.fail_current(
-                record, contract.FailureReason.DISPATCH_ERROR, now=self._clock(), rng=self._rng,
-                limits=self._limits, message=str(exc)))
-        await self._publish(announce)
-        self.admission.admitted(record.spec.id)
-        for waiter in self.admission.best(1):  # the next in line may fit too
-            self._wake(waiter)
-        self._observer.pod_created(record, spec)
-        return action.requeue_after
+            self.admission.admitted(job_id)
+            for waiter in self.admission.best(1):  # the next in line may fit too
+                self._wake(waiter)
+            self._observer.pod_created(record, spec)
+            return True
+        self._create_outcomes[job_id] = (revision, refused)
+        if refused.failure != CreateFailure.UNSCHEDULABLE:
+            await self._publish(announce)  # it may run there, or the backend saw it: it was an attempt
+        return False

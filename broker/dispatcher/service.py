@@ -22,8 +22,9 @@ from pydantic import ValidationError
 
 from broker import contract, settings, store
 from broker.backends import base
-from broker.dispatcher import decide, intake, lease, logs, reconcile, undeliverable
+from broker.dispatcher import intake, lease, logs, reconcile, undeliverable
 from broker.dispatcher.index import JobIndex
+from broker.dispatcher.limits import Limits
 from broker.dispatcher.workqueue import WorkQueue
 
 log = structlog.get_logger("jobq.dispatcher")
@@ -52,13 +53,7 @@ class Dispatcher:
         self.lease = lease.Lease(st.leader, ttl_s=d.lease_ttl_s, identity=identity)
         self.queue = WorkQueue(priority_of=self._priority)
         self.observer = observer or reconcile.Observer()
-        self.limits = decide.Limits(heartbeat_timeout_s=d.heartbeat_timeout_s,
-                                    startup_timeout_s=d.startup_timeout_s,
-                                    nats_url=config.nats.url, image=config.backend.image,
-                                    reschedule_on_node_loss=d.reschedule_on_node_loss,
-                                    queue_policies=dict(d.queue_policies),
-                                    queue_pending_timeouts=dict(d.queue_pending_timeouts),
-                                    profiles=dict(config.backend.resource_profiles))
+        self.limits = Limits.from_settings(config)
         self.reconciler = reconcile.Reconciler(
             store=st, backend=backend, index=self.index, heartbeats=self.heartbeats,
             limits=self.limits, queue_limits=dict(d.queue_limits), observer=self.observer,

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import click
 
-from broker.app import install_signal_handlers
+from broker import contract
 from broker.embedded.stack import Stack, StackConfig, StackError
+from broker.signals import install_signal_handlers
 
 
 def stack_config(*, data_dir: Path, nodes: int, node_cpu: float, node_memory: str, nats_url: str | None,
@@ -19,7 +20,7 @@ def stack_config(*, data_dir: Path, nodes: int, node_cpu: float, node_memory: st
     return StackConfig(data_dir=data_dir, nodes=nodes, node_cpu=node_cpu, node_memory=node_memory,
                        nats_url=nats_url, nats_port=nats_port, http_port=http_port,
                        dispatchers=dispatchers, nats_servers=nats_servers,
-                       log_format=os.environ.get("JOBQ_LOG_FORMAT", "json"))
+                       log_format=os.environ.get(contract.ENV_LOG_FORMAT, "json"))
 
 
 def say(message: str) -> None:

@@ -29,9 +29,6 @@ from broker.embedded.natsserver import NatsServer, sync_always_from_env
 from workers import pod_runtime
 
 STATE_FILE = "stack.json"
-CONTROL_SUBJECT = "jobq.stack.control"
-"""Request/reply to the stack supervisor (chaos rollbacks): JSON {"op": "state" | "start_node" |
-"start_dispatcher" | "start_nats", "name"/"index": ...} -> {"ok": bool, "error": str, ...}."""
 Progress = Callable[[str], None]
 
 
@@ -98,8 +95,8 @@ class Stack:
         return f"http://127.0.0.1:{self.http_ports.get(0, self.config.http_port)}/"
 
     def _env(self) -> dict[str, str]:
-        env = {**os.environ, **self.config.env, "JOBQ_NATS_URL": self.nats_url,
-               "JOBQ_LOG_FORMAT": self.config.log_format}
+        env = {**os.environ, **self.config.env, contract.ENV_NATS_URL: self.nats_url,
+               contract.ENV_LOG_FORMAT: self.config.log_format}
         if len(self.nats_cluster) > 1:
             env.setdefault("JOBQ_NATS_REPLICAS", "3")
         env.setdefault("PYTHONUNBUFFERED", "1")
@@ -121,7 +118,7 @@ class Stack:
                 raise StackError(f"nats-server failed to start: {exc}") from exc
         self.nc = await natsutil.connect(self.nats_url, name="jobq-stack")
         self._node_sub = await self.nc.subscribe(contract.NODE_STATUS_WILDCARD, cb=self._on_node)
-        self._control_sub = await self.nc.subscribe(CONTROL_SUBJECT, cb=self._on_control)
+        self._control_sub = await self.nc.subscribe(contract.CONTROL_SUBJECT, cb=self._on_control)
         self.progress(f"nats at {self.nats_url}; starting {self.config.dispatchers} dispatcher(s) "
                       f"and {self.config.nodes} node(s)")
         for i in range(self.config.dispatchers):
@@ -225,7 +222,7 @@ class Stack:
     def signal_node(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
         """Signal a node agent (SIGKILL = the machine dies; its pods die with it)."""
         if name not in self.nodes and self.config.env.get("JOBQ_BACKEND") == "kubernetes":
-            from broker.devcluster import nodes as kubelets  # the dev cluster's simulated kubelets
+            from devcluster import nodes as kubelets  # the dev cluster's simulated kubelets
 
             at = Path(self.config.env["JOBQ_KUBECONFIG"]).parent
             machine = sig == signal.SIGKILL  # the machine dies: its kubelet and its pods (kill_node)

@@ -1,7 +1,8 @@
 """The JSON API: jobs, nodes, queues, dead letters, live events, and two guarded mutations.
 
 Reads come from the dispatcher's in-memory job index (every dispatcher, leader or standby, keeps
-one), the backend's node list and JetStream. Mutations are compare-and-set writes of the job
+one), the backend's node list and JetStream, through the read model (``broker.readmodel``);
+answers are the typed models of ``responses.py``. Mutations are compare-and-set writes of the job
 record, exactly what ``jobq cancel`` and ``jobq dlq retry`` do; the leader acts on them. Errors
 are JSON ``{"error": <code>, "message": <sentence>, "param": <name|null>}``.
 """
@@ -15,119 +16,26 @@ import collections
 import datetime as dt
 import hmac
 import json
-import re
-import statistics
-from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from pydantic import BaseModel
 
-from broker import contract, metrics, store
+from broker import contract, store
 from broker.dispatcher import logs
-from broker.http import streams
+from broker.http import responses, streams
 from broker.http.keys import DISPATCHER, HUB, METRICS, SETTINGS
+from broker.http.params import JOB_ID, QUEUE, bad_param, error, int_param, job_id_of, query
+from broker.readmodel import deadletters, recovery, retries
+from broker.readmodel import events as event_log
 
-JOB_ID = re.compile(contract.JOB_ID_PATTERN)
-QUEUE = re.compile(contract.QUEUE_PATTERN)
-Json = dict[str, Any]
-ERRORS: dict[int, type[web.HTTPException]] = {
-    400: web.HTTPBadRequest,
-    401: web.HTTPUnauthorized,
-    403: web.HTTPForbidden,
-    404: web.HTTPNotFound,
-    409: web.HTTPConflict,
-}
+# --- answers ----------------------------------------------------------------------------------
 
 
-# --- errors and parameters ------------------------------------------------------------------
-
-
-def error(
-    status: int,
-    code: str,
-    message: str,
-    *,
-    param: str | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> web.HTTPException:
-    body = json.dumps({"error": code, "message": message, "param": param})
-    kind = ERRORS[status]
-    return kind(text=body, content_type="application/json", headers=headers)
-
-
-def bad_param(param: str, message: str) -> web.HTTPException:
-    return error(400, "bad_request", message, param=param)
-
-
-def query(request: web.Request, allowed: Iterable[str]) -> dict[str, str]:
-    allowed = set(allowed)
-    params: dict[str, str] = {}
-    for name, value in request.query.items():
-        if name not in allowed:
-            known = ", ".join(sorted(allowed)) or "none"
-            raise bad_param(name, f"unknown query parameter {name!r}; this route takes: {known}")
-        if name in params:
-            raise bad_param(name, f"query parameter {name!r} is given more than once")
-        params[name] = value
-    return params
-
-
-def int_param(params: Mapping[str, str], name: str, *, default: int, low: int, high: int) -> int:
-    raw = params.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise bad_param(name, f"{name} must be an integer, not {raw!r}") from None
-    if not low <= value <= high:
-        raise bad_param(name, f"{name} must be between {low} and {high}, not {value}")
-    return value
-
-
-def job_id_of(request: web.Request) -> str:
-    job_id = request.match_info["job_id"]
-    if not JOB_ID.match(job_id):
-        raise bad_param(
-            "job_id", f"{job_id!r} is not a job id (a lower-case DNS label of at most 40 characters)"
-        )
-    return job_id
-
-
-def iso(value: dt.datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
-# --- shapes ---------------------------------------------------------------------------------
-
-
-def job_summary(record: contract.JobRecord) -> Json:
-    current = record.current
-    return {
-        "id": record.spec.id,
-        "queue": record.spec.queue,
-        "task": record.spec.task or " ".join(record.spec.command or ()),
-        "phase": record.phase.value,
-        "attempts": len(record.attempts),
-        "attempt_state": current.state.value if current else None,
-        "node": current.node if current else None,
-        "reason": record.reason.value if record.reason else None,
-        "message": record.message,
-        "retries": dict(record.retries),
-        "priority": record.spec.priority,
-        "cancel_requested": record.cancel_requested,
-        "submitted_at": iso(record.submitted_at),
-        "updated_at": iso(record.updated_at),
-        "finished_at": iso(record.finished_at),
-    }
-
-
-def attempt_view(attempt: contract.Attempt) -> Json:
-    view: Json = attempt.model_dump(mode="json")
-    view["run_seconds"] = metrics.seconds(attempt.started_at, attempt.finished_at)
-    view["start_seconds"] = metrics.seconds(attempt.created_at, attempt.started_at)
-    return view
+def answer(body: BaseModel, *, status: int = 200) -> web.Response:
+    """A JSON response from a response model (broker/http/responses.py)."""
+    return web.json_response(body.model_dump(mode="json"), status=status)
 
 
 def _record(request: web.Request, job_id: str) -> contract.JobRecord | None:
@@ -187,14 +95,14 @@ async def list_jobs(request: web.Request) -> web.Response:
         records = records[offset:]
     page = records[:limit]
     more = len(records) > limit
-    return web.json_response(
-        {
-            "jobs": [job_summary(r) for r in page],
-            "total": total,
-            "limit": limit,
-            "offset": None if "cursor" in params else offset,
-            "next_cursor": _cursor_encode(page[-1]) if more and page else None,
-        }
+    return answer(
+        responses.JobPage(
+            jobs=[responses.JobSummary.of(r) for r in page],
+            total=total,
+            limit=limit,
+            offset=None if "cursor" in params else offset,
+            next_cursor=_cursor_encode(page[-1]) if more and page else None,
+        )
     )
 
 
@@ -204,14 +112,14 @@ async def get_job(request: web.Request) -> web.Response:
     record = _record(request, job_id) or await _fresh(request, job_id)
     if record is None:
         raise error(404, "not_found", f"no job {job_id}")
-    events = await streams.job_events(request.app[DISPATCHER].store.js, job_id)
-    return web.json_response(
-        {
-            "job": job_summary(record),
-            "record": record.model_dump(mode="json"),
-            "attempts": [attempt_view(a) for a in record.attempts],
-            "events": [e.model_dump(mode="json") for e in events],
-        }
+    found = await event_log.job_events(request.app[DISPATCHER].store.js, job_id)
+    return answer(
+        responses.JobDetail(
+            job=responses.JobSummary.of(record),
+            record=record,
+            attempts=[responses.AttemptView.of(a) for a in record.attempts],
+            events=found,
+        )
     )
 
 
@@ -232,52 +140,13 @@ async def job_log(request: web.Request) -> web.Response:
         raise error(404, "not_found", picked, param="attempt")
     chunk = await logs.answer(
         contract.LogRequest(job_id=job_id, attempt=number, offset=offset, limit=limit),
-        lookup=lookup, backend=dispatcher.backend)
+        lookup=lookup,
+        backend=dispatcher.backend,
+    )
     return web.json_response(chunk.model_dump(mode="json"))
 
 
 # --- nodes and queues -----------------------------------------------------------------------
-
-
-def failure_report(
-    failures: Iterable[metrics.NodeFailure], records: Iterable[contract.JobRecord], *, lost_at: Any
-) -> list[Json]:
-    """Per node failure (newest first): the jobs it cost an attempt and their recovery times."""
-    ordered = sorted(failures, key=lambda f: f.detected_at)
-    records = list(records)
-    report: list[Json] = []
-    for i, failure in enumerate(ordered):
-        until = next((f.detected_at for f in ordered[i + 1 :] if f.node == failure.node), None)
-        jobs: list[Json] = []
-        for record in records:
-            for n, attempt in enumerate(record.attempts):
-                if (
-                    attempt.node != failure.node
-                    or attempt.reason != contract.FailureReason.NODE_LOST
-                    or attempt.finished_at is None
-                    or attempt.finished_at < failure.detected_at - dt.timedelta(seconds=1)
-                    or (until is not None and attempt.finished_at >= until)
-                ):
-                    continue
-                following = record.attempts[n + 1] if n + 1 < len(record.attempts) else None
-                recovered = metrics.seconds(lost_at(attempt), following.started_at if following else None)
-                jobs.append({"id": record.spec.id, "recovery_seconds": recovered})
-        times = [j["recovery_seconds"] for j in jobs if j["recovery_seconds"] is not None]
-        report.append(
-            {
-                "node": failure.node,
-                "detected_at": iso(failure.detected_at),
-                "last_heartbeat": iso(failure.last_heartbeat),
-                "affected_jobs": len(jobs),
-                "recovered_jobs": len(times),
-                "recovery_seconds": {
-                    "max": round(max(times), 3) if times else None,
-                    "p50": round(statistics.median(times), 3) if times else None,
-                },
-                "jobs": jobs[:50],
-            }
-        )
-    return report[::-1]
 
 
 async def list_nodes(request: web.Request) -> web.Response:
@@ -290,53 +159,27 @@ async def list_nodes(request: web.Request) -> web.Response:
         for r in dispatcher.index.records()
         if r.phase == contract.JobPhase.RUNNING and r.current and r.current.node
     )
-    return web.json_response(
-        {
-            "nodes": [
-                {
-                    "name": n.name,
-                    "ready": n.ready,
-                    "pods": n.pods,
-                    "running_attempts": running[n.name],
-                    "capacity": n.capacity.model_dump(mode="json"),
-                    "allocated_cpu": round(n.allocated_cpu, 3),
-                    "allocated_memory": n.allocated_memory,
-                    "last_heartbeat": iso(n.last_heartbeat),
-                    "not_ready_since": iso(n.not_ready_since),
-                    "not_ready_reason": n.not_ready_reason,
-                    "attempt_heartbeats": dispatcher.heartbeats.nodes.evidence(n.name).value,
-                }
+    return answer(
+        responses.Nodes(
+            nodes=[
+                responses.Node(
+                    name=n.name,
+                    ready=n.ready,
+                    pods=n.pods,
+                    running_attempts=running[n.name],
+                    capacity=n.capacity,
+                    allocated_cpu=round(n.allocated_cpu, 3),
+                    allocated_memory=n.allocated_memory,
+                    last_heartbeat=n.last_heartbeat,
+                    not_ready_since=n.not_ready_since,
+                    not_ready_reason=n.not_ready_reason,
+                    attempt_heartbeats=dispatcher.heartbeats.nodes.evidence(n.name).value,
+                )
                 for n in nodes
             ],
-            "failures": failure_report(m.failures, dispatcher.index.records(), lost_at=m.lost_at),
-        }
+            failures=recovery.failure_report(m.failures, dispatcher.index.records(), lost_at=m.lost_at),
+        )
     )
-
-
-def retry_timeline(
-    records: Iterable[contract.JobRecord], *, now: dt.datetime, window_s: int, buckets: int = 30
-) -> Json:
-    """Retries per reason in ``buckets`` equal slices of the last ``window_s`` seconds.
-
-    A retry is a failed attempt that another attempt follows, or the failed current attempt of
-    a job that is queued again (waiting out its backoff)."""
-    step = window_s / buckets
-    start = now - dt.timedelta(seconds=window_s)
-    series: dict[str, list[int]] = {}
-    for record in records:
-        for n, attempt in enumerate(record.attempts):
-            retried = n + 1 < len(record.attempts) or record.phase == contract.JobPhase.QUEUED
-            if (
-                attempt.state != contract.AttemptState.FAILED
-                or attempt.reason is None
-                or not retried
-                or attempt.finished_at is None
-                or attempt.finished_at < start
-            ):
-                continue
-            slot = min(buckets - 1, int((attempt.finished_at - start).total_seconds() // step))
-            series.setdefault(attempt.reason.value, [0] * buckets)[slot] += 1
-    return {"start": iso(start), "end": iso(now), "bucket_seconds": step, "series": series}
 
 
 async def list_queues(request: web.Request) -> web.Response:
@@ -349,34 +192,34 @@ async def list_queues(request: web.Request) -> web.Response:
     by_queue: dict[str, list[contract.JobRecord]] = collections.defaultdict(list)
     for record in records:
         by_queue[record.spec.queue].append(record)
-    queues = []
+    queues: list[responses.Queue] = []
     totals: collections.Counter[str] = collections.Counter({p.value: 0 for p in contract.JobPhase})
     for name in sorted(set(by_queue) | set(m.pending) | set(limits)):
         phases = collections.Counter(r.phase.value for r in by_queue[name])
         totals.update(phases)
-        retries: collections.Counter[str] = collections.Counter()
+        by_reason: collections.Counter[str] = collections.Counter()
         for record in by_queue[name]:
-            retries.update(record.retries)
+            by_reason.update(record.retries)
         pending = m.pending.get(name, 0)
         queues.append(
-            {
-                "queue": name,
-                "pending": pending,
-                "queued": phases["queued"],
-                "depth": pending + phases["queued"],
-                "running": phases["running"],
-                "jobs": {p.value: phases[p.value] for p in contract.JobPhase},
-                "retries": dict(sorted(retries.items())),
-                "limit": limits.get(name),
-            }
+            responses.Queue(
+                queue=name,
+                pending=pending,
+                queued=phases["queued"],
+                depth=pending + phases["queued"],
+                running=phases["running"],
+                jobs={p.value: phases[p.value] for p in contract.JobPhase},
+                retries=dict(sorted(by_reason.items())),
+                limit=limits.get(name),
+            )
         )
-    return web.json_response(
-        {
-            "queues": queues,
-            "totals": dict(totals),
-            "dead_letters": m.dead_letters,
-            "retry_timeline": retry_timeline(records, now=contract.utcnow(), window_s=window),
-        }
+    return answer(
+        responses.Queues(
+            queues=queues,
+            totals=dict(totals),
+            dead_letters=m.dead_letters,
+            retry_timeline=retries.timeline(records, now=contract.utcnow(), window_s=window),
+        )
     )
 
 
@@ -394,30 +237,30 @@ async def list_dead_letters(request: web.Request) -> web.Response:
             f"unknown reason {reason!r}; reasons are {', '.join(r.value for r in contract.FailureReason)}",
         )
     dispatcher = request.app[DISPATCHER]
-    found, total = await streams.dead_letters(dispatcher.store.js, limit=limit, offset=offset, reason=reason)
+    found, total = await deadletters.newest(dispatcher.store.js, limit=limit, offset=offset, reason=reason)
     letters = []
     for item in found:
         letter = item.letter
         record = dispatcher.index.get(letter.job_id) if letter.job_id else None
         letters.append(
-            {
-                "seq": item.seq,
-                "job_id": letter.job_id,
-                "reason": letter.reason.value,
-                "message": letter.message,
-                "at": iso(letter.at),
-                "attempts": len(letter.attempts),
-                "subject": letter.subject,
-                "job_phase": record.phase.value if record else None,
-                "retryable": record is not None and record.phase == contract.JobPhase.DEAD,
-                "stream_seq": letter.stream_seq,
-                "size": letter.size,
-                "sha256": letter.sha256,
-                "excerpt": letter.excerpt,
-                "original": letter.original,
-            }
+            responses.DeadLetterView(
+                seq=item.seq,
+                job_id=letter.job_id,
+                reason=letter.reason.value,
+                message=letter.message,
+                at=letter.at,
+                attempts=len(letter.attempts),
+                subject=letter.subject,
+                job_phase=record.phase.value if record else None,
+                retryable=record is not None and record.phase == contract.JobPhase.DEAD,
+                stream_seq=letter.stream_seq,
+                size=letter.size,
+                sha256=letter.sha256,
+                excerpt=letter.excerpt,
+                original=letter.original,
+            )
         )
-    return web.json_response({"dead_letters": letters, "total": total, "limit": limit, "offset": offset})
+    return answer(responses.DeadLetters(dead_letters=letters, total=total, limit=limit, offset=offset))
 
 
 async def dead_letter_original(request: web.Request) -> web.Response:
@@ -428,13 +271,11 @@ async def dead_letter_original(request: web.Request) -> web.Response:
     if not raw_seq.isdigit() or int(raw_seq) < 1:
         raise bad_param("seq", f"{raw_seq!r} is not a dead letter's sequence (a positive integer)")
     seq = int(raw_seq)
-    st = request.app[DISPATCHER].store
-    letter = await streams.dead_letter(st.js, seq)
+    js = request.app[DISPATCHER].store.js
+    letter = await deadletters.get(js, seq)
     if letter is None:
         raise error(404, "not_found", f"no dead letter {seq}")
-    data = letter.payload.encode() if letter.payload is not None else None
-    if data is None and letter.original is not None:
-        data = await st.dead_original(letter.original)
+    data = await deadletters.original(js, letter)
     if data is None:
         raise error(404, "not_found", f"dead letter {seq} keeps no original (or it expired)")
     return web.Response(
@@ -499,7 +340,7 @@ async def cancel_job(request: web.Request) -> web.Response:
         return record.cancelling(now=contract.utcnow())
 
     record = await _update(request, job_id, change)
-    return web.json_response({"job": job_summary(record)}, status=202)
+    return answer(responses.JobAccepted(job=responses.JobSummary.of(record)), status=202)
 
 
 async def retry_dead_letter(request: web.Request) -> web.Response:
@@ -517,7 +358,7 @@ async def retry_dead_letter(request: web.Request) -> web.Response:
             404, "not_found", f"no job {job_id}; an invalid submission must be fixed and submitted again"
         )
     record = await _update(request, job_id, change)
-    return web.json_response({"job": job_summary(record)}, status=202)
+    return answer(responses.JobAccepted(job=responses.JobSummary.of(record)), status=202)
 
 
 # --- live events (SSE) ----------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The OpenAPI 3.1 document of the dispatcher's HTTP interface (served at /api/openapi.json).
 
-Job records and events are described by the wire contract's own pydantic models, so the
-document cannot drift from what the API returns; tests check that every route is documented
+The paths are written here; every response shape is generated from the typed models the
+handlers build (``responses.py``, which reuse the wire contract's and the read model's), so the
+document cannot drift from what the API returns. Tests check that every route is documented
 and every documented operation is routed.
 """
 
@@ -13,6 +14,7 @@ from typing import Any
 from pydantic.json_schema import models_json_schema
 
 from broker import contract
+from broker.http import responses
 
 Json = dict[str, Any]
 
@@ -58,221 +60,11 @@ LIMIT = _query("limit", {"type": "integer", "minimum": 1, "maximum": 500, "defau
 
 
 def _schemas() -> Json:
+    """Every response model's JSON Schema (serialization mode), referenced from the paths."""
     _, generated = models_json_schema(
-        [
-            (contract.JobRecord, "serialization"),
-            (contract.JobEvent, "serialization"),
-            (contract.Attempt, "serialization"),
-            (contract.LogChunk, "serialization"),
-        ],
-        ref_template=REF,
+        [(model, "serialization") for model in responses.MODELS], ref_template=REF
     )
-    schemas: Json = dict(generated.get("$defs", {}))
-    nullable_str = {"type": ["string", "null"]}
-    nullable_time = {"type": ["string", "null"], "format": "date-time"}
-    counts = {"type": "object", "additionalProperties": {"type": "integer"}}
-    schemas.update(
-        {
-            "Error": {
-                "type": "object",
-                "required": ["error", "message"],
-                "properties": {
-                    "error": {"type": "string", "examples": ["bad_request"]},
-                    "message": {"type": "string"},
-                    "param": nullable_str,
-                },
-            },
-            "JobSummary": {
-                "type": "object",
-                "required": ["id", "queue", "phase", "attempts"],
-                "properties": {
-                    "id": {"type": "string"},
-                    "queue": {"type": "string"},
-                    "task": {"type": "string"},
-                    "phase": {"enum": [p.value for p in contract.JobPhase]},
-                    "attempts": {"type": "integer"},
-                    "attempt_state": nullable_str,
-                    "node": nullable_str,
-                    "reason": nullable_str,
-                    "message": {"type": "string"},
-                    "retries": counts,
-                    "priority": {"type": "integer"},
-                    "cancel_requested": {"type": "boolean"},
-                    "submitted_at": nullable_time,
-                    "updated_at": nullable_time,
-                    "finished_at": nullable_time,
-                },
-            },
-            "JobPage": {
-                "type": "object",
-                "required": ["jobs", "total", "limit"],
-                "properties": {
-                    "jobs": {"type": "array", "items": _ref("JobSummary")},
-                    "total": {"type": "integer"},
-                    "limit": {"type": "integer"},
-                    "offset": {"type": ["integer", "null"]},
-                    "next_cursor": {**nullable_str, "description": "Pass as `cursor` for the next page."},
-                },
-            },
-            "AttemptView": {
-                "allOf": [
-                    _ref("Attempt"),
-                    {
-                        "type": "object",
-                        "properties": {
-                            "run_seconds": {"type": ["number", "null"]},
-                            "start_seconds": {"type": ["number", "null"]},
-                        },
-                    },
-                ]
-            },
-            "JobDetail": {
-                "type": "object",
-                "required": ["job", "record", "attempts", "events"],
-                "properties": {
-                    "job": _ref("JobSummary"),
-                    "record": _ref("JobRecord"),
-                    "attempts": {"type": "array", "items": _ref("AttemptView")},
-                    "events": {"type": "array", "items": _ref("JobEvent")},
-                },
-            },
-            "JobAccepted": {"type": "object", "required": ["job"], "properties": {"job": _ref("JobSummary")}},
-            "Node": {
-                "type": "object",
-                "required": ["name", "ready", "pods"],
-                "properties": {
-                    "name": {"type": "string"},
-                    "ready": {"type": "boolean"},
-                    "pods": {"type": "integer"},
-                    "running_attempts": {"type": "integer"},
-                    "capacity": {"type": "object"},
-                    "allocated_cpu": {"type": "number"},
-                    "allocated_memory": {"type": "integer"},
-                    "last_heartbeat": nullable_time,
-                    "not_ready_since": nullable_time,
-                    "not_ready_reason": {"type": "string", "description": "Why the backend says not ready"},
-                    "attempt_heartbeats": {
-                        "type": "string",
-                        "enum": ["alive", "silent", "unknown"],
-                        "description": "What attempt heartbeats say (docs/design/node-loss.md)",
-                    },
-                },
-            },
-            "NodeFailure": {
-                "type": "object",
-                "properties": {
-                    "node": {"type": "string"},
-                    "detected_at": nullable_time,
-                    "last_heartbeat": nullable_time,
-                    "affected_jobs": {"type": "integer"},
-                    "recovered_jobs": {"type": "integer"},
-                    "recovery_seconds": {
-                        "type": "object",
-                        "properties": {
-                            "max": {"type": ["number", "null"]},
-                            "p50": {"type": ["number", "null"]},
-                        },
-                    },
-                    "jobs": {
-                        "type": "array",
-                        "items": {
-                            "type": "object",
-                            "properties": {
-                                "id": {"type": "string"},
-                                "recovery_seconds": {"type": ["number", "null"]},
-                            },
-                        },
-                    },
-                },
-            },
-            "Nodes": {
-                "type": "object",
-                "required": ["nodes", "failures"],
-                "properties": {
-                    "nodes": {"type": "array", "items": _ref("Node")},
-                    "failures": {"type": "array", "items": _ref("NodeFailure")},
-                },
-            },
-            "Queue": {
-                "type": "object",
-                "required": ["queue", "depth"],
-                "properties": {
-                    "queue": {"type": "string"},
-                    "pending": {"type": "integer"},
-                    "queued": {"type": "integer"},
-                    "depth": {"type": "integer", "description": "pending submissions + queued records"},
-                    "running": {"type": "integer"},
-                    "jobs": counts,
-                    "retries": counts,
-                    "limit": {"type": ["integer", "null"]},
-                },
-            },
-            "Queues": {
-                "type": "object",
-                "required": ["queues", "totals"],
-                "properties": {
-                    "queues": {"type": "array", "items": _ref("Queue")},
-                    "totals": counts,
-                    "dead_letters": {"type": "integer"},
-                    "retry_timeline": {
-                        "type": "object",
-                        "properties": {
-                            "start": {"type": "string", "format": "date-time"},
-                            "end": {"type": "string", "format": "date-time"},
-                            "bucket_seconds": {"type": "number"},
-                            "series": {
-                                "type": "object",
-                                "additionalProperties": {"type": "array", "items": {"type": "integer"}},
-                            },
-                        },
-                    },
-                },
-            },
-            "DeadLetterView": {
-                "type": "object",
-                "required": ["seq", "reason"],
-                "properties": {
-                    "seq": {"type": "integer"},
-                    "job_id": nullable_str,
-                    "reason": {"type": "string"},
-                    "message": {"type": "string"},
-                    "at": nullable_time,
-                    "attempts": {"type": "integer"},
-                    "subject": nullable_str,
-                    "job_phase": nullable_str,
-                    "retryable": {"type": "boolean"},
-                    "stream_seq": {"type": ["integer", "null"]},
-                    "size": {"type": ["integer", "null"]},
-                    "sha256": nullable_str,
-                    "excerpt": nullable_str,
-                    "original": nullable_str,
-                },
-            },
-            "DeadLetters": {
-                "type": "object",
-                "required": ["dead_letters", "total"],
-                "properties": {
-                    "dead_letters": {"type": "array", "items": _ref("DeadLetterView")},
-                    "total": {"type": "integer"},
-                    "limit": {"type": "integer"},
-                    "offset": {"type": "integer"},
-                },
-            },
-            "Health": {
-                "type": "object",
-                "required": ["status"],
-                "properties": {
-                    "status": {"type": "string"},
-                    "leader": {"type": "boolean"},
-                    "synced": {"type": "boolean"},
-                    "nats_connected": {"type": "boolean"},
-                    "jobs": {"type": "integer"},
-                    "backend": {"type": "string"},
-                },
-            },
-        }
-    )
-    return schemas
+    return dict(generated.get("$defs", {}))
 
 
 @functools.cache
@@ -375,12 +167,21 @@ def document() -> Json:
                 "tags": ["jobs"],
                 "parameters": [
                     JOB_ID_PARAM,
-                    _query("attempt", {"type": "integer", "minimum": 1},
-                           "Attempt number (default: the current one)."),
-                    _query("offset", {"type": "integer", "minimum": 0, "default": 0},
-                           "Byte offset: `next_offset` of the previous chunk."),
-                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 262144, "default": 65536},
-                           "Bytes to return at most."),
+                    _query(
+                        "attempt",
+                        {"type": "integer", "minimum": 1},
+                        "Attempt number (default: the current one).",
+                    ),
+                    _query(
+                        "offset",
+                        {"type": "integer", "minimum": 0, "default": 0},
+                        "Byte offset: `next_offset` of the previous chunk.",
+                    ),
+                    _query(
+                        "limit",
+                        {"type": "integer", "minimum": 1, "maximum": 262144, "default": 65536},
+                        "Bytes to return at most.",
+                    ),
                 ],
                 "responses": {
                     "200": _json(_ref("LogChunk"), "A chunk of the log (or why there is none)"),
@@ -448,8 +249,12 @@ def document() -> Json:
                 "summary": "The whole original message of a dead letter (a letter carries an excerpt)",
                 "tags": ["dead letters"],
                 "parameters": [
-                    {"name": "seq", "in": "path", "required": True,
-                     "schema": {"type": "integer", "minimum": 1}},
+                    {
+                        "name": "seq",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "integer", "minimum": 1},
+                    },
                 ],
                 "responses": {
                     "200": {

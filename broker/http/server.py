@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -25,8 +26,10 @@ from aiohttp import web
 from broker import metrics, settings
 from broker.dispatcher import reconcile
 from broker.dispatcher.service import Dispatcher
-from broker.http import api, dashboard, openapi, streams
+from broker.http import api, dashboard, openapi, responses, streams
 from broker.http.keys import DISPATCHER, HUB, METRICS, SETTINGS
+from broker.http.params import query
+from broker.readmodel import backlog
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -37,34 +40,34 @@ def metrics_observer() -> reconcile.Observer:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    api.query(request, ())
-    return web.json_response({"status": "ok"})
+    query(request, ())
+    return web.json_response(responses.Health(status="ok").model_dump(mode="json", exclude_unset=True))
 
 
 async def readyz(request: web.Request) -> web.Response:
-    api.query(request, ())
+    query(request, ())
     dispatcher = request.app[DISPATCHER]
     ready = dispatcher.index_ready.is_set() and (dispatcher.status.synced or not dispatcher.status.leader)
-    body = {
-        "status": "ok" if ready else "starting",
-        "leader": dispatcher.status.leader,
-        "synced": dispatcher.status.synced,
-        "nats_connected": dispatcher.store.nc.is_connected,
-        "jobs": len(dispatcher.index),
-        "backend": dispatcher.backend.name,
-    }
-    return web.json_response(body, status=200 if ready else 503)
+    body = responses.Health(
+        status="ok" if ready else "starting",
+        leader=dispatcher.status.leader,
+        synced=dispatcher.status.synced,
+        nats_connected=dispatcher.store.nc.is_connected,
+        jobs=len(dispatcher.index),
+        backend=dispatcher.backend.name,
+    )
+    return web.json_response(body.model_dump(mode="json"), status=200 if ready else 503)
 
 
 async def prometheus(request: web.Request) -> web.Response:
-    api.query(request, ())
+    query(request, ())
     m = request.app[METRICS]
     await m.refresh()
     return web.Response(body=m.render(), headers={"Content-Type": metrics.CONTENT_TYPE})
 
 
 async def openapi_doc(request: web.Request) -> web.Response:
-    api.query(request, ())
+    query(request, ())
     return web.json_response(openapi.document())
 
 
@@ -111,13 +114,25 @@ async def _close_streams(app: web.Application) -> None:
     await app[HUB].stop()
 
 
+def metrics_sources(dispatcher: Dispatcher) -> metrics.Sources:
+    """What the metrics read of a dispatcher, each through a narrow interface."""
+    return metrics.Sources(
+        index=dispatcher.index,
+        index_ready=dispatcher.index_ready.is_set,
+        status=dispatcher.status,
+        nats_connected=lambda: dispatcher.store.nc.is_connected,
+        list_nodes=dispatcher.backend.list_nodes,
+        read_backlog=functools.partial(backlog.read, dispatcher.store.js),
+    )
+
+
 def make_app(dispatcher: Dispatcher, config: settings.HttpSettings) -> web.Application:
     app = web.Application(middlewares=[json_errors])
     app[DISPATCHER] = dispatcher
     app[SETTINGS] = config
     observer = dispatcher.observer
     m = observer if isinstance(observer, metrics.Metrics) else metrics.Metrics()
-    m.bind(dispatcher)
+    m.bind(metrics_sources(dispatcher))
     app[METRICS] = m
     app[HUB] = streams.EventHub()
     app.cleanup_ctx.append(_background)

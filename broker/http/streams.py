@@ -1,6 +1,5 @@
-"""The HTTP layer's read-only view of JetStream, and the fan-out behind ``/api/events``.
+"""The fan-out behind ``/api/events`` (stored events and dead letters: ``broker.readmodel``).
 
-``job_events`` and ``dead_letters`` read stored messages by sequence (no consumers are created);
 ``EventHub`` holds one core NATS subscription on ``jobq.events.>`` and hands every event, plus
 node changes from the metrics node poller, to each connected server-sent-events client.
 """
@@ -9,15 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 from typing import Any
 
-import nats.js.errors
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 from pydantic import ValidationError
 
 from broker import contract
@@ -29,79 +25,6 @@ Item = tuple[str, str | None, str]
 
 CLOSE = "close"
 """Internal item that ends a client's stream (never sent)."""
-
-MAX_EVENTS = 1000
-"""At most this many events are returned for one job."""
-
-
-async def job_events(js: JetStreamContext, job_id: str) -> list[contract.JobEvent]:
-    """Every stored event of one job, oldest first (``next_by_subj`` reads, no consumer)."""
-    subject = contract.event_subject(job_id)
-    events: list[contract.JobEvent] = []
-    seq = 1
-    while len(events) < MAX_EVENTS:
-        try:
-            raw = await js.get_msg(contract.STREAM_EVENTS, seq=seq, subject=subject, next=True)
-        except nats.js.errors.NotFoundError:
-            break
-        if raw.data:
-            with contextlib.suppress(ValidationError):
-                events.append(contract.JobEvent.model_validate_json(raw.data))
-        if raw.seq is None:
-            break
-        seq = raw.seq + 1
-    return events
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class StoredDeadLetter:
-    seq: int
-    letter: contract.DeadLetter
-
-
-async def dead_letter(js: JetStreamContext, seq: int) -> contract.DeadLetter | None:
-    """The dead letter stored under ``seq``, or None (no such message, or not a letter)."""
-    try:
-        raw = await js.get_msg(contract.STREAM_DEAD, seq)
-    except nats.js.errors.NotFoundError:
-        return None
-    try:
-        return contract.DeadLetter.model_validate_json(raw.data or b"")
-    except ValidationError:
-        return None
-
-
-async def dead_letters(
-    js: JetStreamContext, *, limit: int, offset: int = 0, reason: str | None = None
-) -> tuple[list[StoredDeadLetter], int]:
-    """Newest dead letters first (optionally of one reason), and how many the stream holds."""
-    try:
-        info = await js.stream_info(contract.STREAM_DEAD)
-    except nats.js.errors.NotFoundError:
-        return [], 0
-    found: list[StoredDeadLetter] = []
-    skipped = 0
-    seq = info.state.last_seq
-    while seq >= max(info.state.first_seq, 1) and len(found) < limit:
-        try:
-            raw = await js.get_msg(contract.STREAM_DEAD, seq)
-        except nats.js.errors.NotFoundError:
-            seq -= 1
-            continue
-        seq -= 1
-        if not raw.data:
-            continue
-        try:
-            letter = contract.DeadLetter.model_validate_json(raw.data)
-        except ValidationError:
-            continue
-        if reason is not None and letter.reason.value != reason:
-            continue
-        if skipped < offset:
-            skipped += 1
-            continue
-        found.append(StoredDeadLetter(seq=raw.seq or 0, letter=letter))
-    return found, int(info.state.messages or 0)
 
 
 class EventHub:

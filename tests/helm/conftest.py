@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import yaml  # type: ignore[import-untyped]  # no types-PyYAML in the venv
 
-from broker.devcluster.build import BuildError, find_kubectl
-from broker.devcluster.helm import ensure_helm
+from devcluster.build import BuildError, find_kubectl
+from devcluster.helm import ensure_helm
 
 CHART = Path(__file__).resolve().parents[2] / "helm" / "jobq"
 

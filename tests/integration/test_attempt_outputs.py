@@ -26,7 +26,7 @@ from tests import checker
 from tests.conftest import running_stack
 from tests.integration.helpers import node_status, wait_running
 from tests.integration.test_runner import Pod, run_pod, runner_env, stored_result
-from workers import results, runner
+from workers import results, runner, runner_settings
 
 TASKS = textwrap.dedent('''
     import os
@@ -116,7 +116,7 @@ async def test_a_result_is_created_once_and_another_writer_never_overwrites_it(
     stored = await stored_result(nc, "once")
     assert stored is not None and stored.writer is not None
     assert (stored.writer.pod, stored.writer.pod_uid, stored.writer.node) == ("job-once-1", "uid-a", "node-a")
-    assert stored.writer.boot_id == runner.read_boot_id()
+    assert stored.writer.boot_id == runner_settings.read_boot_id()
 
     # Another pod of the same attempt (a second pod of that name) finishes later: refused.
     second = await run_pod(nc, pod_env(url, job_id="once", task="demo.sleep", uid="uid-b",

@@ -36,9 +36,11 @@ from broker import contract, store
 from broker.backends import k8s_objects
 from broker.backends.fake import FakeBackend
 from broker.backends.local import LocalBackend
-from broker.dispatcher import decide, reconcile
+from broker.dispatcher import reconcile
+from broker.dispatcher.action import Action
 from broker.dispatcher.index import JobIndex
 from broker.dispatcher.lease import LEASE_KEY, LeaseLost
+from broker.dispatcher.limits import Limits
 from broker.embedded.natsserver import NatsServer
 from broker.embedded.stack import Stack
 from submitter.client import JobqClient
@@ -99,7 +101,7 @@ async def harness(nc: NATS, nats_server: NatsServer, *, epoch: int) -> AsyncIter
         backend=backend,
         index=JobIndex(),
         heartbeats=reconcile.Heartbeats(),
-        limits=decide.Limits(),
+        limits=Limits(),
         queue_limits={},
         fence=fence,
     )
@@ -172,7 +174,7 @@ async def test_a_pod_is_deleted_only_while_the_record_is_as_decided(
         # Someone writes the record after our decision (another pass, a cancel); attempt 1 is
         # still the live current attempt there, so our delete of its pod is skipped and requeued.
         await h.st.update(decided_on.model_copy(update={"message": "changed"}), revision=revision)
-        kill = decide.Action(delete=(pod,), summary="test-delete", requeue_after=30.0)
+        kill = Action(delete=(pod,), summary="test-delete", requeue_after=30.0)
         assert await h.reconciler._apply(decided_on, revision, kill) == 0.0
         assert pod in h.backend.pods
         # Decided on the stored revision: the pod goes.

@@ -15,8 +15,8 @@ import pytest
 
 from broker import contract
 from broker.dispatcher.lease import LEASE_KEY
-from broker.embedded import demo
 from broker.embedded.stack import Stack
+from broker.readmodel import recovery
 from submitter.client import JobqClient
 from tests.conftest import FAST_ENV, start_stack
 from tests.integration.helpers import node_status, success_events, wait_running
@@ -59,7 +59,7 @@ async def test_sigkill_one_of_three_nodes(stack: Stack, client: JobqClient) -> N
         assert lost.node == victim and lost.reason == contract.FailureReason.NODE_LOST
         assert replacement.node != victim
         assert record.retries == {"node_lost": 1} and record.disruptions == 1
-    recoveries = demo.recovery_seconds(list(records.values()), node=victim, killed_at=killed_at)
+    recoveries = recovery.after_disruption(list(records.values()), node=victim, killed_at=killed_at)
     assert len(recoveries) == len(moved)
     # Detection window plus a margin for a reconcile pass and a process start on a busy machine.
     assert max(recoveries) < NODE_TIMEOUT_S + 5, recoveries

@@ -24,7 +24,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from broker import contract
-from workers import runner
+from workers import runner, runner_settings
 
 REPO = Path(__file__).resolve().parents[2]
 NATS_SERVER = Path(sys.executable).parent / "nats-server"
@@ -306,7 +306,7 @@ async def test_sigterm_stops_the_attempt(nc: NATS, runner_nats_url: str, task: s
 
 
 def test_settings_from_env() -> None:
-    settings = runner.RunnerSettings.from_env({
+    settings = runner_settings.RunnerSettings.from_env({
         "JOBQ_NATS_URL": "nats://a:4222, nats://b:4222", "JOBQ_JOB_ID": "j", "JOBQ_ATTEMPT": "3",
         "JOBQ_TASK": "demo.sleep", "JOBQ_ARGS": '{"seconds": 2}', "JOBQ_HEARTBEAT_S": "0.5",
         "JOBQ_NATS_TOKEN": "secret"})
@@ -322,8 +322,8 @@ def test_settings_from_env() -> None:
 ])
 def test_settings_reject_bad_env(change: dict[str, Any]) -> None:
     env = {"JOBQ_JOB_ID": "j", "JOBQ_ATTEMPT": "1", "JOBQ_TASK": "demo.sleep", **change}
-    with pytest.raises(runner.SettingsError):
-        runner.RunnerSettings.from_env(env)
+    with pytest.raises(runner_settings.SettingsError):
+        runner_settings.RunnerSettings.from_env(env)
 
 
 # --- arguments from the job record (JOBQ_ARGS_FROM=record) -------------------------------------

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from broker.devcluster import nodes
-from broker.devcluster.build import BuildError, ensure_binaries
-from broker.devcluster.controlplane import ControlPlane, ControlPlaneConfig
+from devcluster import nodes
+from devcluster.build import BuildError, ensure_binaries
+from devcluster.controlplane import ControlPlane, ControlPlaneConfig
 
 NODE_NAMES = ("k8s-node-1", "k8s-node-2", "k8s-node-3")
 NODE_CPU = 4.0

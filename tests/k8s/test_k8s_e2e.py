@@ -12,8 +12,8 @@ import time
 import pytest
 
 from broker import contract
-from broker.devcluster.build import find_kubectl
 from broker.embedded.stack import Stack
+from devcluster.build import find_kubectl
 from submitter.client import JobqClient
 from tests.integration.helpers import success_events, wait_running
 from tests.k8s.cluster import NODE_NAMES, DevCluster

@@ -23,9 +23,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from broker.devcluster import nodes
-from broker.devcluster.build import find_kubectl
-from broker.devcluster.pki import Pki
+from devcluster import nodes
+from devcluster.build import find_kubectl
+from devcluster.pki import Pki
 from tests.k8s.cluster import NODE_NAMES, DevCluster
 from workers import pod_runtime
 

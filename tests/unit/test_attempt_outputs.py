@@ -13,8 +13,11 @@ import pytest
 from broker import contract
 from broker.backends import k8s_objects
 from broker.backends.base import PodState
-from broker.dispatcher.decide import Limits, Observed, decide, pod_spec
-from workers import runner
+from broker.dispatcher.decide import decide
+from broker.dispatcher.limits import Limits
+from broker.dispatcher.observation import Observed
+from broker.dispatcher.pod_spec import build as pod_spec
+from workers import runner_settings
 
 NOW = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
 POD = contract.pod_name("j1", 2)
@@ -123,13 +126,14 @@ def test_a_kubernetes_pod_gets_its_uid_from_the_downward_api_and_reports_it() ->
 def test_the_runner_stamps_its_pod_uid_node_and_boot_id(tmp_path: Path) -> None:
     env = {contract.ENV_JOB_ID: "j1", contract.ENV_ATTEMPT: "2", contract.ENV_TASK: "demo.sleep",
            contract.ENV_NODE: "node-1"}
-    alone = runner.RunnerSettings.from_env(env)
+    alone = runner_settings.RunnerSettings.from_env(env)
     assert (alone.pod, alone.pod_uid) == (POD, "")  # a runner started by hand: the deterministic name
-    settings = runner.RunnerSettings.from_env({**env, contract.ENV_POD: "p", contract.ENV_POD_UID: "u"})
+    settings = runner_settings.RunnerSettings.from_env(
+        {**env, contract.ENV_POD: "p", contract.ENV_POD_UID: "u"})
     assert settings.writer(boot_id="b") == contract.Writer(pod="p", pod_uid="u", node="node-1", boot_id="b")
     boot_id = tmp_path / "boot_id"
     boot_id.write_text("5f1e-boot\n")
-    assert runner.read_boot_id(str(boot_id)) == "5f1e-boot"
-    assert runner.read_boot_id(str(tmp_path / "missing")) == ""
-    if Path(runner.BOOT_ID_PATH).exists():
-        assert runner.read_boot_id() == Path(runner.BOOT_ID_PATH).read_text().strip() != ""
+    assert runner_settings.read_boot_id(str(boot_id)) == "5f1e-boot"
+    assert runner_settings.read_boot_id(str(tmp_path / "missing")) == ""
+    if Path(runner_settings.BOOT_ID_PATH).exists():
+        assert runner_settings.read_boot_id() == Path(runner_settings.BOOT_ID_PATH).read_text().strip() != ""

@@ -83,7 +83,7 @@ def attempt(n: int) -> contract.Attempt:
 
 
 def test_a_dead_job_with_many_attempts_and_a_big_spec_fits() -> None:
-    """decide.fail_current's letter: the spec JSON as original, every attempt with a log tail."""
+    """attempt_end.fail_current's letter: the spec JSON as original, every attempt with a log tail."""
     spec = contract.JobSpec(id="j", task="demo.sleep", args={"blob": '\x01"' * 120_000})
     attempts = tuple(attempt(n) for n in range(1, 1101))
     letter = letter_of(

@@ -8,7 +8,9 @@ import random
 
 from broker import contract
 from broker.backends.base import PodState
-from broker.dispatcher.decide import Limits, Observed, decide
+from broker.dispatcher.decide import decide
+from broker.dispatcher.limits import Limits
+from broker.dispatcher.observation import CreateFailure, CreateOutcome, Observed
 from broker.dispatcher.placement import Fit, Placement
 
 NOW = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
@@ -372,10 +374,43 @@ def test_pending_timeout_sends_a_waiting_job_to_the_dead_letter_queue() -> None:
 
 def test_an_attempt_the_backend_could_not_place_goes_back_to_the_queue() -> None:
     creating = job(phase=Phase.RUNNING, attempts=(attempt(state=State.CREATING, node=None, started=None),))
-    action = run(creating, create_error="node node-1 refused job-j1-1: out of memory")
+    why = "node node-1 refused job-j1-1: out of memory"
+    refused = CreateOutcome(CreateFailure.UNSCHEDULABLE, attempt=1, message=why)
+    action = run(creating, create_outcome=refused)
     assert action.record is not None and action.record.phase == Phase.QUEUED
     assert action.record.attempts == () and "refused" in action.record.waiting_reason
     assert action.create is None
+
+
+def test_a_pod_whose_node_never_answered_fails_its_attempt_as_node_lost() -> None:
+    creating = job(phase=Phase.RUNNING, attempts=(attempt(state=State.CREATING, node=None, started=None),))
+    refused = CreateOutcome(CreateFailure.UNCERTAIN, attempt=1, message="no answer", node="node-2")
+    action = run(creating, create_outcome=refused)
+    assert action.record is not None and action.record.phase == Phase.QUEUED
+    ended = action.record.attempts[-1]
+    assert ended.state == State.FAILED and ended.reason == Reason.NODE_LOST and ended.node == "node-2"
+    assert action.record.avoid_nodes == ("node-2",) and action.delete == ("job-j1-1",)
+    assert [e.type for e in action.events] == [
+        contract.EventType.ATTEMPT_FAILED,
+        contract.EventType.RETRY_SCHEDULED,
+    ]
+
+
+def test_a_pod_the_backend_rejected_fails_its_attempt_as_a_dispatch_error() -> None:
+    creating = job(phase=Phase.RUNNING, attempts=(attempt(state=State.CREATING, node=None, started=None),))
+    refused = CreateOutcome(CreateFailure.REJECTED, attempt=1, message="invalid pod spec")
+    action = run(creating, create_outcome=refused)
+    assert action.record is not None and action.record.phase == Phase.QUEUED
+    ended = action.record.attempts[-1]
+    assert ended.reason == Reason.DISPATCH_ERROR and ended.message == "invalid pod spec"
+    assert action.delete == () and action.record.app_failures == 1
+
+
+def test_a_create_outcome_of_another_attempt_is_ignored() -> None:
+    creating = job(phase=Phase.RUNNING, attempts=(attempt(state=State.CREATING, node=None, started=None),))
+    refused = CreateOutcome(CreateFailure.REJECTED, attempt=2, message="invalid pod spec")
+    action = run(creating, create_outcome=refused)
+    assert action.summary == "create_pod" and action.create is not None
 
 
 def test_creating_an_attempt_clears_the_waiting_reason() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from broker import contract
-from broker.embedded import demo
+from submitter import demo
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 

@@ -9,7 +9,8 @@ import pytest
 
 from broker import contract, settings
 from broker.backends import base, k8s_objects
-from broker.dispatcher import decide
+from broker.dispatcher import pod_spec as pod_specs
+from broker.dispatcher.limits import Limits
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
@@ -21,13 +22,13 @@ BACKEND = settings.Settings.from_env({
     "JOBQ_POD_NATS_SECRET": "jobq-pod-nats",
     "JOBQ_RESOURCE_PROFILES": '{"gpu": {"memory": "32Gi"}, "small": {"cpu": 0.25}}',
 }).backend
-LIMITS = decide.Limits(nats_url="nats://nats:4222", profiles=BACKEND.resource_profiles)
+LIMITS = Limits(nats_url="nats://nats:4222", profiles=BACKEND.resource_profiles)
 
 
-def pod_spec(limits: decide.Limits = LIMITS, **job: Any) -> contract.PodSpec:
+def pod_spec(limits: Limits = LIMITS, **job: Any) -> contract.PodSpec:
     spec = contract.JobSpec.model_validate({"id": "j1", "task": "demo.sleep", **job})
     record = contract.JobRecord(spec=spec, submitted_at=NOW, updated_at=NOW)
-    return decide.pod_spec(record, contract.Attempt(number=1, pod="job-j1-1", created_at=NOW), limits)
+    return pod_specs.build(record, contract.Attempt(number=1, pod="job-j1-1", created_at=NOW), limits)
 
 
 def manifest(spec: contract.PodSpec, config: settings.BackendSettings = BACKEND) -> dict[str, Any]:
@@ -106,7 +107,7 @@ def test_profile_override_changes_requests() -> None:
     assert explicit["resources"]["requests"] == {"cpu": "2000m", "memory": "1Gi"}
     # Not overridden: the built-in profile; no operator table: the built-in profiles.
     assert pod_spec(profile="medium").resources == contract.PROFILES["medium"]
-    assert pod_spec(decide.Limits(), profile="gpu").resources == contract.PROFILES["gpu"]
+    assert pod_spec(Limits(), profile="gpu").resources == contract.PROFILES["gpu"]
 
 
 def test_hardening_is_kept_with_every_default() -> None:
@@ -121,10 +122,10 @@ def test_hardening_is_kept_with_every_default() -> None:
 
 
 def test_runner_ignores_the_pod_creds_path_only_when_the_secret_has_no_creds_key() -> None:
-    from workers import runner
+    from workers import runner_settings
 
     env = {"JOBQ_JOB_ID": "j1", "JOBQ_ATTEMPT": "1", "JOBQ_TASK": "demo.sleep",
            "JOBQ_NATS_CREDS": contract.POD_NATS_CREDS_PATH, "JOBQ_NATS_TOKEN": "t"}
-    assert runner.RunnerSettings.from_env(env).auth == {"token": "t"}  # no file at that path here
-    other = runner.RunnerSettings.from_env({**env, "JOBQ_NATS_CREDS": "/elsewhere/x.creds"}).auth
+    assert runner_settings.RunnerSettings.from_env(env).auth == {"token": "t"}  # no file at that path here
+    other = runner_settings.RunnerSettings.from_env({**env, "JOBQ_NATS_CREDS": "/elsewhere/x.creds"}).auth
     assert other["user_credentials"] == "/elsewhere/x.creds"

@@ -9,9 +9,11 @@ import json
 import pytest
 
 from broker import contract
-from broker.dispatcher.decide import Action, Limits, pod_spec
+from broker.dispatcher.action import Action
+from broker.dispatcher.limits import Limits
+from broker.dispatcher.pod_spec import build as pod_spec
 from submitter.client import InvalidJob, JobqClient
-from workers import runner
+from workers import runner_settings
 
 NOW = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
 LIMIT = contract.MAX_INLINE_ARGS_BYTES
@@ -87,9 +89,10 @@ BASE_ENV = {contract.ENV_JOB_ID: "j1", contract.ENV_ATTEMPT: "1", contract.ENV_T
 
 
 def test_runner_takes_inline_args_or_defers_to_the_record() -> None:
-    inline = runner.RunnerSettings.from_env({**BASE_ENV, contract.ENV_ARGS: '{"data": "abc"}'})
+    inline = runner_settings.RunnerSettings.from_env({**BASE_ENV, contract.ENV_ARGS: '{"data": "abc"}'})
     assert inline.args == {"data": "abc"} and not inline.args_in_record
-    deferred = runner.RunnerSettings.from_env({**BASE_ENV, contract.ENV_ARGS_FROM: contract.ARGS_FROM_RECORD})
+    deferred = runner_settings.RunnerSettings.from_env(
+        {**BASE_ENV, contract.ENV_ARGS_FROM: contract.ARGS_FROM_RECORD})
     assert deferred.args == {} and deferred.args_in_record
 
 
@@ -101,8 +104,8 @@ def test_runner_takes_inline_args_or_defers_to_the_record() -> None:
     ],
 )
 def test_runner_rejects_unclear_args_sources(change: dict[str, str], error: str) -> None:
-    with pytest.raises(runner.SettingsError, match=error):
-        runner.RunnerSettings.from_env({**BASE_ENV, **change})
+    with pytest.raises(runner_settings.SettingsError, match=error):
+        runner_settings.RunnerSettings.from_env({**BASE_ENV, **change})
 
 
 # --- sizes: submissions and records --------------------------------------------------------------

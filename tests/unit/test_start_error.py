@@ -12,7 +12,9 @@ import pytest
 
 from broker import contract, failure, retry_policy
 from broker.backends.base import PodState
-from broker.dispatcher.decide import Limits, Observed, decide
+from broker.dispatcher.decide import decide
+from broker.dispatcher.limits import Limits
+from broker.dispatcher.observation import Observed
 from workers import pod_runtime
 
 NOW = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)

@@ -25,7 +25,7 @@ It behaves like a kubelet on upstream defaults:
   is written to ``<uid>.exit`` when it ends. A restarted agent adopts the processes of pods that
   still exist (polls their liveness, reads the exit code), kills those whose pod is gone, and
   marks pods with neither a process nor an exit code Failed (``ContainerStatusUnknown``). Machine
-  death (agent *and* pods) is ``broker.devcluster.nodes.kill_node``.
+  death (agent *and* pods) is ``devcluster.nodes.kill_node``.
 - **Logs**: an HTTPS server on a free loopback port (posted as
   ``daemonEndpoints.kubeletEndpoint.Port``) serves ``GET /containerLogs/<ns>/<pod>/<container>``
   to the API server (client certificate of the cluster CA, identity

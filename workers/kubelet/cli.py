@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--client-ca-file", type=Path, default=None,
                         help="CA of the API server's kubelet-client certificate")
     args = parser.parse_args(argv)
-    logsetup.configure(fmt="console" if os.environ.get("JOBQ_LOG_FORMAT") == "console" else "json",
+    logsetup.configure(fmt="console" if os.environ.get(contract.ENV_LOG_FORMAT) == "console" else "json",
                        component="kubelet")
     settings = KubeletSettings(
         name=args.name, kubeconfig=args.kubeconfig,
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
         lease_duration_s=args.node_lease_duration_seconds, lease_renew_interval_s=args.lease_renew_interval,
         node_status_update_frequency_s=args.node_status_update_frequency,
         node_status_report_frequency_s=args.node_status_report_frequency, work_dir=args.work_dir,
-        nats_url=os.environ.get("JOBQ_NATS_URL", ""), tls_cert_file=args.tls_cert_file,
+        nats_url=os.environ.get(contract.ENV_NATS_URL, ""), tls_cert_file=args.tls_cert_file,
         tls_private_key_file=args.tls_private_key_file, client_ca_file=args.client_ca_file)
 
     async def run() -> None:

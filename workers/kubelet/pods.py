@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import os
 import signal
 import time
@@ -16,7 +15,7 @@ import aiohttp
 import structlog
 from kubernetes_asyncio import client as k8s
 
-from broker import contract
+from broker import contract, k8swatch
 from broker.k8sapi import ApiError, Obj, call
 from workers import pod_runtime
 from workers.kubelet.pod_state import LOST_MESSAGE, _env, _memory_limit, _Pod, terminated_status_body
@@ -55,45 +54,27 @@ class PodManager:
         After each list, processes of pods that are no longer listed are killed (force-deleted
         while we were not watching): a pod that is gone from the API never keeps running here.
         """
-        selector = f"spec.nodeName={self._s.name}"
+        pods = k8swatch.ListWatch(self._core.list_pod_for_all_namespaces, timeout_s=120,
+                                  field_selector=f"spec.nodeName={self._s.name}")
         backoff = 0.2
         while True:
             try:
-                listing = await call(self._core.list_pod_for_all_namespaces(
-                    field_selector=selector, _preload_content=False))
-                version = listing["metadata"]["resourceVersion"]
-                items = listing.get("items", [])
+                items = await pods.list()
                 for pod in items:
                     await self._sync(pod, deleted=False)
                 self._reconcile_listing({p["metadata"]["uid"] for p in items})
                 while True:
-                    resp: aiohttp.ClientResponse = await self._core.list_pod_for_all_namespaces(
-                        field_selector=selector, watch=True, resource_version=version,
-                        allow_watch_bookmarks=True, timeout_seconds=120, _preload_content=False)
-                    async with resp:
-                        if resp.status == 410:
-                            break
-                        if resp.status != 200:
-                            raise ApiError(resp.status, (await resp.read())[:300].decode(errors="replace"))
-                        backoff = 0.2
-                        gone = False
-                        async for line in resp.content:
-                            event = json.loads(line)
-                            obj = event["object"]
-                            if event["type"] == "ERROR":
-                                gone = obj.get("code") == 410
-                                if not gone:
-                                    raise ApiError(int(obj.get("code", 500)), str(obj.get("message")))
-                                break
-                            version = obj["metadata"]["resourceVersion"]
-                            if event["type"] != "BOOKMARK":
-                                await self._sync(obj, deleted=event["type"] == "DELETED")
-                        if gone:
-                            break
+                    await pods.watch(self._on_event)
+                    backoff = 0.2
             except (ApiError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                if isinstance(exc, ApiError) and exc.status == k8swatch.GONE:
+                    continue  # list again
                 log.warning("pod_watch_failed", node=self._s.name, error=str(exc), retry_in_s=backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+
+    async def _on_event(self, kind: str, obj: Obj) -> None:
+        await self._sync(obj, deleted=kind == "DELETED")
 
     def _reconcile_listing(self, listed: set[str]) -> None:
         for uid, rec in list(self._records.items()):
@@ -218,12 +199,12 @@ class PodManager:
         job_id = labels.get("jobq.dev/job-id", "")
         attempt = int(labels.get("jobq.dev/attempt", "0") or 0)
         command = tuple([*(container.get("command") or []), *(container.get("args") or [])])
-        env = {**os.environ, **_env(container, obj, self._s.name), "JOBQ_NODE": self._s.name,
+        env = {**os.environ, **_env(container, obj, self._s.name), contract.ENV_NODE: self._s.name,
                # The Pod object's uid, as the downward API gives it (metadata.uid): the writer
                # identity the runner stamps on results, which the dispatcher checks.
                contract.ENV_POD: meta["name"], contract.ENV_POD_UID: meta["uid"]}
         if self._s.nats_url:
-            env.setdefault("JOBQ_NATS_URL", self._s.nats_url)
+            env.setdefault(contract.ENV_NATS_URL, self._s.nats_url)
         argv = pod_command(contract.PodSpec(name=meta["name"], job_id=job_id or meta["name"], attempt=attempt,
                                             queue="", command=command), python=self._s.python)
         if not argv:

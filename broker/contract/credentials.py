@@ -1,0 +1,26 @@
+"""NATS credentials a jobq process reads from its environment."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from broker.contract import names
+
+POD_NATS_CREDS_PATH = "/etc/jobq/nats/nats.creds"
+"""Where a task pod finds the ``creds`` key of the operator's JOBQ_POD_NATS_SECRET (Kubernetes).
+The volume is optional, so the file is missing when the Secret has no such key: the runner then
+ignores JOBQ_NATS_CREDS at this path and uses the Secret's user/password or token instead."""
+
+
+def nats_auth_options(environ: Mapping[str, str]) -> dict[str, Any]:
+    """nats.connect() credentials from JOBQ_NATS_CREDS, JOBQ_NATS_USER/PASSWORD or JOBQ_NATS_TOKEN."""
+    options: dict[str, Any] = {}
+    if environ.get(names.ENV_NATS_CREDS):
+        options["user_credentials"] = environ[names.ENV_NATS_CREDS]
+    if environ.get(names.ENV_NATS_USER):
+        options["user"] = environ[names.ENV_NATS_USER]
+        options["password"] = environ.get(names.ENV_NATS_PASSWORD, "")
+    if environ.get(names.ENV_NATS_TOKEN):
+        options["token"] = environ[names.ENV_NATS_TOKEN]
+    return options

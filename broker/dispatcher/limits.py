@@ -1,0 +1,56 @@
+"""Limits: what decide() and the pod spec take from the operator's settings.
+
+Every default lives in ``broker.settings``; a ``Limits()`` built without arguments (unit tests)
+has the same values as the settings' defaults, and the dispatcher builds its own with
+``Limits.from_settings``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+from broker import contract, retry_policy, settings
+
+_DISPATCHER = settings.DispatcherSettings()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Limits:
+    heartbeat_timeout_s: float = _DISPATCHER.heartbeat_timeout_s
+    """An attempt whose worker is silent this long (after its first heartbeat) is lost."""
+    startup_timeout_s: float = _DISPATCHER.startup_timeout_s
+    """How long a task attempt may take to send its first heartbeat (a busy node starts slowly)."""
+    default_policy: contract.RetryPolicy = retry_policy.DEFAULT_POLICY
+    queue_policies: Mapping[str, contract.RetryPolicy] = dataclasses.field(default_factory=dict)
+    """Retry policy of jobs that bring none, per queue (else ``default_policy``)."""
+    nats_url: str = ""
+    """Given to pods so the worker can reach NATS (empty: none is given)."""
+    image: str | None = None
+    """Default container image for task pods (Kubernetes; None: the backend's own)."""
+    extra_env: tuple[tuple[str, str], ...] = ()
+    profiles: Mapping[str, contract.Resources] = dataclasses.field(default_factory=dict)
+    """The operator's overrides of contract.PROFILES (JOBQ_RESOURCE_PROFILES), by profile name."""
+    reschedule_on_node_loss: bool = _DISPATCHER.reschedule_on_node_loss
+    """False only for the chaos negative control: attempts on a lost node are left alone."""
+    queue_pending_timeouts: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    """pending_timeout_s of jobs that bring none, per queue (JOBQ_QUEUE_PENDING_TIMEOUTS)."""
+
+    @classmethod
+    def from_settings(cls, config: settings.Settings) -> Limits:
+        d = config.dispatcher
+        return cls(
+            heartbeat_timeout_s=d.heartbeat_timeout_s,
+            startup_timeout_s=d.startup_timeout_s,
+            nats_url=config.nats.url,
+            image=config.backend.image,
+            reschedule_on_node_loss=d.reschedule_on_node_loss,
+            queue_policies=dict(d.queue_policies),
+            queue_pending_timeouts=dict(d.queue_pending_timeouts),
+            profiles=dict(config.backend.resource_profiles),
+        )
+
+
+def policy_of(job: contract.JobRecord, limits: Limits) -> contract.RetryPolicy:
+    """The retry policy ``job`` runs under: its own, else its queue's, else the default."""
+    return job.spec.retry or limits.queue_policies.get(job.spec.queue) or limits.default_policy

@@ -1,0 +1,5 @@
+"""``python -m devcluster up|down|status|build``."""
+
+from devcluster.lifecycle import main
+
+raise SystemExit(main())

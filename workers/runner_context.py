@@ -1,0 +1,75 @@
+"""The TaskContext the runner gives a task: progress, and artifacts stamped with the pod's writer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import structlog
+
+from broker import contract
+from workers import heartbeat, results, tasks
+
+log = structlog.get_logger("workers.runner")
+_T = TypeVar("_T")
+
+
+class RunnerContext:
+    """The TaskContext the runner gives a task; its blocking methods are for the task's thread.
+
+    Artifacts live under ``contract.artifact_key(job_id, attempt, name)``, stamped with
+    ``writer``; another job's are read from its accepted attempt only."""
+
+    def __init__(self, *, job_id: str, attempt: int, node: str | None, writer: contract.Writer,
+                 progress: heartbeat.ProgressReporter, artifacts: results.ArtifactStore,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.job_id = job_id
+        self.attempt = attempt
+        self.node = node
+        self.writer = writer
+        self._progress = progress
+        self._artifacts = artifacts
+        self._loop = loop
+
+    def progress(self, fraction: float, message: str = "") -> None:
+        self._progress.report(fraction, message)
+
+    def save_artifact(self, name: str, data: bytes) -> str:
+        return self._blocking(self.asave_artifact(name, data))
+
+    def load_artifact(self, name: str, *, job_id: str | None = None) -> bytes:
+        return self._blocking(self.aload_artifact(name, job_id=job_id))
+
+    async def asave_artifact(self, name: str, data: bytes) -> str:
+        results.check_artifact_name(name)
+        key = contract.artifact_key(self.job_id, self.attempt, name)
+        await self._artifacts.put(key, bytes(data), writer=self.writer)
+        log.info("artifact_saved", artifact=key, size=len(data))
+        return key
+
+    async def aload_artifact(self, name: str, *, job_id: str | None = None) -> bytes:
+        results.check_artifact_name(name)
+        if job_id is None:
+            attempt, writer = self.attempt, self.writer
+            whose = "this attempt's pod"
+        else:
+            attempt, writer = await self._artifacts.accepted(job_id)
+            whose = f"the pod of {job_id}'s accepted attempt {attempt}"
+        key = contract.artifact_key(job_id or self.job_id, attempt, name)
+        data, stamped = await self._artifacts.get(key)
+        if stamped != writer:
+            by = stamped.model_dump() if stamped is not None else "no stamped writer"
+            log.warning("artifact_rejected", artifact=key, reason="writer_mismatch", writer=by)
+            raise tasks.ArtifactNotFound(f"artifact {key} was written by {by}, not by {whose}")
+        return data
+
+    def _blocking(self, coroutine: Coroutine[Any, Any, _T]) -> _T:
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # the usual case: called from the task's thread
+            running = None
+        if running is self._loop:  # blocking here would deadlock the loop
+            coroutine.close()
+            raise RuntimeError("an async task must use 'await ctx.asave_artifact/aload_artifact'")
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
