@@ -30,6 +30,7 @@ from nats.aio.msg import Msg
 
 from broker import contract
 from broker.embedded.stack import Stack, StackConfig, StackError
+from broker.readmodel import events as event_log
 from broker.readmodel import recovery
 from submitter.client import JobqClient, WaitTimeout
 
@@ -163,7 +164,7 @@ async def _drive(stack: Stack, *, jobs: int, kill_node: bool, timeout_s: float,
         for record in records.values():
             if record is not None:
                 seen(record)
-        events = await _all_events(client)
+        events = await event_log.stored_events(client.js)
     summary = summarize(records, events, killed=killed, work_seconds=work_seconds, counts=counts,
                         accepted=accepted)
     summary["timed_out"] = len(timed_out)
@@ -202,19 +203,6 @@ async def _kill_busiest_node(stack: Stack, phases: dict[str, str],
         await sub.unsubscribe()
     say("no running jobs to disrupt; the node kill was skipped")
     return None
-
-
-async def _all_events(client: JobqClient) -> list[contract.JobEvent]:
-    sub = await client.js.subscribe(contract.EVENTS_WILDCARD, ordered_consumer=True)
-    info = await client.js.stream_info(contract.STREAM_EVENTS)
-    events: list[contract.JobEvent] = []
-    try:
-        for _ in range(info.state.messages):
-            msg = await sub.next_msg(timeout=5)
-            events.append(contract.JobEvent.model_validate_json(msg.data))
-    finally:
-        await sub.unsubscribe()
-    return events
 
 
 def summarize(records: dict[str, contract.JobRecord | None], events: list[contract.JobEvent], *,

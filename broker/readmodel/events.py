@@ -17,9 +17,17 @@ MAX_EVENTS = 1000
 async def job_events(
     js: JetStreamContext, job_id: str, *, limit: int | None = MAX_EVENTS
 ) -> list[contract.JobEvent]:
-    """Every stored event of one job (at most ``limit``), oldest first (``next_by_subj`` reads);
-    a message that is not an event is skipped."""
-    subject = contract.event_subject(job_id)
+    """Every stored event of one job (at most ``limit``), oldest first; a message that is not an
+    event is skipped."""
+    return await stored_events(js, contract.event_subject(job_id), limit=limit)
+
+
+async def stored_events(
+    js: JetStreamContext, subject: str = contract.EVENTS_WILDCARD, *, limit: int | None = None
+) -> list[contract.JobEvent]:
+    """The stored events on ``subject`` (a wildcard reads every job's), oldest first, at most
+    ``limit``: ``next_by_subj`` reads, so no consumer is created. A message that is not an event
+    is skipped."""
     events: list[contract.JobEvent] = []
     seq = 1
     while limit is None or len(events) < limit:

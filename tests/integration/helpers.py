@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
 
 from broker import contract
 from broker.embedded.stack import Stack
@@ -55,3 +59,26 @@ async def node_status(stack: Stack, name: str, *, timeout: float = 10) -> contra
 async def success_events(client: JobqClient, job_id: str) -> int:
     events = await client.events(job_id, settled=True)
     return sum(1 for e in events if e.type == contract.EventType.SUCCEEDED)
+
+
+JOBQ = [sys.executable, "-m", "submitter.cli"]
+"""The jobq CLI as a subprocess command line (the interpreter running the tests)."""
+
+
+async def start_jobq_up(
+    data_dir: Path, *flags: str, nodes: int, env: Mapping[str, str]
+) -> tuple[asyncio.subprocess.Process, str, dict[str, Any]]:
+    """Start `jobq up` on free ports and wait for its banner; return the process, the banner and
+    its stack.json. The caller stops it (SIGINT is Ctrl-C)."""
+    process = await asyncio.create_subprocess_exec(
+        *JOBQ, "up", "--data-dir", str(data_dir), "--nats-port", "-1", "--http-port", "0",
+        "--nodes", str(nodes), *flags,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=dict(env),
+    )
+    assert process.stdout is not None
+    banner = ""
+    while "Ctrl-C" not in banner:
+        line = await asyncio.wait_for(process.stdout.readline(), 60)
+        assert line, f"jobq up exited early: {banner}"
+        banner += line.decode()
+    return process, banner, json.loads((data_dir / "stack.json").read_text())

@@ -14,6 +14,7 @@ import pytest
 
 from broker import contract
 from submitter.client import JobqClient
+from tests.integration.helpers import start_jobq_up
 
 JOBQ = [sys.executable, "-m", "submitter.cli"]
 
@@ -23,28 +24,7 @@ def env() -> dict[str, str]:
 
 
 async def start_up(data_dir: Path) -> tuple[asyncio.subprocess.Process, str]:
-    process = await asyncio.create_subprocess_exec(
-        *JOBQ,
-        "up",
-        "--data-dir",
-        str(data_dir),
-        "--nats-port",
-        "-1",
-        "--http-port",
-        "0",
-        "--nodes",
-        "2",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-        env=env(),
-    )
-    assert process.stdout is not None
-    banner = ""
-    while "Ctrl-C" not in banner:
-        line = await asyncio.wait_for(process.stdout.readline(), 60)
-        assert line, f"jobq up exited early: {banner}"
-        banner += line.decode()
-    state = json.loads((data_dir / "stack.json").read_text())
+    process, banner, state = await start_jobq_up(data_dir, nodes=2, env=env())
     assert state["http_url"] in banner and "dashboard" in banner
     return process, state["nats_url"]
 

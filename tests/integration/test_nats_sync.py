@@ -4,7 +4,6 @@ as the running server itself reports it in ``/varz`` (``jetstream.config.sync_al
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -16,6 +15,7 @@ import aiohttp
 import pytest
 
 from broker.embedded.natsserver import NatsServer
+from tests.integration.helpers import start_jobq_up
 
 JOBQ = [sys.executable, "-m", "submitter.cli"]
 
@@ -47,30 +47,9 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 async def up_varz(data_dir: Path, *flags: str, env: dict[str, str]) -> dict[str, Any]:
     """Start `jobq up` (no nodes), read its nats-server's /varz, stop it with Ctrl-C."""
-    process = await asyncio.create_subprocess_exec(
-        *JOBQ,
-        "up",
-        "--data-dir",
-        str(data_dir),
-        "--nats-port",
-        "-1",
-        "--http-port",
-        "0",
-        "--nodes",
-        "0",
-        *flags,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-        env=env,
-    )
-    assert process.stdout is not None
+    process, _, state = await start_jobq_up(data_dir, *flags, nodes=0, env=env)
     try:
-        banner = ""
-        while "Ctrl-C" not in banner:
-            line = await asyncio.wait_for(process.stdout.readline(), 60)
-            assert line, f"jobq up exited early: {banner}"
-            banner += line.decode()
-        monitors = json.loads((data_dir / "stack.json").read_text())["nats_monitor"]
+        monitors = state["nats_monitor"]
         assert list(monitors) == ["jobq"], monitors
         async with aiohttp.ClientSession() as http, http.get(f"{monitors['jobq']}/varz") as response:
             varz: dict[str, Any] = await response.json()
