@@ -31,11 +31,16 @@ test: setup lint typecheck
 
 # Measurements, not tests (not part of `make test`): node-death recovery on a real control plane,
 # Job vs jobq (~10 min, docs/kubernetes.md), then recovery over many jobs on the embedded stack,
-# then what fsyncing every JetStream write costs (~2 min, docs/configuration.md#nats-fsync).
+# then what fsyncing every JetStream write costs (~2 min, docs/configuration.md#nats-fsync), then
+# issue 14's figures (docs/performance.md): intake against a bare loop (~2 min), dispatcher CPU
+# with a backlog (<= 5 min), submit -> running latency idle and behind a backlog (~2 min).
 bench: setup
 	$(BIN)/python -m bench.k8s_recovery
 	$(BIN)/python bench/recovery.py
 	$(BIN)/python -m bench.fsync
+	$(BIN)/python -m bench.intake
+	$(BIN)/python -m bench.backlog
+	$(BIN)/python -m bench.latency
 
 clean:
 	rm -rf .jobq $(VENV)
