@@ -291,7 +291,12 @@ async def cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
     Python 3.11's ``asyncio.wait_for`` (used by nats-py for every request) swallows a cancellation
     that arrives as its inner future completes, and a task that swallowed it would go on acting."""
     pending = {t for t in tasks if not t.done()}
-    while pending:
+    for rounds in itertools.count(1):
+        if not pending:
+            return
         for task in pending:
             task.cancel()
         _, pending = await asyncio.wait(pending, timeout=0.5)
+        if pending and rounds % 10 == 0:  # a task that ignores cancellation: make the hang visible
+            log.warning("tasks_still_running_after_cancel", tasks=sorted(t.get_name() for t in pending),
+                        seconds=rounds * 0.5)
