@@ -44,7 +44,11 @@ class DispatcherSettings:
     workers: int = 16
     """Reconciles running at once (JOBQ_WORKERS)."""
     resync_interval_s: float = 5.0
-    """Every non-terminal job is reconciled at least this often, events or not."""
+    """Every non-terminal job is reconciled at least this often, events or not, except jobs
+    parked waiting for room, a node or a queue slot (woken by the change that releases them)."""
+    resync_parked_s: float = 300.0
+    """Parked waiting jobs are still each reconciled at least this often, spread evenly (the
+    safety net for a missed wake-up; their cost is this many jobs per this many seconds)."""
     heartbeat_timeout_s: float = 10.0
     """A running attempt whose worker is silent this long is lost (heartbeat_lost)."""
     startup_timeout_s: float = 60.0
@@ -170,6 +174,7 @@ class Settings:
             dispatcher=DispatcherSettings(
                 workers=int(number("WORKERS", d.workers)),
                 resync_interval_s=number("RESYNC_INTERVAL_S", d.resync_interval_s),
+                resync_parked_s=number("RESYNC_PARKED_S", d.resync_parked_s),
                 heartbeat_timeout_s=number("HEARTBEAT_TIMEOUT_S", d.heartbeat_timeout_s),
                 startup_timeout_s=number("STARTUP_TIMEOUT_S", d.startup_timeout_s),
                 node_timeout_s=number("NODE_TIMEOUT_S", d.node_timeout_s),

@@ -28,6 +28,7 @@ from broker.dispatcher.limits import Limits, policy_of
 from broker.dispatcher.observation import CreateFailure, CreateOutcome, Observed
 from broker.dispatcher.placement import Fit, Placement
 from broker.dispatcher.waiting import wait_for_node
+from broker.dispatcher.waiting_room import QUEUE_FULL
 
 Phase = contract.JobPhase
 State = contract.AttemptState
@@ -192,8 +193,8 @@ def _queued(job: contract.JobRecord, seen: Observed, *, now: dt.datetime, limits
     """A queued job starts its next attempt, unless it must wait (backoff, queue limit, no node)."""
     if job.not_before is not None and job.not_before > now:
         return Action(requeue_after=(job.not_before - now).total_seconds(), summary="backoff")
-    if seen.queue_full:
-        return Action(requeue_after=1.0, summary="queue_full")
+    if seen.queue_full:  # no timer: a job of its queue that stops running wakes it
+        return Action(summary=QUEUE_FULL)
     if seen.placement is not None and seen.placement.fit != Fit.NOW:
         return wait_for_node(job, seen.placement, now=now, limits=limits)
     number = len(job.attempts) + 1

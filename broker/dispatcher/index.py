@@ -1,7 +1,8 @@
 """An in-memory index of every job record, kept current by a KV watch and by our own writes.
 
 It answers "which jobs are not finished" (resync), "how many run in this queue" (queue limits)
-and the API's listings without a round trip per job.
+and the API's listings without a round trip per job. The first two are kept as each record
+arrives, so asking costs nothing however many jobs are stored.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ class JobIndex:
     def __init__(self) -> None:
         self._records: dict[str, tuple[contract.JobRecord, int]] = {}
         self._listeners: list[Callable[[contract.JobRecord | None, contract.JobRecord], None]] = []
+        self._active: set[str] = set()
+        self._running: collections.Counter[str] = collections.Counter()
 
     def __len__(self) -> int:
         return len(self._records)
@@ -30,6 +33,8 @@ class JobIndex:
             return
         self._records[record.spec.id] = (record, revision)
         before = known[0] if known else None
+        self._count(before, -1)
+        self._count(record, +1)
         for listener in self._listeners:
             listener(before, record)
 
@@ -41,12 +46,20 @@ class JobIndex:
         return (record for record, _ in self._records.values())
 
     def active_ids(self) -> list[str]:
-        return [r.spec.id for r in self.records() if not r.phase.is_terminal]
+        return list(self._active)
 
     def running_in(self, queue: str) -> int:
-        return sum(
-            1 for r in self.records() if r.spec.queue == queue and r.phase == contract.JobPhase.RUNNING
-        )
+        return self._running[queue]
+
+    def _count(self, record: contract.JobRecord | None, delta: int) -> None:
+        if record is None:
+            return
+        if record.phase == contract.JobPhase.RUNNING:
+            self._running[record.spec.queue] += delta
+        if delta > 0 and not record.phase.is_terminal:
+            self._active.add(record.spec.id)
+        elif delta > 0:
+            self._active.discard(record.spec.id)
 
     def count_by_phase(self) -> dict[str, collections.Counter[str]]:
         """queue -> phase -> count."""

@@ -28,10 +28,10 @@ from broker.backends import base
 from broker.dispatcher import decide as decisions
 from broker.dispatcher import node_health, placement, pod_spec
 from broker.dispatcher.action import Action
-from broker.dispatcher.admission import Admission
 from broker.dispatcher.index import JobIndex
 from broker.dispatcher.limits import Limits
 from broker.dispatcher.observation import CreateFailure, CreateOutcome, Observed
+from broker.dispatcher.waiting_room import WaitingRoom
 
 log = structlog.get_logger("jobq.dispatcher")
 
@@ -122,9 +122,9 @@ class Reconciler:
         self._clock = clock
         self._rng = rng or random.Random()
         self._wake = wake or (lambda _job_id: None)
-        self.admission = Admission()
-        self.waiting: set[str] = set()
-        """Queued jobs that no node can take now: woken when capacity changes, not on a timer."""
+        self.waiting = WaitingRoom(wake=self._wake)
+        """Queued jobs that cannot start now, each woken by the change that can release it."""
+        index.subscribe(self.waiting.changed)
         self._create_outcomes: dict[str, tuple[int, CreateOutcome]] = {}
         """Job -> the backend's refusal of its pod, with the record revision the create was made
         at: an observation for the next pass while the record stays at that revision."""
@@ -145,7 +145,7 @@ class Reconciler:
             self._create_outcomes.pop(job_id, None)
         lost = frozenset(p.name for p in seen.pods if not p.node_ready)
         requeue = await self._apply(record, revision, action, force_delete=lost)
-        self._track_waiting(action.record or record, action)
+        self.waiting.track(action.record or record, action)
         current = (action.record or record).current
         if action.summary not in ("noop", "watching", "backoff") and (
                 action.record is not None or not action.summary.startswith("waiting")):
@@ -168,22 +168,6 @@ class Reconciler:
             return None
         return kept[1]
 
-    def _track_waiting(self, record: contract.JobRecord, action: Action) -> None:
-        job_id = record.spec.id
-        if record.phase == contract.JobPhase.QUEUED and action.summary.startswith("waiting"):
-            self.waiting.add(job_id)
-            if action.summary == f"waiting:{placement.Fit.LATER}":
-                self.admission.waiting(record)  # it fits once room frees: worse jobs wait behind it
-                return
-        else:
-            self.waiting.discard(job_id)
-        self.admission.admitted(job_id)
-
-    def wake_waiting(self) -> None:
-        """Capacity changed (a node came, went or was resized): every waiting job looks again."""
-        for job_id in list(self.waiting):
-            self._wake(job_id)
-
     async def _placement(self, record: contract.JobRecord,
                          suspects: frozenset[str]) -> tuple[placement.Placement, frozenset[str]]:
         """Where a queued job stands, and the Ready nodes (for the anti-affinity it gets)."""
@@ -192,7 +176,7 @@ class Reconciler:
         avoid = pod_spec.effective_avoid(record, ready, suspects)
         verdict = placement.judge(pod_spec.requests(record.spec, self._limits), nodes, avoid=avoid,
                                   cluster_waits=self._backend.cluster_waits)
-        if verdict.fit == placement.Fit.NOW and self.admission.blocked(record):
+        if verdict.fit == placement.Fit.NOW and self.waiting.blocked(record):
             verdict = placement.Placement(placement.Fit.LATER,
                                           "waiting behind a higher-priority job that waits for capacity")
         return verdict, ready
@@ -291,9 +275,6 @@ class Reconciler:
             self._index.put(stamped, revision)
             if action.record is not None:
                 self._observer.transition(record, stamped, action)
-                if record.phase == contract.JobPhase.RUNNING and stamped.phase != contract.JobPhase.RUNNING:
-                    for waiter in self.admission.best(4):  # an attempt ended: capacity is free
-                        self._wake(waiter)
             record = stamped
 
         # "attempt_created" is said once its pod exists: a create the backend turns down is taken
@@ -359,9 +340,7 @@ class Reconciler:
             refused = CreateOutcome(CreateFailure.REJECTED, attempt=spec.attempt, message=str(exc))
         else:
             await self._publish(announce)
-            self.admission.admitted(job_id)
-            for waiter in self.admission.best(1):  # the next in line may fit too
-                self._wake(waiter)
+            self.waiting.created(job_id)
             self._observer.pod_created(record, spec)
             return True
         self._create_outcomes[job_id] = (revision, refused)

@@ -1,9 +1,11 @@
 """The dispatcher service: leader election, intake, the reconcile workers and their wake-ups.
 
 Wake-ups come from submissions, the backend's pod/node watch, timers that ``decide`` asks for,
-and a resync of every unfinished job every ``resync_interval_s`` (the level-triggered safety
-net). A standby dispatcher keeps its index warm and serves the API, and takes over within one
-lease TTL of the leader's death.
+the changes that release waiting jobs (``waiting_room``), and a resync (the level-triggered
+safety net): every unfinished job that nothing else will look at soon, every
+``resync_interval_s``; jobs parked waiting, spread over ``resync_parked_s``. A standby dispatcher
+keeps its index warm and serves the API, and takes over within one lease TTL of the leader's
+death.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pydantic import ValidationError
 
 from broker import contract, settings, store
 from broker.backends import base
-from broker.dispatcher import intake, lease, logs, reconcile, undeliverable
+from broker.dispatcher import intake, lease, logs, reconcile, undeliverable, waiting_room
 from broker.dispatcher.index import JobIndex
 from broker.dispatcher.limits import Limits
 from broker.dispatcher.workqueue import WorkQueue
@@ -215,11 +217,22 @@ class Dispatcher:
             self.queue.add(job_id)
 
     async def _resync(self, stop: asyncio.Event) -> None:
+        """Look at every unfinished job that nothing will bring otherwise (not queued, no timer,
+        not parked in the waiting room); sweep the
+        parked ones a slice per tick, so each is looked at every ``resync_parked_s`` and the cost
+        of a backlog stays flat (docs/design/dispatcher.md, "Waiting without polling")."""
+        interval = self.settings.dispatcher.resync_interval_s
+        sweep = waiting_room.Sweep(ticks=self.settings.dispatcher.resync_parked_s / interval)
+        parked = self.reconciler.waiting.parked
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.settings.dispatcher.resync_interval_s)
-            for job_id in self.index.active_ids():
+                await asyncio.wait_for(stop.wait(), interval)
+            for job_id in sweep.take(lambda: [j for j in self.index.active_ids() if parked(j)],
+                                     count=len(self.reconciler.waiting)):
                 self.queue.add(job_id)
+            for job_id in self.index.active_ids():
+                if not parked(job_id) and not self.queue.pending(job_id):
+                    self.queue.add(job_id)
 
     async def _watch_silence(self, stop: asyncio.Event) -> None:
         """Wake the jobs of a node as soon as its attempts' heartbeats all fall silent together."""
@@ -241,14 +254,23 @@ class Dispatcher:
                 nodes.prune(older_than_s=600)
 
     async def _watch_capacity(self, stop: asyncio.Event) -> None:
-        """Wake the jobs that wait for a node whenever the nodes change (one joins, leaves, turns
-        Ready or NotReady, or is resized): cost grows with nodes, not with waiting jobs."""
+        """Wake waiting jobs when the nodes change (one joins, leaves, turns Ready or NotReady, or
+        is resized) or room frees on one, once a second: cost grows with nodes, not with waiting
+        jobs. A pass that ends an attempt wakes the line at once; this catches the rest (a pod
+        that ended without a pass of ours, a node agent that released room late)."""
+        room = self.settings.dispatcher.workers
         seen: frozenset[tuple[str, bool, contract.Resources]] | None = None
+        used: dict[str, tuple[float, int]] = {}
         while not stop.is_set():
-            nodes = frozenset((n.name, n.ready, n.capacity) for n in await self.backend.list_nodes())
-            if seen is not None and nodes != seen:
-                self.reconciler.wake_waiting()
-            seen = nodes
+            nodes = await self.backend.list_nodes()
+            shape = frozenset((n.name, n.ready, n.capacity) for n in nodes)
+            now_used = {n.name: (n.allocated_cpu, n.allocated_memory) for n in nodes if n.ready}
+            if seen is not None and shape != seen:
+                self.reconciler.waiting.nodes_changed(room)
+            elif any(cpu < used.get(name, (cpu, memory))[0] or memory < used.get(name, (cpu, memory))[1]
+                     for name, (cpu, memory) in now_used.items()):
+                self.reconciler.waiting.room_freed(room)
+            seen, used = shape, now_used
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
 

@@ -54,6 +54,11 @@ class WorkQueue:
             timer.cancel()
         self._timers[key] = loop.call_at(when, self._fire, key)
 
+    def pending(self, key: str) -> bool:
+        """``key`` will be reconciled without being added again: it is queued, being reconciled
+        (and then again if marked dirty), or has a timer."""
+        return key in self._queued or key in self._in_flight or key in self._timers
+
     def _fire(self, key: str) -> None:
         self._timers.pop(key, None)
         self.add(key)
