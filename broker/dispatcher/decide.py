@@ -296,9 +296,12 @@ def _running(
                 delete=(pod.name,),
                 message=f"no heartbeat for {silent_s:.1f}s (allowed {allowed_s}s)",
             )
-    wait = limits.heartbeat_timeout_s / 2
+    # A task attempt's silence needs a clock; anything else about a running pod (it ends, its node
+    # is lost) reaches us as a backend event, so a command job without a timeout needs no timer.
+    wait = limits.heartbeat_timeout_s / 2 if job.spec.task is not None else None
     if job.spec.timeout_s is not None:
-        wait = min(wait, max(0.1, job.spec.timeout_s - (now - started).total_seconds()))
+        left = max(0.1, job.spec.timeout_s - (now - started).total_seconds())
+        wait = left if wait is None else min(wait, left)
     state = State.RUNNING if pod.phase == contract.PodPhase.RUNNING else State.PENDING
     waiting = pod.message if state == State.PENDING else ""
     if current.state == state and current.waiting_reason == waiting and current == job.current:

@@ -145,7 +145,7 @@ class Reconciler:
             self._create_outcomes.pop(job_id, None)
         lost = frozenset(p.name for p in seen.pods if not p.node_ready)
         requeue = await self._apply(record, revision, action, force_delete=lost)
-        self.waiting.track(action.record or record, action)
+        self.waiting.track(action.record or record, action, timed=requeue is not None)
         current = (action.record or record).current
         if action.summary not in ("noop", "watching", "backoff") and (
                 action.record is not None or not action.summary.startswith("waiting")):

@@ -11,6 +11,10 @@ release it, and that change wakes it (docs/design/dispatcher.md, "Waiting withou
   for the slot (it got an attempt, or waits for a node now) passes the wake-up to the next one.
 * **A backoff** (``not_before``): a timer in the work queue, as any pass can ask for.
 
+Running jobs whose pass asked for no timer (a command job without ``timeout_s``: nothing about
+it changes but through its pod or node) are *watched*: the backend's watch wakes them when their
+pod changes or their node is judged lost, so they too are left to the slow sweep.
+
 None of these has a timer of its own, so a backlog costs nothing while nothing changes. The
 dispatcher's resync skips parked jobs and looks at them only in its slow sweep
 (``resync_parked_s``), the safety net for a missed wake-up. Pure bookkeeping: no I/O.
@@ -43,21 +47,25 @@ class WaitingRoom:
         """Jobs that no Ready node can hold at all as things stand."""
         self.queues: dict[str, Admission] = collections.defaultdict(Admission)
         """Queue -> jobs waiting for a slot under that queue's running limit."""
+        self.watched: set[str] = set()
+        """Running jobs with no timer: woken by their pod's or node's changes only."""
 
     def __len__(self) -> int:
-        return len(self.nodes) + len(self.unplaceable) + sum(len(line) for line in self.queues.values())
+        return (len(self.nodes) + len(self.unplaceable) + len(self.watched)
+                + sum(len(line) for line in self.queues.values()))
 
     def parked(self, job_id: str) -> bool:
         """The job waits for a change that will wake it: the resync may leave it alone."""
-        return (job_id in self.nodes or job_id in self.unplaceable
+        return (job_id in self.nodes or job_id in self.unplaceable or job_id in self.watched
                 or any(job_id in line for line in self.queues.values()))
 
     def blocked(self, record: contract.JobRecord) -> bool:
         """A better-standing job waits for room first: ``record`` must not take it."""
         return self.nodes.blocked(record)
 
-    def track(self, record: contract.JobRecord, action: Action) -> None:
-        """After a pass: park ``record`` where its wait ends, or take it out of every line."""
+    def track(self, record: contract.JobRecord, action: Action, *, timed: bool) -> None:
+        """After a pass that decided ``action`` and asked for another look (``timed``) or not:
+        park ``record`` where its wait ends, or take it out of every line."""
         job_id = record.spec.id
         waits = record.phase == contract.JobPhase.QUEUED
         in_queue_line = self.queues.get(record.spec.queue)
@@ -73,6 +81,10 @@ class WaitingRoom:
             self.unplaceable.add(job_id)
         else:
             self.unplaceable.discard(job_id)
+        if record.phase == contract.JobPhase.RUNNING and not timed:
+            self.watched.add(job_id)
+        else:
+            self.watched.discard(job_id)
 
     def created(self, job_id: str) -> None:
         """The job's pod was created: it left the line, and the next in line may fit too."""

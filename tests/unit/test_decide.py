@@ -418,3 +418,14 @@ def test_creating_an_attempt_clears_the_waiting_reason() -> None:
     action = run(waiting, placement=Placement(Fit.NOW))
     assert action.record is not None and action.record.phase == Phase.RUNNING
     assert action.record.waiting_reason == "" and action.record.waiting_since is None
+
+
+def test_only_what_needs_a_clock_gets_a_timer_while_running() -> None:
+    """A task attempt's heartbeats need checking; a command job's pod and node changes arrive as
+    backend events, so it gets no timer unless its timeout_s needs one."""
+    task = job(phase=Phase.RUNNING, attempts=(attempt(),))
+    assert run(task, pod()).requeue_after == LIMITS.heartbeat_timeout_s / 2
+    command = job(phase=Phase.RUNNING, attempts=(attempt(),), task=None)
+    assert run(command, pod()).summary == "watching" and run(command, pod()).requeue_after is None
+    timed = job(phase=Phase.RUNNING, attempts=(attempt(),), task=None, timeout_s=65)
+    assert run(timed, pod()).requeue_after == 60  # started 5 s ago

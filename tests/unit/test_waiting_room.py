@@ -78,7 +78,7 @@ def test_an_ending_attempt_wakes_the_first_few_of_the_node_line_not_all() -> Non
     woken = Woken()
     room = WaitingRoom(wake=woken)
     for n in range(100):
-        room.track(record(f"w{n:03}", priority=n % 3), LATER)
+        room.track(record(f"w{n:03}", priority=n % 3), LATER, timed=False)
     assert room.parked("w000") and not woken
     running = record("r", phase=Phase.RUNNING)
     room.changed(running, running.model_copy(update={"phase": Phase.SUCCEEDED}))
@@ -93,9 +93,9 @@ def test_an_ending_attempt_wakes_the_first_few_of_the_node_line_not_all() -> Non
 def test_a_created_pod_passes_the_wake_up_on_and_leaves_the_line() -> None:
     woken = Woken()
     room = WaitingRoom(wake=woken)
-    room.track(record("a"), LATER)
-    room.track(record("b"), LATER)
-    room.track(record("a", phase=Phase.RUNNING), STARTED)
+    room.track(record("a"), LATER, timed=False)
+    room.track(record("b"), LATER, timed=False)
+    room.track(record("a", phase=Phase.RUNNING), STARTED, timed=True)
     room.created("a")
     assert woken == ["b"] and not room.parked("a")
 
@@ -104,33 +104,46 @@ def test_queue_slot_waiters_are_woken_one_by_one_by_their_own_queue() -> None:
     woken = Woken()
     room = WaitingRoom(wake=woken)
     for name in ("s1", "s2", "s3"):
-        room.track(record(name, queue="slot"), SLOT)
-    room.track(record("other", queue="other"), SLOT)
+        room.track(record(name, queue="slot"), SLOT, timed=False)
+    room.track(record("other", queue="other"), SLOT, timed=False)
     ended = record("x", queue="elsewhere", phase=Phase.RUNNING)
     room.changed(ended, ended.model_copy(update={"phase": Phase.DEAD}))
     assert woken == []  # another queue's slot freed
     ended = record("x", queue="slot", phase=Phase.RUNNING)
     room.changed(ended, ended.model_copy(update={"phase": Phase.DEAD}))
     assert woken == ["s1"]
-    room.track(record("s1", queue="slot", phase=Phase.RUNNING), STARTED)  # it took the slot
+    room.track(record("s1", queue="slot", phase=Phase.RUNNING), STARTED, timed=True)  # it took the slot
     assert woken == ["s1", "s2"]  # the next one looks (it finds the queue full again, or not)
-    room.track(record("s2", queue="slot"), SLOT)
+    room.track(record("s2", queue="slot"), SLOT, timed=False)
     assert woken == ["s1", "s2"] and room.parked("s2")
-    room.track(record("s3", queue="slot"), LATER)  # woken by the sweep; now waits for a node
+    room.track(record("s3", queue="slot"), LATER, timed=False)  # woken by the sweep; now waits for a node
     assert room.parked("s3") and "s3" in room.nodes and "s3" not in room.queues["slot"]
+
+
+def test_a_running_job_without_a_timer_is_watched_until_a_pass_times_it() -> None:
+    room = WaitingRoom(wake=Woken())
+    running = record("cmd", phase=Phase.RUNNING)
+    room.track(running, Action(summary="watching"), timed=False)
+    assert room.parked("cmd") and len(room) == 1
+    room.track(running, Action(summary="watching"), timed=True)
+    assert not room.parked("cmd")
+    room.track(running, Action(summary="watching"), timed=False)
+    room.track(running.model_copy(update={"phase": Phase.SUCCEEDED}), Action(summary="succeeded"),
+               timed=False)
+    assert not room.parked("cmd") and len(room) == 0
 
 
 def test_unplaceable_jobs_wake_only_when_nodes_change() -> None:
     woken = Woken()
     room = WaitingRoom(wake=woken)
-    room.track(record("huge"), NEVER)
-    room.track(record("fits-later"), LATER)
+    room.track(record("huge"), NEVER, timed=False)
+    room.track(record("fits-later"), LATER, timed=False)
     room.room_freed(10)
     assert woken == ["fits-later"]
     woken.clear()
     room.nodes_changed(10)
     assert sorted(woken) == ["fits-later", "huge"]
-    room.track(record("huge", phase=Phase.CANCELLED), Action(summary="cancelled"))
+    room.track(record("huge", phase=Phase.CANCELLED), Action(summary="cancelled"), timed=False)
     assert not room.parked("huge") and len(room) == 1
 
 
