@@ -8,11 +8,15 @@ writes per job. On its nats-server, in this order:
 
 - ``bare seq``: N job specs (the SDK's bytes and headers) are published to a work-queue stream
   like ``JOBQ_SUBMIT``, then a loop drains it through a durable pull consumer like the
-  dispatcher's (fetch 64), one message at a time as jobq's intake does: KV create of the record
-  (in a bucket like ``jobq_jobs``), publish of an ``accepted`` event (stream like
-  ``JOBQ_EVENTS``), ack. With ``--idempotency-keys``, first a KV create of the key as well.
-- ``bare pipe``: the same writes, pipelined per fetched batch (all creates of the batch at once,
-  then all events, then the acks): still "ack only after the record is stored". The ceiling.
+  dispatcher's (fetch ``BATCH``), one message at a time: KV create of the record (in a bucket
+  like ``jobq_jobs``), publish of an ``accepted`` event (stream like ``JOBQ_EVENTS``), ack. With
+  ``--idempotency-keys``, first a KV create of the key as well. The writes jobq makes, one job at
+  a time (what jobq did before it took batches).
+- ``bare pipe``: the same writes per job, grouped as jobq's intake groups them
+  (``broker/dispatcher/intake_batch.py``): per fetched batch one atomic batch of key creates (with
+  ``--idempotency-keys``), one of record creates (``Nats-Expected-Last-Subject-Sequence: 0``), one
+  of events, then the acks; a batch's events and acks overlap the next batch's creates. Still
+  "ack only after the record is stored". The ceiling, the peer of the ratio.
 - ``jobq``: the dispatcher is stopped (SIGTERM), N jobs are submitted through the SDK onto
   ``jobq.submit.bench-intake``, the dispatcher is started again and drains them; a KV watch on
   ``jobq_jobs`` sees each record appear.
@@ -35,23 +39,25 @@ import signal
 import statistics
 import tempfile
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 
 from bench.full_node import WAITING, RecordWatch, start_full, submit_all
 from broker import contract, natsutil
+from broker.dispatcher.intake import BATCH
 from broker.embedded.stack import Stack
 from submitter import specs
 from submitter.client import JobqClient
 
 MODES = {"always": True, "default": False}
 QUEUE = "bench-intake"
-BATCH = 64
 KINDS = ("bare seq", "bare pipe", "jobq")
 
 
@@ -70,7 +76,8 @@ def job_fields(prefix: str, n: int, *, idempotency_keys: bool) -> list[dict[str,
 class BareIntake:
     """jobq's per-job JetStream writes without jobq, on streams and buckets of its own."""
 
-    def __init__(self, js: JetStreamContext, name: str) -> None:
+    def __init__(self, nc: NATS, js: JetStreamContext, name: str) -> None:
+        self.nc = nc
         self.js = js
         self.name = name
         self.stream = f"BENCH_{name.upper()}_SUBMIT"
@@ -79,6 +86,8 @@ class BareIntake:
         self.jobs: KeyValue | None = None
         self.keys: KeyValue | None = None
         self.done: list[float] = []
+        self.announcing: asyncio.Task[None] | None = None
+        """The previous batch's events and acks, while this batch's creates are written."""
 
     async def prepare(self, payloads: list[tuple[bytes, dict[str, str]]]) -> None:
         """Streams, buckets and consumer configured as ``broker.store`` does; submissions in."""
@@ -94,6 +103,7 @@ class BareIntake:
             subjects=[f"{self.events}.>"],
             storage=api.StorageType.FILE,
             duplicate_window=120,
+            allow_atomic=True,
         )
         await self.js.add_consumer(
             self.stream,
@@ -111,33 +121,72 @@ class BareIntake:
         self.keys = await self.js.create_key_value(
             api.KeyValueConfig(bucket=f"bench_{self.name}_keys", history=1, storage=api.StorageType.FILE)
         )
+        for bucket in (f"bench_{self.name}_jobs", f"bench_{self.name}_keys"):
+            config = (await self.js.stream_info(f"KV_{bucket}")).config
+            config.allow_atomic = True
+            await self.js.update_stream(config)
         futures = [
             await self.js.publish_async(self.subject, data, headers=headers) for data, headers in payloads
         ]
         await asyncio.wait_for(asyncio.gather(*futures), 120)
 
-    async def _store(self, msg: Msg) -> None:
-        assert self.jobs is not None and self.keys is not None
+    def _writes(self, msg: Msg) -> tuple[tuple[str, bytes] | None, tuple[str, bytes], tuple[str, bytes]]:
+        """The key create (if the job has a key), record create and event of one submission, as
+        (subject, payload) pairs: what jobq writes for it."""
         spec = json.loads(msg.data)
+        job_id = spec["id"]
+        key = None
         if "idempotency_key" in spec:
-            await self.keys.create(contract.idempotency_digest(spec["idempotency_key"]), spec["id"].encode())
+            key = (
+                f"$KV.bench_{self.name}_keys.{contract.idempotency_digest(spec['idempotency_key'])}",
+                job_id.encode(),
+            )
         now = contract.utcnow().isoformat()
         submitted = msg.metadata.timestamp.isoformat() if msg.metadata.timestamp else now
         record = {"spec": spec, "phase": "queued", "submitted_at": submitted, "updated_at": now, "epoch": 1}
-        await self.jobs.create(spec["id"], json.dumps(record).encode())
-        self.done.append(time.perf_counter())
-
-    async def _event(self, msg: Msg) -> None:
-        job_id = json.loads(msg.data)["id"]
         event = {
             "job_id": job_id,
             "type": "accepted",
             "phase": "queued",
             "message": f"queue {QUEUE}",
             "epoch": 1,
-            "at": contract.utcnow().isoformat(),
+            "at": now,
         }
-        await self.js.publish(f"{self.events}.{job_id}", json.dumps(event).encode())
+        return (
+            key,
+            (f"$KV.bench_{self.name}_jobs.{job_id}", json.dumps(record).encode()),
+            (f"{self.events}.{job_id}", json.dumps(event).encode()),
+        )
+
+    async def _one(self, msg: Msg) -> None:
+        key, record, event = self._writes(msg)
+        if key is not None:
+            await self.js.publish(*key, headers={"Nats-Expected-Last-Subject-Sequence": "0"})
+        await self.js.publish(*record, headers={"Nats-Expected-Last-Subject-Sequence": "0"})
+        self.done.append(time.perf_counter())
+        await self.js.publish(*event)
+        await msg.ack()
+
+    async def _atomic(self, writes: list[tuple[str, bytes]], *, create: bool) -> None:
+        """One atomic batch (ADR-50): every message but the last sent as is, the last commits."""
+        batch_id = uuid.uuid4().hex
+        nc = self.nc
+        for n, (subject, payload) in enumerate(writes, 1):
+            headers = {"Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(n)}
+            if create:
+                headers["Nats-Expected-Last-Subject-Sequence"] = "0"
+            if n < len(writes):
+                await nc.publish(subject, payload, headers=headers)
+                continue
+            headers["Nats-Batch-Commit"] = "1"
+            answer = json.loads((await nc.request(subject, payload, headers=headers, timeout=10)).data)
+            if "error" in answer:
+                raise RuntimeError(f"atomic batch refused: {answer['error']}")
+
+    async def _announce(self, batch: list[Msg], events: list[tuple[str, bytes]]) -> None:
+        await self._atomic(events, create=False)
+        for msg in batch:
+            await msg.ack()
 
     async def drain(self, jobs: int, *, pipelined: bool) -> float:
         sub = await self.js.pull_subscribe_bind(durable="bench", stream=self.stream)
@@ -145,16 +194,22 @@ class BareIntake:
         while len(self.done) < jobs:
             batch = await sub.fetch(BATCH, timeout=5)
             started = started or time.perf_counter()
-            if pipelined:
-                await asyncio.gather(*(self._store(msg) for msg in batch))
-                await asyncio.gather(*(self._event(msg) for msg in batch))
+            if not pipelined:
                 for msg in batch:
-                    await msg.ack()
-            else:
-                for msg in batch:
-                    await self._store(msg)
-                    await self._event(msg)
-                    await msg.ack()
+                    await self._one(msg)
+                continue
+            writes = [self._writes(msg) for msg in batch]
+            keys = [key for key, _, _ in writes if key is not None]
+            if keys:
+                await self._atomic(keys, create=True)
+            await self._atomic([record for _, record, _ in writes], create=True)
+            self.done.extend([time.perf_counter()] * len(batch))
+            if self.announcing is not None:
+                await self.announcing
+            events = [event for _, _, event in writes]
+            self.announcing = asyncio.get_running_loop().create_task(self._announce(batch, events))
+        if self.announcing is not None:
+            await self.announcing
         await sub.unsubscribe()
         assert started is not None
         return len(self.done) / (self.done[-1] - started)
@@ -165,7 +220,7 @@ async def bare_rate(stack: Stack, jobs: int, *, pipelined: bool, idempotency_key
     nc = await natsutil.connect(stack.nats_url, name=f"bench-intake-{name}")
     try:
         js = nc.jetstream(timeout=10, publish_async_max_pending=256)
-        bare = BareIntake(js, name)
+        bare = BareIntake(nc, js, name)
         client = JobqClient(stack.nats_url)
         payloads = []
         for fields in job_fields(f"bare-{name}", jobs, idempotency_keys=idempotency_keys):

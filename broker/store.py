@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+import dataclasses
+import json
+import uuid
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import nats.errors
 import nats.js.errors
 import structlog
 from nats.aio.client import Client as NATS
@@ -29,10 +33,25 @@ log = structlog.get_logger("jobq.store")
 
 _NO_MESSAGE_FOUND = 10057
 """JetStream's error code for a stream sequence that holds no message."""
+_EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+_BATCH_ID, _BATCH_SEQUENCE, _BATCH_COMMIT = "Nats-Batch-Id", "Nats-Batch-Sequence", "Nats-Batch-Commit"
 
 
 class Conflict(Exception):
     """The record changed since it was read (compare-and-set lost)."""
+
+
+ATOMIC_BATCH_MAX = 1000
+"""nats-server's default ceiling on the messages of one atomic batch (``max_msgs``)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Write:
+    """One message of an atomic batch (``Store.write_atomically``)."""
+
+    subject: str
+    payload: bytes
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 class Store:
@@ -45,6 +64,7 @@ class Store:
         results: KeyValue,
         leader: KeyValue,
         idempotency: KeyValue,
+        atomic: bool = False,
     ) -> None:
         self.nc = nc
         self.js = js
@@ -52,12 +72,16 @@ class Store:
         self.results = results
         self.leader = leader
         self.idempotency = idempotency
+        self.atomic = atomic
+        """Events, records and idempotency keys take atomic batches (nats-server 2.12+)."""
         self._dead_store: ObjectStore | None = None
 
     @classmethod
     async def open(cls, nc: NATS, *, replicas: int = 1, lease_ttl_s: float = 5.0) -> Store:
         js = nc.jetstream(timeout=10)
         storage = api.StorageType.FILE
+        version = nc.connected_server_version
+        atomic = version.major > 2 or (version.major == 2 and version.minor >= 12)
         await _ensure_stream(
             js,
             api.StreamConfig(
@@ -79,6 +103,7 @@ class Store:
                 num_replicas=replicas,
                 max_age=7 * 86400,
                 duplicate_window=120,
+                allow_atomic=atomic or None,  # intake's atomic batches (nats-server 2.12+)
             ),
         )
         await _ensure_stream(
@@ -162,7 +187,12 @@ class Store:
                     bucket=contract.OBJECT_STORE_DEAD, replicas=replicas, storage=storage, ttl=30 * 86400
                 ),
             )
-        return cls(nc, js, jobs=jobs, results=results, leader=leader, idempotency=idempotency)
+        for stream in (
+            contract.STREAM_EVENTS,
+            *(f"KV_{b}" for b in (contract.BUCKET_JOBS, contract.BUCKET_IDEMPOTENCY)),
+        ):
+            atomic = atomic and await _allow_atomic(nc, stream)
+        return cls(nc, js, jobs=jobs, results=results, leader=leader, idempotency=idempotency, atomic=atomic)
 
     # --- job records ---------------------------------------------------------------------
 
@@ -196,6 +226,49 @@ class Store:
         except nats.js.errors.KeyWrongLastSequenceError:
             entry = await self.idempotency.get(digest)
             return (entry.value or b"").decode() or job_id
+
+    # --- intake's atomic batches -----------------------------------------------------------
+
+    def record_write(self, record: contract.JobRecord) -> Write:
+        """``create`` of ``record`` as a message of an atomic batch."""
+        return Write(
+            f"$KV.{contract.BUCKET_JOBS}.{record.spec.id}",
+            record.model_dump_json().encode(),
+            {_EXPECTED_LAST_SUBJECT_SEQ: "0"},
+        )
+
+    def key_write(self, key: str, *, job_id: str) -> Write:
+        """``claim_idempotency_key`` of an unbound key as a message of an atomic batch."""
+        digest = contract.idempotency_digest(key)
+        return Write(
+            f"$KV.{contract.BUCKET_IDEMPOTENCY}.{digest}", job_id.encode(), {_EXPECTED_LAST_SUBJECT_SEQ: "0"}
+        )
+
+    def event_write(self, event: contract.JobEvent) -> Write:
+        """``publish_event`` as a message of an atomic batch."""
+        return Write(contract.event_subject(event.job_id), event.model_dump_json().encode())
+
+    async def write_atomically(self, writes: Sequence[Write], *, timeout_s: float = 10.0) -> bool:
+        """Store ``writes`` (all on one stream, at most ATOMIC_BATCH_MAX) as one atomic batch: all
+        of them or none, and on ``sync_interval: always`` with a few fsyncs instead of one each.
+        False when the stream refused the batch (a create found its key taken, atomic batches are
+        off): then none of it was stored. A NATS error is raised: whether it was stored is unknown."""
+        if not self.atomic or not writes or len(writes) > ATOMIC_BATCH_MAX:
+            return False
+        batch_id = uuid.uuid4().hex
+        *staged, last = writes
+        for n, write in enumerate(staged, 1):
+            headers = {**write.headers, _BATCH_ID: batch_id, _BATCH_SEQUENCE: str(n)}
+            await self.nc.publish(write.subject, write.payload, headers=headers)
+        headers = {**last.headers, _BATCH_ID: batch_id, _BATCH_SEQUENCE: str(len(writes)), _BATCH_COMMIT: "1"}
+        reply = await self.nc.request(last.subject, last.payload, headers=headers, timeout=timeout_s)
+        answer = json.loads(reply.data or b"{}")
+        if "error" in answer or "seq" not in answer:
+            log.info(
+                "atomic_batch_refused", subject=last.subject, size=len(writes), error=answer.get("error")
+            )
+            return False
+        return True
 
     async def watch_jobs(
         self, on_record: Callable[[contract.JobRecord, int], None], ready: asyncio.Event
@@ -289,6 +362,23 @@ async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None
         await js.add_stream(config)
     except nats.js.errors.BadRequestError:
         await js.update_stream(config)
+
+
+async def _allow_atomic(nc: NATS, stream: str) -> bool:
+    """Let ``stream`` take atomic batches; False when the server cannot (older than 2.12)."""
+    try:
+        info = json.loads((await nc.request(f"$JS.API.STREAM.INFO.{stream}", b"", timeout=10)).data)
+        config = info["config"]
+        if config.get("allow_atomic") is not True:
+            config["allow_atomic"] = True
+            update = f"$JS.API.STREAM.UPDATE.{stream}"
+            config = json.loads((await nc.request(update, json.dumps(config).encode(), timeout=10)).data)[
+                "config"
+            ]
+    except (nats.errors.Error, KeyError, ValueError) as exc:
+        log.warning("atomic_batches_unavailable", stream=stream, error=repr(exc))
+        return False
+    return config.get("allow_atomic") is True
 
 
 async def _ensure_kv(js: JetStreamContext, config: api.KeyValueConfig) -> KeyValue:

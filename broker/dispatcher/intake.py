@@ -1,12 +1,16 @@
 """Intake: turn submissions on ``jobq.submit.<queue>`` into durable job records.
 
-A submission is acked only once its record is stored, so a crash in between loses nothing (the
-message is redelivered and the second ``create`` finds the record). Whatever its bytes, subject
-or headers, a submission that cannot be parsed or validated is dead-lettered on its first
+A submission is acked only once its record (and its ``accepted`` event) is stored, so a crash in
+between loses nothing (the message is redelivered and finds its record). Whatever its bytes,
+subject or headers, a submission that cannot be parsed or validated is dead-lettered on its first
 delivery (the letter bounded in size, the whole original in object store ``jobq_dead``), then
 terminated: never retried. Only infrastructure errors (the store unavailable) lead to a
 redelivery, at most ``contract.SUBMIT_MAX_DELIVER`` deliveries in all; a submission JetStream
 gives up on then is dead-lettered by ``broker.dispatcher.undeliverable``.
+
+Submissions are taken in batches, as many as have arrived (up to ``BATCH``), and written with
+few JetStream writes per batch (``broker.dispatcher.intake_batch``): while one batch's events
+are published and its messages acked, the next batch's records are created.
 """
 
 from __future__ import annotations
@@ -19,10 +23,16 @@ import structlog
 from nats.aio.msg import Msg
 
 from broker import contract, store
-from broker.dispatcher import pull
+from broker.dispatcher import intake_batch, pull
 from broker.dispatcher.lease import LeaseLost
 
 log = structlog.get_logger("jobq.intake")
+
+
+BATCH = 256
+"""Submissions pulled per request, and the most one batch writes at once (an atomic batch holds
+at most ``store.ATOMIC_BATCH_MAX``). Three batches may be unacked at once (one being recorded,
+one announced, one arriving), within the consumer's max_ack_pending of 1000."""
 
 
 class Intake:
@@ -39,84 +49,121 @@ class Intake:
         """The leader's lease check (docs/design/dispatcher.md): our epoch, or LeaseLost."""
         self._on_job = on_job
         self._on_rejected = on_rejected or (lambda _reason: None)
+        self._announcing: asyncio.Task[None] | None = None
+        """The previous batch's second stage, while the next batch's first stage runs."""
 
     async def run(self, stop: asyncio.Event) -> None:
         puller = pull.Puller(
-            self._store.nc, stream=contract.STREAM_SUBMIT, consumer=contract.CONSUMER_DISPATCHER
+            self._store.nc, stream=contract.STREAM_SUBMIT, consumer=contract.CONSUMER_DISPATCHER, batch=BATCH
         )
-        await puller.consume(stop, self._handle_or_nak, what="intake")
-
-    async def _handle_or_nak(self, msg: Msg) -> None:
         try:
-            await self.handle(msg)
-        except LeaseLost:  # no longer the leader: given back for whoever leads next
+            await puller.consume_batches(stop, self.take, what="intake")
+            await self.flush()
+        finally:
+            if self._announcing is not None and not self._announcing.done():
+                self._announcing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._announcing
+            self._announcing = None
+
+    async def take(self, msgs: list[Msg]) -> None:
+        """Take a pulled batch: record it while the previous batch is announced, then start
+        announcing it (``flush`` waits for that). Failures nak what is not settled yet."""
+        settled: set[int] = set()
+        try:
+            subs = await self._record(msgs, settled)
+        except Exception as exc:
+            await self._give_back(msgs, settled, exc)
+            return
+        await self.flush()
+        if subs:
+            self._announcing = asyncio.create_task(self._announce_or_give_back(msgs, settled, subs))
+
+    async def flush(self) -> None:
+        """Wait until the last batch taken is announced and acked (or given back)."""
+        if self._announcing is not None:
+            await self._announcing
+            self._announcing = None
+
+    async def _announce_or_give_back(
+        self, msgs: list[Msg], settled: set[int], subs: list[intake_batch.Submission]
+    ) -> None:
+        try:
+            await self._announce(subs, settled)
+        except Exception as exc:
+            await self._give_back(msgs, settled, exc)
+
+    async def handle(self, msg: Msg) -> None:
+        """Take one submission; an infrastructure error is raised, the message left unsettled."""
+        settled: set[int] = set()
+        await self._announce(await self._record([msg], settled), settled)
+
+    async def _record(self, msgs: list[Msg], settled: set[int]) -> list[intake_batch.Submission]:
+        """Judge each message: dead-letter the invalid ones, store the valid ones' keys and records."""
+        self._fence()
+        subs: list[intake_batch.Submission] = []
+        invalid: list[tuple[Msg, str]] = []
+        for msg in msgs:
+            try:
+                spec = contract.parse_submission(msg.data, subject=msg.subject)
+            except Exception as exc:  # any verdict on the message itself is final: never a retry
+                invalid.append(
+                    (msg, str(exc) if isinstance(exc, contract.SubmissionError) else f"unreadable: {exc!r}")
+                )
+                continue
+            stamp = msg.metadata.timestamp if msg.metadata else None
+            subs.append(intake_batch.Submission(msg, spec, submitted=stamp or contract.utcnow()))
+        if invalid:
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    for msg, why in invalid:
+                        tg.create_task(self._reject(msg, why, settled))
+            except ExceptionGroup as group:  # a dead letter could not be stored: the first error
+                raise group.exceptions[0] from None
+        await intake_batch.record(self._store, subs, fence=self._fence)
+        return subs
+
+    async def _announce(self, subs: list[intake_batch.Submission], settled: set[int]) -> None:
+        await intake_batch.announce(self._store, subs, fence=self._fence)
+        for sub in subs:
+            settled.add(id(sub.msg))
+            assert sub.event is not None
+            if sub.accepted:
+                spec = sub.spec
+                log.info(
+                    "job_accepted",
+                    job_id=spec.id,
+                    queue=spec.queue,
+                    task=spec.task or " ".join(spec.command or ()),
+                    redelivered=sub.own_record,
+                )
+                self._on_job(spec.id)
+            else:
+                log.info("job_duplicate", job_id=sub.spec.id, reason=sub.event.message)
+
+    async def _give_back(self, msgs: list[Msg], settled: set[int], exc: Exception) -> None:
+        """Nak every message of a batch not settled yet, after a pause that grows per delivery."""
+        for msg in msgs:
+            if id(msg) in settled:
+                continue
             delivered = msg.metadata.num_delivered if msg.metadata else 1
-            log.info("submission_released", subject=contract.clip(msg.subject, 256), delivered=delivered)
+            subject = contract.clip(msg.subject, 256)
+            if isinstance(exc, LeaseLost):  # no longer the leader: given back for whoever leads next
+                log.info("submission_released", subject=subject, delivered=delivered)
+            else:  # the store failed: redelivered after a pause
+                log.error(
+                    "submission_failed",
+                    subject=subject,
+                    error=contract.clip(repr(exc), 500),
+                    delivered=delivered,
+                    max_deliver=contract.SUBMIT_MAX_DELIVER,
+                )
             with contextlib.suppress(Exception):
                 # With a delay, not at once: this dispatcher may pull a few more times before it
                 # has stopped, and each redelivery counts against max_deliver.
                 await msg.nak(delay=redelivery_delay(delivered))
-        except Exception as exc:  # the store failed: redelivered after a pause
-            delivered = msg.metadata.num_delivered if msg.metadata else 1
-            log.error(
-                "submission_failed",
-                subject=contract.clip(msg.subject, 256),
-                error=contract.clip(repr(exc), 500),
-                delivered=delivered,
-                max_deliver=contract.SUBMIT_MAX_DELIVER,
-            )
-            with contextlib.suppress(Exception):
-                await msg.nak(delay=redelivery_delay(delivered))
 
-    async def handle(self, msg: Msg) -> None:
-        self._fence()
-        try:
-            spec = contract.parse_submission(msg.data, subject=msg.subject)
-        except Exception as exc:  # any verdict on the message itself is final: never a retry
-            why = str(exc) if isinstance(exc, contract.SubmissionError) else f"unreadable: {exc!r}"
-            await self._reject(msg, why)
-            return
-        if spec.idempotency_key:
-            owner = await self._store.claim_idempotency_key(spec.idempotency_key, job_id=spec.id)
-            if owner != spec.id:
-                await self._duplicate(msg, spec, f"idempotency key already used by job {owner}")
-                return
-        now = contract.utcnow()
-        submitted = msg.metadata.timestamp if msg.metadata and msg.metadata.timestamp else now
-        epoch = self._fence()
-        record = contract.JobRecord(spec=spec, submitted_at=submitted, updated_at=now, epoch=epoch)
-        if await self._store.create(record) is None:
-            existing = await self._store.get(spec.id)
-            same = existing is not None and existing[0].spec == spec
-            await self._duplicate(
-                msg,
-                spec,
-                "already submitted" if same else "job id reused with a different spec; the first one stands",
-            )
-            return
-        await self._store.publish_event(
-            contract.JobEvent(
-                job_id=spec.id,
-                type=contract.EventType.ACCEPTED,
-                phase=contract.JobPhase.QUEUED,
-                message=f"queue {spec.queue}",
-                epoch=epoch,
-            )
-        )
-        await msg.ack()
-        log.info(
-            "job_accepted", job_id=spec.id, queue=spec.queue, task=spec.task or " ".join(spec.command or ())
-        )
-        self._on_job(spec.id)
-
-    async def _duplicate(self, msg: Msg, spec: contract.JobSpec, why: str) -> None:
-        await self._store.publish_event(
-            contract.JobEvent(job_id=spec.id, type=contract.EventType.DUPLICATE, message=why)
-        )
-        await msg.ack()
-        log.info("job_duplicate", job_id=spec.id, reason=why)
-
-    async def _reject(self, msg: Msg, why: str) -> None:
+    async def _reject(self, msg: Msg, why: str, settled: set[int]) -> None:
         seq = msg.metadata.sequence.stream if msg.metadata else 0
         letter = contract.DeadLetter.of_original(
             msg.data,
@@ -129,6 +176,7 @@ class Intake:
         )
         await self._store.publish_dead_letter(letter, msg_id=f"invalid-{seq}")
         await msg.term()
+        settled.add(id(msg))
         self._on_rejected(why)
         log.warning(
             "submission_rejected",
