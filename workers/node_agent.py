@@ -9,7 +9,10 @@ environment (``JOBQ_POD_UID``) and its status, as Kubernetes gives every Pod obj
 worker stamps its outputs with it, and the dispatcher accepts a result only from the uid it sees
 running the attempt. Pod logs are served on
 ``jobq.node.<name>.pods.log`` and stay readable after their pod is deleted.
-SIGKILL of the agent takes its pods with it: that is a node dying.
+SIGKILL of the agent takes its pods with it: that is a node dying. Task-runner pods are forked by
+the node's fork server (``workers.fork_client``; docs/design/fork-server.md) unless
+``JOBQ_FORK_SERVER=0``; memory the fork server's preloaded modules give a forked pod at birth is not
+counted against its request.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from nats.aio.msg import Msg
 from pydantic import ValidationError
 
 from broker import contract, fit, natsutil
-from workers import pod_runtime
+from workers import fork_client, pod_runtime
 
 log = structlog.get_logger("jobq.node")
 
@@ -38,7 +41,7 @@ log = structlog.get_logger("jobq.node")
 @dataclasses.dataclass(slots=True)
 class _Pod:
     spec: contract.PodSpec
-    process: asyncio.subprocess.Process | None
+    process: pod_runtime.PodProcess | None
     """None: the command could not be started (the pod is Failed with reason StartError)."""
     started_at: dt.datetime
     uid: str
@@ -49,6 +52,8 @@ class _Pod:
     finished_at: dt.datetime | None = None
     killed_for: str = ""
     log_tail: str = ""
+    inherited_bytes: int = 0
+    """Resident memory a forked pod had at birth (the fork server's modules), not charged to it."""
 
     def status(self, node: str) -> contract.PodStatus:
         return contract.PodStatus(
@@ -82,6 +87,8 @@ class AgentSettings:
     """Given to pods as JOBQ_NATS_URL."""
     python: str = sys.executable
     """Interpreter that runs built-in tasks (``python -m workers.runner``)."""
+    fork_server: bool = dataclasses.field(default_factory=fork_client.enabled_from_env)
+    """Fork task-runner pods from a pre-warmed fork server (JOBQ_FORK_SERVER, default on)."""
 
 
 def read_tail(path: Path) -> str:
@@ -120,6 +127,9 @@ class NodeAgent:
         self._lock = asyncio.Lock()
         self._epoch = 0
         """The highest leader epoch seen on a create or delete request (the fencing token)."""
+        self._forks: fork_client.ForkServer | None = None
+        self._forks_stop = asyncio.Event()
+        self._forks_task: asyncio.Task[None] | None = None
 
     def _allocated(self) -> tuple[float, int, int]:
         active = [p.spec.resources for p in self._pods.values() if p.finished_at is None]
@@ -146,6 +156,10 @@ class NodeAgent:
             await self._nc.subscribe(contract.node_delete_subject(self._s.name), cb=self._on_delete),
             await self._nc.subscribe(contract.node_log_subject(self._s.name), cb=self._on_log),
         ]
+        if self._s.fork_server and fork_client.become_subreaper():
+            self._forks = fork_client.ForkServer(
+                python=self._s.python, log_path=self._log_path(".fork-server"), node=self._s.name)
+            self._forks_task = asyncio.create_task(self._forks.run(self._forks_stop), name="fork-server")
         log.info(
             "node_started",
             node=self._s.name,
@@ -154,9 +168,13 @@ class NodeAgent:
             memory=self._s.capacity.memory,
         )
         try:
+            if self._forks is not None:  # a node announces itself once its runtime is warm
+                await self._forks.warm_up(stop)
             while not stop.is_set():
                 await self._publish_status()
                 self._enforce_memory()
+                if self._forks is not None:
+                    fork_client.reap_orphans()
                 self._changed.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wait_change_or(stop), self._s.interval_s)
@@ -193,6 +211,11 @@ class NodeAgent:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(task, 1)
+        if self._forks_task is not None:
+            self._forks_stop.set()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._forks_task
+            fork_client.become_subreaper(False)
         with contextlib.suppress(Exception):
             await self._publish_status()
             await self._nc.flush(timeout=1)
@@ -234,9 +257,10 @@ class NodeAgent:
             log_path = self._log_path(spec.name)
             started_at = contract.utcnow()
             try:
-                process = await pod_runtime.spawn(
-                    pod_command(spec, python=self._s.python), env=env, log_path=log_path
-                )
+                process, inherited = await fork_client.start_pod(
+                    pod_command(spec, python=self._s.python), forks=self._forks, python=self._s.python,
+                    env=env, log_path=log_path, pod=spec.name, job_id=spec.job_id,
+                    attempt=spec.attempt, node=self._s.name)
             except OSError as exc:
                 # Like a container runtime's StartError: the pod exists and failed, for good.
                 self._pods[spec.name] = _Pod(
@@ -248,7 +272,8 @@ class NodeAgent:
                 await self._reply(msg, ok=True)
                 self._changed.set()
                 return
-            pod = self._pods[spec.name] = _Pod(spec=spec, process=process, started_at=started_at, uid=uid)
+            pod = self._pods[spec.name] = _Pod(spec=spec, process=process, started_at=started_at, uid=uid,
+                                               inherited_bytes=inherited)
             task = asyncio.create_task(self._wait_pod(pod), name=f"pod-{spec.name}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -260,6 +285,7 @@ class NodeAgent:
             node=self._s.name,
             pid=process.pid,
             uid=uid,
+            forked=inherited > 0,
         )
         await self._reply(msg, ok=True)
         self._changed.set()
@@ -345,7 +371,7 @@ class NodeAgent:
         running = self._running()
         for pgid, rss in pod_runtime.rss_by_group(set(running)).items():
             pod = running[pgid]
-            if rss > pod.spec.resources.memory_bytes:
+            if rss - pod.inherited_bytes > pod.spec.resources.memory_bytes:
                 pod.killed_for = "OOMKilled"
                 pod_runtime.signal_group(pgid, signal.SIGKILL)
                 log.warning(
@@ -355,6 +381,7 @@ class NodeAgent:
                     attempt=pod.spec.attempt,
                     node=self._s.name,
                     rss_bytes=rss,
+                    inherited_bytes=pod.inherited_bytes,
                     limit_bytes=pod.spec.resources.memory_bytes,
                 )
 

@@ -27,7 +27,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 _PR_SET_PDEATHSIG = 1
 
@@ -70,7 +70,20 @@ def check_executable(program: str, *, path: str | None = None, cwd: Path | None 
     raise OSError(code, os.strerror(code), program)
 
 
-def _open_log(log_path: Path | None) -> IO[bytes] | None:
+class PodProcess(Protocol):
+    """What the agent needs of a running pod: an ``asyncio.subprocess.Process``, or a pod the
+    fork server forked (``workers.fork_client.ForkedProcess``)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait(self) -> int: ...
+
+
+def open_log(log_path: Path | None) -> IO[bytes] | None:
     if log_path is None:
         return None
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,14 +97,16 @@ async def spawn(
     log_path: Path | None = None,
     cwd: Path | None = None,
     die_with_parent: bool = True,
+    pass_fds: Sequence[int] = (),
 ) -> asyncio.subprocess.Process:
     """Start ``command`` in a new session (process group = its pid), for the embedded node agent.
 
     ``die_with_parent``: the kernel SIGKILLs it when this process dies. Without it the child
     still dies with asyncio's transport if that is closed or collected while the child runs;
-    pods that must outlive their agent use ``spawn_detached``.
+    pods that must outlive their agent use ``spawn_detached``. ``pass_fds``: descriptors the
+    child keeps (all others are closed).
     """
-    handle = _open_log(log_path)
+    handle = open_log(log_path)
     try:
         return await asyncio.create_subprocess_exec(
             *command,
@@ -102,6 +117,7 @@ async def spawn(
             stderr=asyncio.subprocess.STDOUT if handle else asyncio.subprocess.DEVNULL,
             start_new_session=True,
             preexec_fn=_die_with_parent if die_with_parent else None,
+            pass_fds=tuple(pass_fds),
         )
     finally:
         if handle is not None:
@@ -130,7 +146,7 @@ def spawn_detached(
     check_executable(argv[0], path=env.get("PATH", os.defpath), cwd=cwd)
     exit_file.parent.mkdir(parents=True, exist_ok=True)
     exit_file.unlink(missing_ok=True)  # a stale code must not be taken for this run's
-    handle = _open_log(log_path)
+    handle = open_log(log_path)
     try:
         return subprocess.Popen(
             wrap_with_exit_file(argv, exit_file),
@@ -183,7 +199,7 @@ def signal_group(pid: int, sig: signal.Signals) -> None:
         os.killpg(pid, sig)
 
 
-async def terminate(process: asyncio.subprocess.Process, *, grace_s: float) -> int:
+async def terminate(process: PodProcess, *, grace_s: float) -> int:
     """SIGTERM the pod's process group, SIGKILL it after ``grace_s``; return the exit code."""
     if process.returncode is None:
         signal_group(process.pid, signal.SIGTERM)
