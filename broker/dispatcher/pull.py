@@ -59,22 +59,20 @@ class Puller:
     async def consume(
         self, stop: asyncio.Event, handle: Callable[[Msg], Awaitable[None]], *, what: str
     ) -> None:
-        """Hand every delivery to ``handle`` until ``stop``; a NATS error pauses and pulls again,
-        a closed connection ends it. ``handle`` settles each message (ack, nak or term) itself."""
-        while not stop.is_set():
-            try:
-                async for msg in self.messages(stop):
-                    await handle(msg)
-            except nats.errors.ConnectionClosedError:
-                return
-            except nats.errors.Error as exc:
-                log.warning("pull_failed", consumer=what, error=repr(exc))
-                await asyncio.sleep(0.5)
+        """Hand every delivery to ``handle``, one at a time (see ``consume_batches``)."""
+
+        async def each(batch: list[Msg]) -> None:
+            for msg in batch:
+                await handle(msg)
+
+        await self.consume_batches(stop, each, what=what)
 
     async def consume_batches(
         self, stop: asyncio.Event, handle: Callable[[list[Msg]], Awaitable[None]], *, what: str
     ) -> None:
-        """``consume``, handing ``handle`` every delivery that has arrived at once (see ``batches``)."""
+        """Hand ``handle`` every delivery that has arrived at once (see ``batches``) until ``stop``;
+        a NATS error pauses and pulls again, a closed connection ends it. ``handle`` settles each
+        message (ack, nak or term) itself."""
         while not stop.is_set():
             try:
                 async for batch in self.batches(stop):
@@ -147,39 +145,3 @@ class Puller:
                 return batch, True  # a status answering this request: expired, max bytes, leader change
             # else: a late status for an older request; its deliveries are taken all the same
         return batch, False
-
-    async def messages(self, stop: asyncio.Event) -> AsyncIterator[Msg]:
-        """Yield deliveries as they arrive until ``stop`` is set (checked between requests)."""
-        self._sub = await self._nc.subscribe(
-            f"{self._inbox}.*", pending_bytes_limit=4 * self._max_bytes, pending_msgs_limit=16 * self._batch
-        )
-        try:
-            while not stop.is_set():
-                reply = f"{self._inbox}.{next(self._requests)}"
-                request = {
-                    "batch": self._batch,
-                    "max_bytes": self._max_bytes,
-                    "expires": int(self._expires_s * 1_000_000_000),
-                }
-                await self._nc.publish(self._next_subject, json.dumps(request).encode(), reply=reply)
-                async for msg in self._answers(reply):
-                    yield msg
-        finally:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-
-    async def _answers(self, reply: str) -> AsyncIterator[Msg]:
-        """Deliveries for the request on ``reply``, until it is fulfilled, ended or lost."""
-        assert self._sub is not None
-        delivered = 0
-        while delivered < self._batch:
-            try:
-                msg = await self._sub.next_msg(timeout=self._expires_s + 1.0)
-            except (nats.errors.TimeoutError, TimeoutError):
-                return  # the request or its end was lost (a reconnect): send another
-            if is_delivery(msg):
-                delivered += 1
-                yield msg
-            elif msg.subject == reply:
-                return  # a status answering this request: expired, max bytes, leader change
-            # else: a late status for an older request; its deliveries are taken all the same
