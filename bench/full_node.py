@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from broker import contract
+from broker import contract, policy
 from broker.embedded.stack import Stack, StackConfig
 from submitter.client import JobqClient
 
@@ -40,7 +40,7 @@ def stack_config(work: Path, *, sync_always: bool, env: dict[str, str] | None = 
         nats_port=-1,
         http_port=0,
         nats_sync_always=sync_always,
-        env=env or {},
+        env={"JOBQ_QUEUE_POLICY": policy.OPEN_ENV, **(env or {})},  # its jobs are commands
     )
 
 

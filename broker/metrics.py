@@ -49,7 +49,7 @@ RECOVERY_BUCKETS = (1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 120, 300, 600)
 OUTCOMES = (contract.JobPhase.SUCCEEDED, contract.JobPhase.DEAD, contract.JobPhase.CANCELLED)
 _NOT_RETRIED = {
     contract.FailureReason(r)
-    for r in ("cancelled", "invalid", "undeliverable", "non_retryable", "start_error")
+    for r in ("cancelled", "invalid", "undeliverable", "non_retryable", "start_error", "refused")
 }
 RETRY_REASONS = tuple(r for r in contract.FailureReason if r not in _NOT_RETRIED)
 

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import ValidationError
 
-from broker import contract
+from broker import contract, policy
 
 DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 LABEL_KEY = re.compile(
@@ -21,6 +21,7 @@ LABEL_KEY = re.compile(
 LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 TOLERATION_KEYS = frozenset({"key", "operator", "value", "effect", "tolerationSeconds"})
 TOLERATION_EFFECTS = frozenset({"", "NoSchedule", "PreferNoSchedule", "NoExecute"})
+CORS_ORIGIN = re.compile(r"https?://[^/\s*,]+")
 
 
 class SettingsError(ValueError):
@@ -71,6 +72,10 @@ class DispatcherSettings:
     queue_policies: Mapping[str, contract.RetryPolicy] = dataclasses.field(default_factory=dict)
     """Default retry policy per queue for jobs that bring none, as JSON:
     JOBQ_QUEUE_POLICIES='{"gpu": {"max_attempts": 5, "backoff_cap_s": 300}}'."""
+    queue_policy: policy.QueuePolicy = dataclasses.field(default_factory=policy.QueuePolicy)
+    """What jobs each queue admits, as JSON (JOBQ_QUEUE_POLICY, ``broker/policy.py``):
+    '{"*": {"tasks": ["sklearn.*"]}, "gpu": {"commands": true, "images": ["reg.example/ml/*"]}}'.
+    Unset: built-in tasks only, no commands, no image of the job's own."""
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -85,8 +90,22 @@ class HttpSettings:
     host: str = "127.0.0.1"
     port: int = 8222
     """Dashboard, API and /metrics port; 0 picks a free one (JOBQ_HTTP_PORT)."""
-    token: str = ""
-    """Bearer token required by mutating endpoints when set (JOBQ_HTTP_TOKEN)."""
+    token: str = dataclasses.field(default="", repr=False)
+    """Bearer token every route but the probes and the dashboard shell requires when set
+    (JOBQ_HTTP_TOKEN, or the first line of the file JOBQ_HTTP_TOKEN_FILE names). Never logged."""
+    metrics_open: bool = False
+    """Serve /metrics without the token even when one is set (JOBQ_HTTP_METRICS_OPEN)."""
+    cors_origins: tuple[str, ...] = ()
+    """Origins other than the dispatcher's own whose pages may call the API, e.g.
+    JOBQ_HTTP_CORS_ORIGINS="https://ops.example.com"; empty: same origin only."""
+
+    def __post_init__(self) -> None:
+        if self.token != self.token.strip() or any(c.isspace() for c in self.token):
+            raise SettingsError("JOBQ_HTTP_TOKEN must not contain whitespace")
+        for origin in self.cors_origins:
+            if not CORS_ORIGIN.fullmatch(origin):
+                raise SettingsError(f"JOBQ_HTTP_CORS_ORIGINS: {origin!r} is not scheme://host[:port] "
+                                    "(no wildcards)")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -185,11 +204,15 @@ class Settings:
                 queue_pending_timeouts=parse_queue_pending_timeouts(get("QUEUE_PENDING_TIMEOUTS", "")),
                 shutdown_grace_s=number("SHUTDOWN_GRACE_S", d.shutdown_grace_s),
                 queue_policies=parse_queue_policies(get("QUEUE_POLICIES", "")),
+                queue_policy=parse_queue_policy(get("QUEUE_POLICY", "")),
             ),
             http=HttpSettings(
                 host=get("HTTP_HOST", h.host),
                 port=int(number("HTTP_PORT", h.port)),
-                token=get("HTTP_TOKEN", h.token),
+                token=http_token(environ),
+                metrics_open=flag("HTTP_METRICS_OPEN", h.metrics_open),
+                cors_origins=tuple(
+                    filter(None, (o.strip().rstrip("/") for o in get("HTTP_CORS_ORIGINS", "").split(",")))),
             ),
             backend=BackendSettings(
                 kind="kubernetes" if kind == "kubernetes" else "local",
@@ -208,6 +231,25 @@ class Settings:
         )
 
 
+def http_token(environ: Mapping[str, str]) -> str:
+    """JOBQ_HTTP_TOKEN, else the first line of the file JOBQ_HTTP_TOKEN_FILE names (a mounted
+    Kubernetes Secret), else "" (no token)."""
+    token = environ.get("JOBQ_HTTP_TOKEN", "")
+    path = environ.get("JOBQ_HTTP_TOKEN_FILE", "")
+    if token and path:
+        raise SettingsError("set JOBQ_HTTP_TOKEN or JOBQ_HTTP_TOKEN_FILE, not both")
+    if not path:
+        return token.strip()
+    try:
+        with open(path, encoding="utf-8") as file:
+            lines = file.read().splitlines()
+    except OSError as exc:
+        raise SettingsError(f"JOBQ_HTTP_TOKEN_FILE={path!r} cannot be read: {exc.strerror}") from None
+    if not lines or not lines[0].strip():
+        raise SettingsError(f"JOBQ_HTTP_TOKEN_FILE={path!r} is empty")
+    return lines[0].strip()
+
+
 def parse_queue_policies(raw: str) -> dict[str, contract.RetryPolicy]:
     if not raw.strip():
         return {}
@@ -220,6 +262,13 @@ def parse_queue_policies(raw: str) -> dict[str, contract.RetryPolicy]:
         raise SettingsError(
             f"JOBQ_QUEUE_POLICIES is not a JSON object of queue -> retry policy: {exc}"
         ) from None
+
+
+def parse_queue_policy(raw: str) -> policy.QueuePolicy:
+    try:
+        return policy.parse(raw)
+    except ValueError as exc:
+        raise SettingsError(f"JOBQ_QUEUE_POLICY: {exc}") from None
 
 
 def parse_queue_limits(raw: str) -> dict[str, int]:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from nats.aio.client import Client as NATS
 
-from broker import natsutil
+from broker import natsutil, policy
 from broker.embedded.natsserver import NatsServer
 from broker.embedded.stack import Stack, StackConfig
 from submitter.client import JobqClient
@@ -23,6 +23,9 @@ FAST_ENV = {
     "JOBQ_HEARTBEAT_TIMEOUT_S": "10",
     "JOBQ_NODE_TIMEOUT_S": "3",
     "JOBQ_LEASE_TTL_S": "3",
+    # Tests run commands, module:function tasks and images: open every queue (the default
+    # admits built-in tasks only; tests/integration/test_queue_policy.py tests the policy).
+    "JOBQ_QUEUE_POLICY": policy.OPEN_ENV,
 }
 
 

@@ -61,6 +61,9 @@ class FailureReason(enum.StrEnum):
     """JetStream gave up on the submission after SUBMIT_MAX_DELIVER deliveries (dead letters only)."""
     UNSCHEDULABLE = "unschedulable"
     """The job waited longer than its pending_timeout_s for a node that could run it."""
+    REFUSED = "refused"
+    """The queue's operator policy (JOBQ_QUEUE_POLICY) does not allow the job's task, command or
+    image: dead-lettered at intake, or before its next pod if the policy changed; never retried."""
 
     @property
     def is_disruption(self) -> bool:

@@ -21,7 +21,7 @@ import random
 
 from broker import contract, failure
 from broker.backends.base import PodState
-from broker.dispatcher import pod_spec
+from broker.dispatcher import pod_spec, refusal
 from broker.dispatcher.action import Action, event
 from broker.dispatcher.attempt_end import fail_current, replace_current, succeeded
 from broker.dispatcher.limits import Limits, policy_of
@@ -190,7 +190,10 @@ def decide(
 
 
 def _queued(job: contract.JobRecord, seen: Observed, *, now: dt.datetime, limits: Limits) -> Action:
-    """A queued job starts its next attempt, unless it must wait (backoff, queue limit, no node)."""
+    """A queued job starts its next attempt, unless it must wait (backoff, queue limit, no node)
+    or its queue's policy no longer admits it (it ends dead, reason refused)."""
+    if (refused := refusal.check(job, limits.queue_policy, now=now)) is not None:
+        return refused
     if job.not_before is not None and job.not_before > now:
         return Action(requeue_after=(job.not_before - now).total_seconds(), summary="backoff")
     if seen.queue_full:  # no timer: a job of its queue that stops running wakes it

@@ -4,9 +4,11 @@ A submission is acked only once its record (and its ``accepted`` event) is store
 between loses nothing (the message is redelivered and finds its record). Whatever its bytes,
 subject or headers, a submission that cannot be parsed or validated is dead-lettered on its first
 delivery (the letter bounded in size, the whole original in object store ``jobq_dead``), then
-terminated: never retried. Only infrastructure errors (the store unavailable) lead to a
-redelivery, at most ``contract.SUBMIT_MAX_DELIVER`` deliveries in all; a submission JetStream
-gives up on then is dead-lettered by ``broker.dispatcher.undeliverable``.
+terminated: never retried. So is a valid one that its queue's operator policy refuses
+(``broker.policy``, reason ``refused``, the message naming the rule): it never gets a record.
+Only infrastructure errors (the store unavailable) lead to a redelivery, at most
+``contract.SUBMIT_MAX_DELIVER`` deliveries in all; a submission JetStream gives up on then
+is dead-lettered by ``broker.dispatcher.undeliverable``.
 
 Submissions are taken in batches, as many as have arrived (up to ``BATCH``), and written with
 few JetStream writes per batch (``broker.dispatcher.intake_batch``): while one batch's events
@@ -22,7 +24,7 @@ from collections.abc import Callable
 import structlog
 from nats.aio.msg import Msg
 
-from broker import contract, store
+from broker import contract, policy, store
 from broker.dispatcher import intake_batch, pull
 from broker.dispatcher.lease import LeaseLost
 
@@ -43,8 +45,11 @@ class Intake:
         on_job: Callable[[str], None],
         on_rejected: Callable[[str], None] | None = None,
         fence: Callable[[], int] | None = None,
+        queue_policy: policy.QueuePolicy | None = None,
     ) -> None:
         self._store = st
+        self._policy = queue_policy
+        """The operator's JOBQ_QUEUE_POLICY; None only in tests of intake alone (nothing refused)."""
         self._fence = fence or (lambda: 0)
         """The leader's lease check (docs/design/dispatcher.md): our epoch, or LeaseLost."""
         self._on_job = on_job
@@ -102,22 +107,25 @@ class Intake:
         """Judge each message: dead-letter the invalid ones, store the valid ones' keys and records."""
         self._fence()
         subs: list[intake_batch.Submission] = []
-        invalid: list[tuple[Msg, str]] = []
+        invalid: list[tuple[Msg, str, contract.FailureReason]] = []
         for msg in msgs:
             try:
                 spec = contract.parse_submission(msg.data, subject=msg.subject)
             except Exception as exc:  # any verdict on the message itself is final: never a retry
-                invalid.append(
-                    (msg, str(exc) if isinstance(exc, contract.SubmissionError) else f"unreadable: {exc!r}")
-                )
+                why = str(exc) if isinstance(exc, contract.SubmissionError) else f"unreadable: {exc!r}"
+                invalid.append((msg, why, contract.FailureReason.INVALID))
+                continue
+            refused = self._policy.refusal(spec) if self._policy is not None else None
+            if refused is not None:
+                invalid.append((msg, refused, contract.FailureReason.REFUSED))
                 continue
             stamp = msg.metadata.timestamp if msg.metadata else None
             subs.append(intake_batch.Submission(msg, spec, submitted=stamp or contract.utcnow()))
         if invalid:
             try:
                 async with asyncio.TaskGroup() as tg:
-                    for msg, why in invalid:
-                        tg.create_task(self._reject(msg, why, settled))
+                    for msg, why, reason in invalid:
+                        tg.create_task(self._reject(msg, why, reason, settled))
             except ExceptionGroup as group:  # a dead letter could not be stored: the first error
                 raise group.exceptions[0] from None
         await intake_batch.record(self._store, subs, fence=self._fence)
@@ -163,18 +171,18 @@ class Intake:
                 # has stopped, and each redelivery counts against max_deliver.
                 await msg.nak(delay=redelivery_delay(delivered))
 
-    async def _reject(self, msg: Msg, why: str, settled: set[int]) -> None:
+    async def _reject(self, msg: Msg, why: str, reason: contract.FailureReason, settled: set[int]) -> None:
         seq = msg.metadata.sequence.stream if msg.metadata else 0
         letter = contract.DeadLetter.of_original(
             msg.data,
             job_id=contract.guess_job_id(msg.data),
-            reason=contract.FailureReason.INVALID,
+            reason=reason,
             message=why,
             subject=msg.subject,
             headers=msg.headers or {},
             stream_seq=seq or None,
         )
-        await self._store.publish_dead_letter(letter, msg_id=f"invalid-{seq}")
+        await self._store.publish_dead_letter(letter, msg_id=f"{reason}-{seq}")
         await msg.term()
         settled.add(id(msg))
         self._on_rejected(why)
@@ -182,7 +190,7 @@ class Intake:
             "submission_rejected",
             job_id=letter.job_id,
             subject=letter.subject,
-            reason="invalid",
+            reason=str(reason),
             error=letter.message,
             stream_seq=seq,
             size=letter.size,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-from broker import contract, retry_policy, settings
+from broker import contract, policy, retry_policy, settings
 
 _DISPATCHER = settings.DispatcherSettings()
 
@@ -35,6 +35,8 @@ class Limits:
     """False only for the chaos negative control: attempts on a lost node are left alone."""
     queue_pending_timeouts: Mapping[str, float] = dataclasses.field(default_factory=dict)
     """pending_timeout_s of jobs that bring none, per queue (JOBQ_QUEUE_PENDING_TIMEOUTS)."""
+    queue_policy: policy.QueuePolicy = _DISPATCHER.queue_policy
+    """What each queue admits (JOBQ_QUEUE_POLICY): checked again before every attempt."""
 
     @classmethod
     def from_settings(cls, config: settings.Settings) -> Limits:
@@ -42,11 +44,12 @@ class Limits:
         return cls(
             heartbeat_timeout_s=d.heartbeat_timeout_s,
             startup_timeout_s=d.startup_timeout_s,
-            nats_url=config.nats.url,
+            nats_url=contract.public_url(config.nats.url),  # never the dispatcher's credentials
             image=config.backend.image,
             reschedule_on_node_loss=d.reschedule_on_node_loss,
             queue_policies=dict(d.queue_policies),
             queue_pending_timeouts=dict(d.queue_pending_timeouts),
+            queue_policy=d.queue_policy,
             profiles=dict(config.backend.resource_profiles),
         )
 

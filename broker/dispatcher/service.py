@@ -60,7 +60,8 @@ class Dispatcher:
             store=st, backend=backend, index=self.index, heartbeats=self.heartbeats,
             limits=self.limits, queue_limits=dict(d.queue_limits), observer=self.observer,
             wake=self.queue.add, fence=self.lease)
-        self.intake = intake.Intake(st, on_job=self.queue.add, fence=self.lease.check)
+        self.intake = intake.Intake(st, on_job=self.queue.add, fence=self.lease.check,
+                                    queue_policy=d.queue_policy)
         self.undeliverable = undeliverable.Undeliverable(st)
         self.index_ready = asyncio.Event()
         self.index.subscribe(self._on_external_change)

@@ -32,7 +32,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js import api
 
-from broker import contract, store
+from broker import contract, policy, store
 from broker.backends import k8s_objects
 from broker.backends.fake import FakeBackend
 from broker.backends.local import LocalBackend
@@ -101,7 +101,7 @@ async def harness(nc: NATS, nats_server: NatsServer, *, epoch: int) -> AsyncIter
         backend=backend,
         index=JobIndex(),
         heartbeats=reconcile.Heartbeats(),
-        limits=Limits(),
+        limits=Limits(queue_policy=policy.QueuePolicy({"*": policy.OPEN})),  # command jobs
         queue_limits={},
         fence=fence,
     )
