@@ -48,7 +48,10 @@ def cpu_seconds(pid: int) -> float:
 
 async def reconciles(stack: Stack) -> float | None:
     try:
-        async with aiohttp.ClientSession() as http, http.get(f"{stack.http_url}metrics") as r:
+        async with (
+            aiohttp.ClientSession(headers=stack.http_headers) as http,
+            http.get(f"{stack.http_url}metrics") as r,
+        ):
             text = await r.text()
     except aiohttp.ClientError:
         return None

@@ -88,7 +88,7 @@ async def run_demo(*, jobs: int, nodes: int, node_cpu: float = 6.0, node_memory:
     except StackError as exc:
         await stack.stop()
         raise click.ClickException(str(exc)) from None
-    say(f"stack up in {time.monotonic() - started:.1f}s; dashboard {stack.http_url}")
+    say(f"stack up in {time.monotonic() - started:.1f}s; dashboard {stack.dashboard_url}")
     try:
         summary = await _drive(stack, jobs=jobs, kill_node=kill_node, timeout_s=timeout_s, run_id=run_id)
     finally:

@@ -24,6 +24,25 @@ DEFAULT_URL = "http://127.0.0.1:8222/"
 PHASES = ("queued", "running", "succeeded", "dead", "cancelled")
 
 
+def resolve_token(base: str, data_dir: Path) -> str:
+    """JOBQ_HTTP_TOKEN (or JOBQ_HTTP_TOKEN_FILE), else the running `jobq up`'s token, but only
+    for that stack's own address: a token is never sent to another server."""
+    if "JOBQ_HTTP_TOKEN" in os.environ or "JOBQ_HTTP_TOKEN_FILE" in os.environ:
+        from broker import settings
+
+        return settings.http_token(os.environ)
+    from broker.embedded.stack import read_state
+
+    state = read_state(data_dir) or {}
+    path = state.get("http_token_file")
+    if state.get("http_url") != base or not isinstance(path, str):
+        return ""
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return ""
+
+
 def resolve_url(url: str | None, data_dir: Path) -> str:
     """--url, else JOBQ_HTTP_URL, else the running embedded stack's address, else the default."""
     if url is None:
@@ -40,6 +59,11 @@ def resolve_url(url: str | None, data_dir: Path) -> str:
 async def snapshot(http: aiohttp.ClientSession, base: str) -> dict[str, Any]:
     async def get(path: str) -> Any:
         async with http.get(base + path, timeout=aiohttp.ClientTimeout(total=5)) as response:
+            if response.status == 401:
+                raise click.ClickException(
+                    f"{base} needs its API token: set JOBQ_HTTP_TOKEN or JOBQ_HTTP_TOKEN_FILE "
+                    "(`jobq up` keeps it in <data dir>/http-token)"
+                )
             return await response.json()
 
     ready, queues, nodes, letters = await asyncio.gather(
@@ -128,8 +152,9 @@ def render(snap: dict[str, Any], *, base: str) -> Group:
     return Group(*parts)
 
 
-async def watch(base: str, *, interval_s: float, once: bool, console: Console) -> None:
-    async with aiohttp.ClientSession() as http:
+async def watch(base: str, *, interval_s: float, once: bool, console: Console, token: str = "") -> None:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with aiohttp.ClientSession(headers=headers) as http:
         if once:
             console.print(render(await snapshot(http, base), base=base))
             return
@@ -164,8 +189,9 @@ def register(cli: click.Group) -> None:
     def watch_cmd(url: str | None, data_dir: Path, interval: float, once: bool) -> None:
         """Live view of queues, retries, nodes, node failures and dead letters (Ctrl-C ends)."""
         base = resolve_url(url, data_dir)
+        token = resolve_token(base, data_dir)
         try:
-            clibase.run(watch(base, interval_s=interval, once=once, console=Console()))
+            clibase.run(watch(base, interval_s=interval, once=once, console=Console(), token=token))
         except (aiohttp.ClientError, TimeoutError) as exc:  # one line, exit 4 (submitter/clibase.py)
             raise ConnectionError(
                 f"cannot read {base}: {str(exc) or type(exc).__name__}. Is the dispatcher running "

@@ -37,7 +37,7 @@ async def run_up(config: StackConfig) -> None:
         await stack.stop()
         raise click.ClickException(str(exc)) from None
     click.echo(f"jobq is up\n"
-               f"  dashboard  {stack.http_url}\n"
+               f"  dashboard  {stack.dashboard_url}\n"
                f"  nats       {stack.nats_url}\n"
                f"  nodes      {', '.join(stack.nodes)}\n"
                f"  logs       {stack.logs}/\n"

@@ -4,6 +4,11 @@
 dies with the supervisor (parent-death signal), and a node agent killed with SIGKILL takes its
 pods with it, as a machine would. ``<data_dir>/stack.json`` tells other commands (``jobq
 submit``, chaos actions) where everything is.
+
+The HTTP API is secure by default: unless JOBQ_HTTP_TOKEN (or JOBQ_HTTP_TOKEN_FILE) is given,
+the stack keeps a random token in ``<data_dir>/http-token`` (mode 0600, reused by the next
+start), hands the dispatchers its path, and prints the dashboard address with the token in
+the URL fragment (``#token=``), which browsers never send to the server.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -24,11 +30,12 @@ import aiohttp
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from broker import contract, natsutil
+from broker import contract, natsutil, settings
 from broker.embedded.natsserver import NatsServer, sync_always_from_env
 from workers import pod_runtime
 
 STATE_FILE = "stack.json"
+TOKEN_FILE = "http-token"
 Progress = Callable[[str], None]
 
 
@@ -85,6 +92,9 @@ class Stack:
         self.nats_cluster: list[NatsServer] = []
         """Every nats-server we run (just ``self.nats`` unless nats_servers > 1)."""
         self._control_sub: object | None = None
+        self.http_token = ""
+        """The HTTP API's bearer token ("" when the API is open: JOBQ_HTTP_TOKEN set empty)."""
+        self._token_env: dict[str, str] = {}
 
     @property
     def logs(self) -> Path:
@@ -93,6 +103,34 @@ class Stack:
     @property
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.http_ports.get(0, self.config.http_port)}/"
+
+    @property
+    def dashboard_url(self) -> str:
+        """The dashboard address with the token in the fragment, which app.js keeps for the tab."""
+        return f"{self.http_url}#token={self.http_token}" if self.http_token else self.http_url
+
+    @property
+    def http_headers(self) -> dict[str, str]:
+        """Headers that authorize a call to the HTTP API."""
+        return {"Authorization": f"Bearer {self.http_token}"} if self.http_token else {}
+
+    def _http_token(self) -> None:
+        """The token given in the environment, else the data dir's, else a new one saved there."""
+        given = {**os.environ, **self.config.env}
+        if "JOBQ_HTTP_TOKEN" in given or "JOBQ_HTTP_TOKEN_FILE" in given:
+            self.http_token = settings.http_token(given)  # the dispatcher's own reading of them
+            return
+        path = self.config.data_dir / TOKEN_FILE
+        try:
+            self.http_token = path.read_text().strip()
+        except OSError:
+            self.http_token = ""
+        if not self.http_token:
+            self.http_token = secrets.token_urlsafe(32)
+            path.touch(mode=0o600)
+            path.chmod(0o600)
+            path.write_text(self.http_token + "\n")
+        self._token_env = {"JOBQ_HTTP_TOKEN_FILE": str(path.resolve())}
 
     def _env(self) -> dict[str, str]:
         env = {**os.environ, **self.config.env, contract.ENV_NATS_URL: self.nats_url,
@@ -105,6 +143,7 @@ class Stack:
     async def start(self) -> None:
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
+        self._http_token()
         if not self.nats_url and self.config.nats_servers > 1:
             await self._start_nats_cluster(self.config.nats_servers)
         elif not self.nats_url:
@@ -127,6 +166,11 @@ class Stack:
             await self.start_node(f"node-{n}")
         await self.wait_ready()
         self.write_state()
+        if self.http_token:
+            where = f" (token in {self.config.data_dir / TOKEN_FILE})" if self._token_env else ""
+            self.progress(f"dashboard {self.dashboard_url}{where}")
+        else:
+            self.progress(f"dashboard {self.http_url} (JOBQ_HTTP_TOKEN is empty: the API is open)")
 
     async def _start_nats_cluster(self, size: int) -> None:
         """``size`` clustered servers on fixed ports, so a restarted member keeps its name, store
@@ -207,7 +251,7 @@ class Stack:
         if port is None:
             port = self.config.http_port if index == 0 and self.config.http_port else free_port()
             self.http_ports[index] = port
-        env = {**self._env(), "JOBQ_HTTP_PORT": str(port)}
+        env = {**self._env(), **self._token_env, "JOBQ_HTTP_PORT": str(port)}
         self.dispatchers[index] = await pod_runtime.spawn(
             _cli("dispatcher"), env=env, log_path=self.logs / f"dispatcher-{index}.log")
 
@@ -272,7 +316,9 @@ class Stack:
                 "nats_pid": self.nats.process.pid if self.nats and self.nats.process else None,
                 "nats_servers": {s.name: s.process.pid if s.process else None for s in self.nats_cluster},
                 "nats_monitor": {s.name: s.monitor_url for s in self.nats_cluster},
-                "data_dir": str(self.config.data_dir.resolve())}
+                "data_dir": str(self.config.data_dir.resolve()),
+                "http_token_file": (str((self.config.data_dir / TOKEN_FILE).resolve())
+                                    if self._token_env else None)}
 
     def write_state(self) -> None:
         state = self.state()

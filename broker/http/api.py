@@ -14,18 +14,16 @@ import base64
 import binascii
 import collections
 import datetime as dt
-import hmac
 import json
 from typing import Any
-from urllib.parse import urlsplit
 
 from aiohttp import web
 from pydantic import BaseModel
 
 from broker import contract, store
 from broker.dispatcher import logs
-from broker.http import responses, streams
-from broker.http.keys import DISPATCHER, HUB, METRICS, SETTINGS
+from broker.http import access, responses, streams
+from broker.http.keys import DISPATCHER, HUB, METRICS
 from broker.http.params import JOB_ID, QUEUE, bad_param, error, int_param, job_id_of, query
 from broker.readmodel import deadletters, recovery, retries
 from broker.readmodel import events as event_log
@@ -289,23 +287,16 @@ async def dead_letter_original(request: web.Request) -> web.Response:
 
 
 def authorize(request: web.Request) -> None:
-    """Refuse cross-site requests, and check the bearer token when one is configured."""
+    """Refuse cross-site requests from origins not in JOBQ_HTTP_CORS_ORIGINS (a browser on another
+    site must not change jobs, token or not); the token itself is checked by ``access``."""
     origin = request.headers.get("Origin")
-    if origin and origin != "null" and urlsplit(origin).netloc != request.host:
+    if (
+        origin
+        and origin != "null"
+        and not access.same_origin(request, origin)
+        and not access.allowed_origin(request)
+    ):
         raise error(403, "forbidden", "cross-origin requests may not change jobs")
-    token = request.app[SETTINGS].token
-    if not token:
-        return
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not given.strip():
-        raise error(
-            401,
-            "unauthorized",
-            "this endpoint needs 'Authorization: Bearer <token>' (JOBQ_HTTP_TOKEN)",
-            headers={"WWW-Authenticate": 'Bearer realm="jobq"'},
-        )
-    if not hmac.compare_digest(given.strip().encode(), token.encode()):
-        raise error(403, "forbidden", "the bearer token is not valid")
 
 
 async def _update(request: web.Request, job_id: str, change: Any) -> contract.JobRecord:
@@ -371,7 +362,12 @@ async def events(request: web.Request) -> web.StreamResponse:
         raise bad_param("job_id", f"{job_filter!r} is not a job id")
     hub = request.app[HUB]
     response = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+            **access.stream_headers(request),
+        }
     )
     await response.prepare(request)
     queue = hub.subscribe()

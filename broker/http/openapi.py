@@ -33,17 +33,36 @@ ERRORS = {
     "400": _json(_ref("Error"), "A query or path parameter is invalid; `param` names it."),
 }
 NOT_FOUND = {"404": _json(_ref("Error"), "No such job.")}
-MUTATION_ERRORS = {
+UNAUTHORIZED = {
     "401": {
         **_json(
             _ref("Error"),
-            "A token is configured (JOBQ_HTTP_TOKEN) and the request has no `Authorization: Bearer` header.",
+            "A token is configured (JOBQ_HTTP_TOKEN) and the request has no `Authorization: Bearer` "
+            "header (`error`: `unauthorized`) or the wrong token (`invalid_token`).",
         ),
         "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
     },
-    "403": _json(_ref("Error"), "Wrong token, or a cross-origin request."),
+}
+MUTATION_ERRORS = {
+    "403": _json(_ref("Error"), "A cross-origin request from an origin not in JOBQ_HTTP_CORS_ORIGINS."),
     "409": _json(_ref("Error"), "The job is not in a state that allows this."),
 }
+OPEN = ("/", "/static/{name}", "/healthz", "/readyz")
+"""Paths served without the token (``access.OPEN_ROUTES``); /metrics only with JOBQ_HTTP_METRICS_OPEN."""
+SECURED: list[Json] = [{"bearer": []}, {}]
+"""The bearer token when one is configured (``{}``: none is when none is)."""
+
+
+def _secure(paths: Json) -> Json:
+    """Mark every operation but the open ones as needing the token, with its 401."""
+    for path, ops in paths.items():
+        for op in ops.values():
+            if path in OPEN:
+                op["security"] = []
+            else:
+                op["security"] = SECURED
+                op["responses"] = {**op["responses"], **UNAUTHORIZED}
+    return paths
 
 
 def _query(name: str, schema: Json, description: str) -> Json:
@@ -196,7 +215,6 @@ def document() -> Json:
                 "summary": "Request cancellation (the leader stops the attempt)",
                 "tags": ["jobs"],
                 "parameters": [JOB_ID_PARAM],
-                "security": [{"bearer": []}, {}],
                 "responses": {
                     "202": _json(_ref("JobAccepted"), "Cancellation recorded"),
                     **ERRORS,
@@ -272,7 +290,6 @@ def document() -> Json:
                 "summary": "Re-drive a dead job with fresh retry budgets",
                 "tags": ["dead letters"],
                 "parameters": [JOB_ID_PARAM],
-                "security": [{"bearer": []}, {}],
                 "responses": {
                     "202": _json(_ref("JobAccepted"), "Queued again"),
                     **ERRORS,
@@ -318,13 +335,22 @@ def document() -> Json:
             "title": "jobq dispatcher API",
             "version": str(contract.CONTRACT_VERSION),
             "description": "Jobs, nodes, queues, dead letters and live events of a jobq "
-            "dispatcher. Mutations need `Authorization: Bearer <JOBQ_HTTP_TOKEN>` "
-            "when a token is configured.",
+            "dispatcher. When a token is configured (JOBQ_HTTP_TOKEN), every route but the "
+            "probes and the dashboard page needs `Authorization: Bearer <token>` (/metrics too "
+            "unless JOBQ_HTTP_METRICS_OPEN); there is no query-parameter or cookie form. Other "
+            "origins may call it only when listed in JOBQ_HTTP_CORS_ORIGINS.",
         },
         "servers": [{"url": "/"}],
-        "paths": paths,
+        "paths": _secure(paths),
+        "security": SECURED,
         "components": {
             "schemas": _schemas(),
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "JOBQ_HTTP_TOKEN (or the file JOBQ_HTTP_TOKEN_FILE names)",
+                }
+            },
         },
     }

@@ -5,12 +5,14 @@ Routes (documented in ``/api/openapi.json``, see broker/http/openapi.py)::
     GET  /                        dashboard            GET  /api/nodes
     GET  /static/{name}           dashboard assets     GET  /api/queues
     GET  /metrics                 Prometheus           GET  /api/dead-letters
-    GET  /healthz  /readyz        probes               POST /api/dead-letters/{job_id}/retry
+    GET  /healthz  /readyz        probes (open)        POST /api/dead-letters/{job_id}/retry
                                                        GET  /api/dead-letters/{seq}/original
     GET  /api/jobs                                     GET  /api/events (server-sent events)
     GET  /api/jobs/{job_id}                            GET  /api/openapi.json
     GET  /api/jobs/{job_id}/log
     POST /api/jobs/{job_id}/cancel
+
+Who may call what (bearer token, cross-origin rules): broker/http/access.py.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from aiohttp import web
 from broker import metrics, settings
 from broker.dispatcher import reconcile
 from broker.dispatcher.service import Dispatcher
-from broker.http import api, dashboard, openapi, responses, streams
+from broker.http import access, api, dashboard, openapi, responses, streams
 from broker.http.keys import DISPATCHER, HUB, METRICS, SETTINGS
 from broker.http.params import query
 from broker.readmodel import backlog
@@ -127,7 +129,7 @@ def metrics_sources(dispatcher: Dispatcher) -> metrics.Sources:
 
 
 def make_app(dispatcher: Dispatcher, config: settings.HttpSettings) -> web.Application:
-    app = web.Application(middlewares=[json_errors])
+    app = web.Application(middlewares=[access.cors, json_errors, access.require_token])
     app[DISPATCHER] = dispatcher
     app[SETTINGS] = config
     observer = dispatcher.observer
@@ -166,6 +168,7 @@ def routes() -> list[tuple[str, str, Handler]]:
 @contextlib.asynccontextmanager
 async def serve(dispatcher: Dispatcher, config: settings.HttpSettings) -> AsyncIterator[str]:
     """Serve the app; yields the address as http://host:port/."""
+    access.describe(config)
     runner = web.AppRunner(make_app(dispatcher, config), access_log=None, shutdown_timeout=3)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)

@@ -49,7 +49,10 @@ async def test_dashboard_shows_jobs_and_node_loss(
             page.on("request", lambda r: requests.append(r.url))
             page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: problems.append(str(e)))
-            await page.goto(stack.http_url)
+            # The stack generated an API token; the link it prints carries it in the fragment.
+            assert stack.http_token
+            await page.goto(stack.dashboard_url)
+            assert await page.evaluate("location.hash") == ""  # taken out of the address bar
 
             # The nodes report, and the event stream is connected.
             await page.wait_for_function(
@@ -101,8 +104,11 @@ async def test_dashboard_shows_jobs_and_node_loss(
             await page.screenshot(path=str(output_dir / "dashboard.png"), full_page=True)
 
             # A job that failed: its last output lines are on the attempt, its output on demand.
-            failing = {"id": "ui-fails", "command": ["sh", "-c", "echo line-1; echo line-2; exit 3"],
-                       "retry": {"max_attempts": 1}}
+            failing = {
+                "id": "ui-fails",
+                "command": ["sh", "-c", "echo line-1; echo line-2; exit 3"],
+                "retry": {"max_attempts": 1},
+            }
             await client.submit(failing)
             assert (await client.wait(["ui-fails"], timeout=60))["ui-fails"].phase == contract.JobPhase.DEAD
             await page.evaluate("location.hash = '#/jobs/ui-fails'")
@@ -112,11 +118,13 @@ async def test_dashboard_shows_jobs_and_node_loss(
             await page.click("#attempts button[data-log='1']")
             await page.wait_for_function(
                 "document.getElementById('attempt-log-text').textContent === 'line-1\\nline-2\\n'",
-                timeout=8_000)
+                timeout=8_000,
+            )
             await page.screenshot(path=str(output_dir / "dashboard-failure.png"), full_page=True)
         finally:
             await context.close()
 
+    assert not [u for u in requests if stack.http_token in u], "the token went into a URL"
     foreign = [u for u in requests if urlsplit(u).netloc != origin and not u.startswith("data:")]
     assert not foreign, f"the dashboard requested other origins: {foreign}"
     assert not problems, problems

@@ -26,7 +26,8 @@ OPTIONS: dict[str, dict[str, str]] = {
     "bundled-nats-token-auth": {"nats.mode": "bundled", "nats.auth.tokenSecret.name": "nats-auth"},
     "external-nats-creds": {"nats.auth.credsSecret.name": "nats-creds", "nats.replicas": "3"},
     "external-nats-user": {"nats.auth.userSecret.name": "nats-auth"},
-    "http-token": {"http.tokenSecret.name": "jobq-http"},
+    "http-token": {"http.tokenSecret.name": "jobq-http", "http.corsOrigins[0]": "https://ops.example.com"},
+    "http-token-metrics": {"http.tokenSecret.name": "jobq-http", "serviceMonitor.enabled": "true"},
     "service-monitor": {"serviceMonitor.enabled": "true"},
     "grafana-dashboard": {"grafanaDashboard.enabled": "true"},
     "network-policy": {"networkPolicy.enabled": "true"},
@@ -81,6 +82,7 @@ def test_lint_and_template(helm: Path, option: str) -> None:
             assert doc["metadata"].get("namespace"), (doc["kind"], doc["metadata"]["name"])
     # What the dispatcher is given parses as its settings.
     env = {k: v for k, v in dispatcher_env(docs).items() if isinstance(v, str)}
+    env.pop("JOBQ_HTTP_TOKEN_FILE", None)  # a path in the pod (test_http_token reads one)
     config = settings.Settings.from_env(env)
     assert config.backend.kind == "kubernetes"
     assert config.http.host == "0.0.0.0"
@@ -193,8 +195,33 @@ def test_nats_credentials(helm: Path) -> None:
     env = dispatcher_env(render(helm, OPTIONS["external-nats-user"]))
     assert env["JOBQ_NATS_USER"] == {"secretKeyRef": {"name": "nats-auth", "key": "user"}}
     assert env["JOBQ_NATS_PASSWORD"] == {"secretKeyRef": {"name": "nats-auth", "key": "password"}}
-    env = dispatcher_env(render(helm, OPTIONS["http-token"]))
-    assert env["JOBQ_HTTP_TOKEN"] == {"secretKeyRef": {"name": "jobq-http", "key": "token"}}
+
+
+def test_http_token(helm: Path, tmp_path: Path) -> None:
+    """The token Secret is a mounted file the dispatcher reads; the ServiceMonitor sends it."""
+    docs = render(helm, OPTIONS["http-token"])
+    env = dispatcher_env(docs)
+    assert "JOBQ_HTTP_TOKEN" not in env  # a file, not an environment variable
+    assert env["JOBQ_HTTP_TOKEN_FILE"] == "/etc/jobq/http/token"
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    [mount] = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "http-token"]
+    assert mount == {"name": "http-token", "mountPath": "/etc/jobq/http", "readOnly": True}
+    [volume] = [v for v in pod["volumes"] if v["name"] == "http-token"]
+    assert volume["secret"]["secretName"] == "jobq-http"
+    assert volume["secret"]["items"] == [{"key": "token", "path": "token"}]
+    (tmp_path / "token").write_text("s3cret\n")
+    env = {k: v for k, v in env.items() if isinstance(v, str)}
+    config = settings.Settings.from_env({**env, "JOBQ_HTTP_TOKEN_FILE": str(tmp_path / "token")})
+    assert config.http.token == "s3cret" and not config.http.metrics_open
+    assert config.http.cors_origins == ("https://ops.example.com",)
+    sm = one(render(helm, OPTIONS["http-token-metrics"]), "ServiceMonitor")
+    assert sm["spec"]["endpoints"][0]["authorization"] == {
+        "type": "Bearer",
+        "credentials": {"name": "jobq-http", "key": "token"},
+    }
+    open_metrics = render(helm, {**OPTIONS["http-token-metrics"], "http.metricsOpen": "true"})
+    assert "authorization" not in one(open_metrics, "ServiceMonitor")["spec"]["endpoints"][0]
+    assert dispatcher_env(open_metrics)["JOBQ_HTTP_METRICS_OPEN"] == "true"
 
 
 def test_grafana_dashboard_configmap_is_the_dashboard_file(helm: Path) -> None:
@@ -251,6 +278,7 @@ BAD_VALUES = [
     ({"backend.namespace": "Jobs_NS"}, "/backend/namespace"),
     ({"nats.bundled.replicas": "2"}, "/nats/bundled/replicas"),
     ({"http.port": "70000"}, "/http/port"),
+    ({"http.corsOrigins[0]": "*"}, "/http/corsOrigins/0"),
     ({"dispatcher.terminationGracePeriodSeconds": "5"}, "must be greater than dispatcher.shutdownGraceS"),
     ({"nats.auth.userSecret.name": "a", "nats.auth.tokenSecret.name": "b"}, "set only one of"),
     ({"nats.mode": "bundled", "nats.auth.credsSecret.name": "c"}, "operator (JWT) mode"),

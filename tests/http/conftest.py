@@ -1,4 +1,4 @@
-"""A stack whose dispatcher requires a bearer token for mutations."""
+"""A stack whose dispatcher requires a bearer token (every route but the probes and the page)."""
 
 from __future__ import annotations
 

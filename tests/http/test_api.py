@@ -64,7 +64,11 @@ async def _sse_until(
 
 async def test_api_routes(token_stack: Stack) -> None:
     stack, base = token_stack, token_stack.http_url
-    async with JobqClient(stack.nats_url) as client, aiohttp.ClientSession() as http:
+    async with (
+        JobqClient(stack.nats_url) as client,
+        aiohttp.ClientSession(headers=AUTH) as http,
+        aiohttp.ClientSession() as anon,
+    ):
         quick = [f"ok-{i}" for i in range(5)]
         for job_id in quick:
             await client.submit({"id": job_id, "task": "demo.sleep", "args": {"seconds": 0.1}})
@@ -164,13 +168,13 @@ async def test_api_routes(token_stack: Stack) -> None:
         await _error(http, "GET", f"{base}api/dead-letters?reason=gremlins", status=400, param="reason")
         await _error(http, "GET", f"{base}api/nodes?x=1", status=400, param="x")
 
-        # --- mutations need the token -----------------------------------------------------------
+        # --- mutations need the token (every class of route: tests/http/test_access.py) --------
         cancel = f"{base}api/jobs/long/cancel"
-        body = await _error(http, "POST", cancel, status=401)
+        body = await _error(anon, "POST", cancel, status=401)
         assert "Bearer" in body["message"]
-        async with http.post(cancel) as response:
+        async with anon.post(cancel) as response:
             assert response.headers["WWW-Authenticate"].startswith("Bearer")
-        await _error(http, "POST", cancel, status=403, headers={"Authorization": "Bearer wrong"})
+        await _error(http, "POST", cancel, status=401, headers={"Authorization": "Bearer wrong"})
         await _error(http, "POST", cancel, status=403, headers={**AUTH, "Origin": "http://evil.example"})
         await _error(http, "POST", f"{base}api/jobs/ghost/cancel", status=404, headers=AUTH)
         await _error(http, "POST", f"{base}api/jobs/ok-0/cancel", status=409, headers=AUTH)
@@ -181,7 +185,7 @@ async def test_api_routes(token_stack: Stack) -> None:
         assert record.phase == contract.JobPhase.CANCELLED
 
         retry = f"{base}api/dead-letters/doomed/retry"
-        await _error(http, "POST", retry, status=401)
+        await _error(anon, "POST", retry, status=401)
         await _error(http, "POST", f"{base}api/dead-letters/ok-1/retry", status=409, headers=AUTH)
         await _error(http, "POST", f"{base}api/dead-letters/ghost/retry", status=404, headers=AUTH)
 
@@ -221,7 +225,7 @@ async def test_api_routes(token_stack: Stack) -> None:
             base,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, "COLUMNS": "160"},
+            env={**os.environ, "COLUMNS": "160", "JOBQ_HTTP_TOKEN": TOKEN},
         )
         out, err = await asyncio.wait_for(proc.communicate(), 30)
         assert proc.returncode == 0, err.decode()

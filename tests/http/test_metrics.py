@@ -30,7 +30,7 @@ async def test_metrics_after_node_kill(stack: Stack, client: JobqClient) -> None
     assert all(r.phase == contract.JobPhase.SUCCEEDED for r in records.values())
     base = stack.http_url
 
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=stack.http_headers) as http:
         samples: Samples = {}
 
         async def settled() -> bool:

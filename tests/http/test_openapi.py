@@ -59,3 +59,25 @@ def test_issue_routes_are_all_there() -> None:
         "/api/openapi.json",
     }
     assert required <= {path for _, path in _routes()}
+
+
+def test_bearer_security_is_declared_where_the_token_is_checked() -> None:
+    from broker import settings
+    from broker.http import access
+
+    doc = openapi.document()
+    assert doc["components"]["securitySchemes"]["bearer"]["type"] == "http"
+    assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert doc["security"] == [{"bearer": []}, {}]
+    configured = settings.HttpSettings(token="t")
+    for path, ops in doc["paths"].items():
+        for op in ops.values():
+            if access.needs_token(path, configured):
+                assert op["security"] == [{"bearer": []}, {}], path
+                assert "WWW-Authenticate" in op["responses"]["401"]["headers"], path
+            else:
+                assert op["security"] == [], path
+                assert "401" not in op["responses"], path
+    assert not access.needs_token("/metrics", settings.HttpSettings(token="t", metrics_open=True))
+    assert access.needs_token("", configured)  # a path no route matches
+    assert {path for _, path in _documented()} >= access.OPEN_ROUTES

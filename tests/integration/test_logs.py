@@ -78,7 +78,7 @@ async def test_failed_output_in_status_logs_and_the_api(any_stack: Stack, any_cl
         assert unknown.stderr.strip() == "Error: no job no-such-job", unknown.stderr
 
     # The HTTP API answers the same chunks.
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=any_stack.http_headers) as http:
         async with http.get(f"{any_stack.http_url}api/jobs/{retried.id}/log?attempt=1&offset=2") as r:
             assert r.status == 200
             chunk = contract.LogChunk.model_validate(await r.json())

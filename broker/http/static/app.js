@@ -1,5 +1,10 @@
 // jobq dashboard: plain DOM + SVG, no dependencies. Data from the dispatcher's JSON API;
-// live updates from /api/events (server-sent events), with a slow poll as a safety net.
+// live updates from /api/events (server-sent events, read with fetch so that the request can
+// carry the token), with a slow poll as a safety net.
+// The API token (JOBQ_HTTP_TOKEN) lives in sessionStorage for this tab only: it comes from the
+// URL fragment (#token=..., which browsers never send to the server; `jobq up` prints such a
+// link) or from the form the page shows when the API answers 401. It is sent only as
+// `Authorization: Bearer`, never in a URL.
 "use strict";
 
 const STATES = ["queued", "running", "succeeded", "dead", "cancelled"];
@@ -10,7 +15,8 @@ const REASON_COLORS = ["#ef4444", "#f59e0b", "#3b82f6", "#8b5cf6", "#10b981", "#
 const SVGNS = "http://www.w3.org/2000/svg";
 const $ = (id) => document.getElementById(id);
 const reasonColor = {};
-const view = { jobId: null, refreshing: false, again: false, timer: null, logAttempt: null };
+const view = { jobId: null, refreshing: false, again: false, timer: null, logAttempt: null, stream: null };
+const TOKEN_KEY = "jobq-token";
 
 // --- helpers -----------------------------------------------------------------------------
 
@@ -57,10 +63,50 @@ function colorFor(reason) {
   return reasonColor[reason];
 }
 
+// --- the API token ----------------------------------------------------------------------
+
+function takeTokenFromFragment() {
+  const match = location.hash.match(/^#token=([^&]+)$/);
+  if (!match) return;
+  sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(match[1]));
+  history.replaceState(null, "", location.pathname + location.search);  // out of the address bar
+}
+
+function authHeaders() {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+function askForToken(body) {
+  const wrong = body && body.error === "invalid_token";
+  if (wrong) sessionStorage.removeItem(TOKEN_KEY);
+  $("token-msg").textContent = wrong
+    ? "That token was refused: it is not this dispatcher's API token. Enter the right one."
+    : "This dispatcher requires its API token (JOBQ_HTTP_TOKEN; `jobq up` keeps it in <data dir>/http-token).";
+  $("token-msg").className = wrong ? "error" : "muted";
+  const panel = $("auth");
+  if (panel.hidden) { panel.hidden = false; $("token-input").focus(); }
+  const live = $("live");
+  live.textContent = "locked"; live.className = "badge bad";
+}
+
+function useToken(event) {
+  event.preventDefault();
+  const given = $("token-input").value.trim();
+  if (!given) return;
+  sessionStorage.setItem(TOKEN_KEY, given);
+  $("token-input").value = "";
+  $("auth").hidden = true;
+  refresh();
+  connect();
+}
+
 async function api(path, options) {
-  const response = await fetch(path, options);
+  const opts = options || {};
+  const response = await fetch(path, { ...opts, headers: { ...(opts.headers || {}), ...authHeaders() } });
   const body = await response.json().catch(() => ({}));
   if (!response.ok) {
+    if (response.status === 401) askForToken(body);
     const error = new Error(body.message || `${response.status} ${response.statusText}`);
     error.status = response.status;
     throw error;
@@ -68,22 +114,21 @@ async function api(path, options) {
   return body;
 }
 
-async function mutate(path) {
-  const headers = {};
-  const token = sessionStorage.getItem("jobq-token");
-  if (token) headers.Authorization = `Bearer ${token}`;
-  try {
-    return await api(path, { method: "POST", headers });
-  } catch (error) {
-    if (error.status === 401 || error.status === 403) {
-      const given = window.prompt("This dispatcher requires its API token (JOBQ_HTTP_TOKEN):");
-      if (given) {
-        sessionStorage.setItem("jobq-token", given);
-        return api(path, { method: "POST", headers: { Authorization: `Bearer ${given}` } });
-      }
-    }
-    throw error;
+function mutate(path) { return api(path, { method: "POST" }); }
+
+async function download(path, name) {
+  const response = await fetch(path, { headers: authHeaders() });
+  if (!response.ok) {
+    const body = await response.json().catch(() => ({}));
+    if (response.status === 401) askForToken(body);
+    throw new Error(body.message || `${response.status} ${response.statusText}`);
   }
+  const url = URL.createObjectURL(await response.blob());
+  const link = el("a", { href: url, download: name });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 1000);
 }
 
 // --- rendering ---------------------------------------------------------------------------
@@ -197,7 +242,10 @@ function renderDead(data) {
       el("td", {}, d.job_id ? el("a", { href: `#/jobs/${d.job_id}` }, d.job_id) : "-"),
       el("td", {}, d.reason),
       el("td", { class: "msg" }, d.message, d.original ? " " : null, d.original
-        ? el("a", { href: `/api/dead-letters/${d.seq}/original`, download: "" }, `original (${d.size} B)`)
+        ? el("button", { type: "button", class: "link", "data-original": d.seq, onclick: async () => {
+          try { await download(`/api/dead-letters/${d.seq}/original`, `dead-letter-${d.seq}.bin`); }
+          catch (error) { window.alert(error.message); }
+        } }, `original (${d.size} B)`)
         : null),
       el("td", {}, time(d.at)),
       el("td", {}, button));
@@ -352,15 +400,46 @@ function schedule(delay = 250) {
 }
 
 function connect() {
+  if (view.stream) view.stream.abort();
+  const controller = new AbortController();
+  view.stream = controller;
   const live = $("live");
-  const source = new EventSource("/api/events");
-  source.onopen = () => { live.textContent = "live"; live.className = "badge ok"; schedule(0); };
-  source.onerror = () => { live.textContent = "reconnecting"; live.className = "badge warn"; };
-  source.addEventListener("job", () => schedule());
-  source.addEventListener("node", async () => {
-    try { renderNodes(await api("/api/nodes")); } catch (error) { schedule(); }
-  });
-  source.addEventListener("lagged", () => schedule());
+  const handlers = {
+    job: () => schedule(),
+    lagged: () => schedule(),
+    node: async () => { try { renderNodes(await api("/api/nodes")); } catch (error) { schedule(); } },
+  };
+  const retry = () => {
+    if (controller.signal.aborted) return;
+    live.textContent = "reconnecting"; live.className = "badge warn";
+    setTimeout(() => { if (view.stream === controller) connect(); }, 2000);
+  };
+  (async () => {
+    const response = await fetch("/api/events", { headers: authHeaders(), signal: controller.signal });
+    if (response.status === 401) {
+      askForToken(await response.json().catch(() => ({})));
+      return;  // the token form calls connect() again
+    }
+    if (!response.ok || !response.body) { retry(); return; }
+    live.textContent = "live"; live.className = "badge ok";
+    schedule(0);
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += value;
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {  // one server-sent event per blank line
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        const name = block.split("\n").find((line) => line.startsWith("event: "));
+        const handler = name && handlers[name.slice(7)];
+        if (handler) handler();
+      }
+    }
+    retry();
+  })().catch(retry);
 }
 
 function route() {
@@ -371,7 +450,10 @@ function route() {
   $("attempt-log").hidden = true;
 }
 
+takeTokenFromFragment();  // before anything reads location.hash
+
 document.addEventListener("DOMContentLoaded", () => {
+  $("token-form").addEventListener("submit", useToken);
   $("filter-state").addEventListener("change", () => schedule(0));
   $("filter-queue").addEventListener("change", () => schedule(0));
   $("detail-close").addEventListener("click", (e) => { e.preventDefault(); location.hash = ""; });
