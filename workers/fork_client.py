@@ -25,7 +25,7 @@ from pathlib import Path
 
 import structlog
 
-from workers import fork_server, pod_runtime
+from workers import fork_server, pod_env, pod_runtime
 
 log = structlog.get_logger("jobq.node")
 
@@ -140,8 +140,13 @@ class ForkServer:
         node: str,
         ready_timeout_s: float = 60.0,
         hello_timeout_s: float = 1.0,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self._python = python
+        self.env: Mapping[str, str] = dict(pod_env.node_env(os.environ) if env is None else env)
+        """The server's environment, by default this process's scrubbed base (``pod_env.node_env``):
+        a forked pod is a copy of the server's memory, so no secret may be in it; a forked pod's
+        ``os.environ`` is its own."""
         self._log_path = log_path
         self._node = node
         self._ready_timeout_s = ready_timeout_s
@@ -231,7 +236,7 @@ class ForkServer:
         try:
             self.process = await pod_runtime.spawn(
                 [self._python, "-m", "workers.fork_server", str(theirs.fileno())],
-                env=os.environ,
+                env=self.env,
                 log_path=self._log_path,
                 pass_fds=(theirs.fileno(),),
             )
@@ -270,14 +275,16 @@ class ForkServer:
         env: Mapping[str, str],
         log_path: Path,
         cwd: Path | None = None,
+        user: pod_env.PodUser | None = None,
     ) -> ForkedProcess:
-        """Fork a pod running ``python -m module argv...``; ForkUnavailable if it was not started
-        (then nothing runs), OSError if its log cannot be opened (as ``pod_runtime.spawn``).
+        """Fork a pod running ``python -m module argv...`` with exactly ``env`` in its
+        ``os.environ``, as ``user`` if given; ForkUnavailable if it was not started (then nothing
+        runs), OSError if its log cannot be opened (as ``pod_runtime.spawn``).
         Never waits for a server to become ready: the node must answer the create request."""
         if not self.ready or self._control is None:
             raise ForkUnavailable("no fork server is ready")
         control = self._control
-        handle = pod_runtime.open_log(log_path)
+        handle = pod_runtime.open_log(log_path, user=user)
         assert handle is not None
         ours, theirs = socket.socketpair()
         try:
@@ -293,6 +300,7 @@ class ForkServer:
             "argv": list(argv),
             "env": dict(env),
             "cwd": str(cwd) if cwd is not None else None,
+            "user": None if user is None else {"uid": user.uid, "gid": user.gid, "groups": list(user.groups)},
         }
         reader, writer = await asyncio.open_unix_connection(sock=ours)
         writer.write(json.dumps(request).encode() + b"\n")
@@ -346,18 +354,20 @@ async def start_pod(
     python: str,
     env: Mapping[str, str],
     log_path: Path,
+    user: pod_env.PodUser | None = None,
     **context: object,
 ) -> tuple[pod_runtime.PodProcess, int]:
-    """Start a pod, forked when it can be (``forkable``, a server ready), else as a plain
-    subprocess (``pod_runtime.spawn``; its OSError is a start error). Returns the process and
-    the bytes of resident memory it inherited (0 for a subprocess). ``context``: log keys."""
-    forking = forkable(command, python=python, pod_env=env, base_env=os.environ)
+    """Start a pod with exactly ``env`` as its environment (as ``user`` if given), forked when
+    it can be (``forkable``, a server ready), else as a plain subprocess (``pod_runtime.spawn``;
+    its OSError is a start error). Returns the process and the bytes of resident memory it
+    inherited (0 for a subprocess). ``context``: log keys."""
+    forking = None if forks is None else forkable(command, python=python, pod_env=env, base_env=forks.env)
     if forks is not None and forking is not None:
         try:
             module, argv = forking
-            forked = await forks.spawn(module, argv=argv, env=env, log_path=log_path)
+            forked = await forks.spawn(module, argv=argv, env=env, log_path=log_path, user=user)
         except ForkUnavailable as exc:
             log.warning("pod_fork_fell_back", **context, reason="fork_unavailable", error=str(exc))
         else:
             return forked, forked.inherited_bytes
-    return await pod_runtime.spawn(command, env=env, log_path=log_path), 0
+    return await pod_runtime.spawn(command, env=env, log_path=log_path, user=user), 0

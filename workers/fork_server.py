@@ -20,8 +20,10 @@ pods already started. The pod then talks to the agent alone, over the connection
    waits for ``go``; end of file instead means the agent did not take it: it exits without
    running anything;
 3. it becomes what ``python -m <module> <argv>`` would be: stdout and stderr on the log, stdin
-   on /dev/null, every other descriptor closed, default signal handling, the pod's environment in
-   ``os.environ``, random generators re-seeded, and runs the module as ``__main__``.
+   on /dev/null, every other descriptor closed, default signal handling, exactly the pod's
+   environment in ``os.environ`` (the server's own is only the node's scrubbed base,
+   ``workers.pod_env``), the pod's user if it has one (groups, gid, uid), random generators
+   re-seeded, and runs the module as ``__main__``.
 
 The design and its limits: docs/design/fork-server.md.
 """
@@ -65,6 +67,7 @@ MODULES = frozenset({"workers.runner"})
 READY = b"ready"
 GO = b"go\n"
 _PR_SET_PDEATHSIG = 1
+_PR_SET_DUMPABLE = 4
 _REQUEST_TIMEOUT_S = 30.0
 _REPARENT_TIMEOUT_S = 10.0
 
@@ -179,6 +182,18 @@ def _become(request: dict[str, Any], *, log_fd: int) -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
     os.environ.clear()
     os.environ.update({str(k): str(v) for k, v in dict(request["env"]).items()})
+    user = request.get("user")
+    if user:
+        os.setgroups([int(g) for g in user["groups"]])
+        os.setgid(int(user["gid"]))
+        os.setuid(int(user["uid"]))
+        if sys.platform.startswith("linux"):
+            # The credential change cleared the parent-death signal and made the process
+            # undumpable (its /proc files root's); exec would have reset both: so do we. Its
+            # memory is the server's, which holds only the node's scrubbed base environment.
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            libc.prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0)
     time.tzset()
     random.seed()
     numpy = sys.modules.get("numpy")

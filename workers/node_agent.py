@@ -12,7 +12,8 @@ running the attempt. Pod logs are served on
 SIGKILL of the agent takes its pods with it: that is a node dying. Task-runner pods are forked by
 the node's fork server (``workers.fork_client``; docs/design/fork-server.md) unless
 ``JOBQ_FORK_SERVER=0``; memory the fork server's preloaded modules give a forked pod at birth is not
-counted against its request.
+counted against its request. Pods get a scrubbed environment, a HOME of their own and, with
+``JOBQ_POD_USER``, another user (``workers.pod_env``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import dataclasses
 import datetime as dt
 import os
 import signal
-import sys
 import uuid
 from pathlib import Path
 
@@ -33,7 +33,8 @@ from nats.aio.msg import Msg
 from pydantic import ValidationError
 
 from broker import contract, fit, natsutil
-from workers import fork_client, pod_runtime
+from workers import fork_client, pod_env, pod_runtime
+from workers.agent_settings import AgentSettings as AgentSettings
 
 log = structlog.get_logger("jobq.node")
 
@@ -71,24 +72,6 @@ class _Pod:
             log_tail=self.log_tail,
             uid=self.uid,
         )
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class AgentSettings:
-    name: str
-    capacity: contract.Resources
-    interval_s: float = 1.0
-    """Seconds between heartbeats."""
-    grace_s: float = 2.0
-    """Seconds between SIGTERM and SIGKILL when a pod is deleted."""
-    work_dir: Path = Path(".jobq/nodes")
-    """Pod logs go to <work_dir>/<node>/<pod>.log."""
-    nats_url: str = contract.DEFAULT_NATS_URL
-    """Given to pods as JOBQ_NATS_URL."""
-    python: str = sys.executable
-    """Interpreter that runs built-in tasks (``python -m workers.runner``)."""
-    fork_server: bool = dataclasses.field(default_factory=fork_client.enabled_from_env)
-    """Fork task-runner pods from a pre-warmed fork server (JOBQ_FORK_SERVER, default on)."""
 
 
 def read_tail(path: Path) -> str:
@@ -130,6 +113,8 @@ class NodeAgent:
         self._forks: fork_client.ForkServer | None = None
         self._forks_stop = asyncio.Event()
         self._forks_task: asyncio.Task[None] | None = None
+        self._base_env = pod_env.node_env(os.environ, passthrough=settings.pod_env_passthrough)
+        """What every pod (and the fork server) gets from the agent's environment."""
 
     def _allocated(self) -> tuple[float, int, int]:
         active = [p.spec.resources for p in self._pods.values() if p.finished_at is None]
@@ -158,7 +143,8 @@ class NodeAgent:
         ]
         if self._s.fork_server and fork_client.become_subreaper():
             self._forks = fork_client.ForkServer(
-                python=self._s.python, log_path=self._log_path(".fork-server"), node=self._s.name)
+                python=self._s.python, log_path=self._log_path(".fork-server"), node=self._s.name,
+                env={**self._base_env, "HOME": str(self._s.node_dir / "home")})
             self._forks_task = asyncio.create_task(self._forks.run(self._forks_stop), name="fork-server")
         log.info(
             "node_started",
@@ -246,20 +232,16 @@ class NodeAgent:
                 await self._reply(msg, ok=False, error=f"insufficient resources on {self._s.name}")
                 return
             uid = str(uuid.uuid4())
-            env = {
-                **os.environ,
-                **spec.env,
-                contract.ENV_NODE: self._s.name,
-                contract.ENV_NATS_URL: spec.env.get(contract.ENV_NATS_URL, self._s.nats_url),
-                contract.ENV_POD: spec.name,
-                contract.ENV_POD_UID: uid,
-            }
-            log_path = self._log_path(spec.name)
+            log_path, user = self._log_path(spec.name), self._s.pod_user
             started_at = contract.utcnow()
             try:
+                env = pod_env.pod_env(
+                    self._base_env, spec.env, home=pod_env.make_home(self._home(spec.name), user),
+                    node_keys={contract.ENV_NODE: self._s.name, contract.ENV_POD: spec.name,
+                               contract.ENV_POD_UID: uid}, default_nats_url=self._s.nats_url)
                 process, inherited = await fork_client.start_pod(
                     pod_command(spec, python=self._s.python), forks=self._forks, python=self._s.python,
-                    env=env, log_path=log_path, pod=spec.name, job_id=spec.job_id,
+                    env=env, log_path=log_path, user=user, pod=spec.name, job_id=spec.job_id,
                     attempt=spec.attempt, node=self._s.name)
             except OSError as exc:
                 # Like a container runtime's StartError: the pod exists and failed, for good.
@@ -336,13 +318,17 @@ class NodeAgent:
         if pod is not None and pod.process is not None and pod.finished_at is None:
             pod.killed_for = "Killed"
             await pod_runtime.terminate(pod.process, grace_s=self._s.grace_s)
-        self._pods.pop(name, None)
+        if self._pods.pop(name, None) is not None:
+            pod_env.remove_home(self._home(name))
         log.info("pod_deleted", pod=name, node=self._s.name, found=pod is not None)
         await self._reply(msg, ok=True)
         self._changed.set()
 
     def _log_path(self, pod: str) -> Path:
-        return self._s.work_dir / self._s.name / f"{pod}.log"
+        return self._s.node_dir / f"{pod}.log"
+
+    def _home(self, pod: str) -> Path:
+        return self._s.node_dir / "home" / pod
 
     async def _on_log(self, msg: Msg) -> None:
         if not msg.reply:

@@ -27,7 +27,10 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from workers.pod_env import PodUser
 
 _PR_SET_PDEATHSIG = 1
 
@@ -83,11 +86,15 @@ class PodProcess(Protocol):
     async def wait(self) -> int: ...
 
 
-def open_log(log_path: Path | None) -> IO[bytes] | None:
+def open_log(log_path: Path | None, *, user: PodUser | None = None) -> IO[bytes] | None:
+    """The pod's log, for appending; owned by ``user`` (the pod's, when it runs as another)."""
     if log_path is None:
         return None
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    return log_path.open("ab")
+    handle = log_path.open("ab")
+    if user is not None:
+        os.fchown(handle.fileno(), user.uid, user.gid)
+    return handle
 
 
 async def spawn(
@@ -98,15 +105,18 @@ async def spawn(
     cwd: Path | None = None,
     die_with_parent: bool = True,
     pass_fds: Sequence[int] = (),
+    user: PodUser | None = None,
 ) -> asyncio.subprocess.Process:
     """Start ``command`` in a new session (process group = its pid), for the embedded node agent.
 
-    ``die_with_parent``: the kernel SIGKILLs it when this process dies. Without it the child
-    still dies with asyncio's transport if that is closed or collected while the child runs;
-    pods that must outlive their agent use ``spawn_detached``. ``pass_fds``: descriptors the
-    child keeps (all others are closed).
+    ``env`` is the child's whole environment (nothing is inherited). ``die_with_parent``: the
+    kernel SIGKILLs it when this process dies (set after the switch to ``user``, which would clear
+    it). Without it the child still dies with asyncio's transport if that is closed or collected
+    while the child runs; pods that must outlive their agent use ``spawn_detached``.
+    ``pass_fds``: descriptors the child keeps (all others are closed). ``user``: run as that user
+    (groups, gid, then uid are set in the child before exec; the log is made theirs).
     """
-    handle = open_log(log_path)
+    handle = open_log(log_path, user=user)
     try:
         return await asyncio.create_subprocess_exec(
             *command,
@@ -118,6 +128,9 @@ async def spawn(
             start_new_session=True,
             preexec_fn=_die_with_parent if die_with_parent else None,
             pass_fds=tuple(pass_fds),
+            user=user.uid if user is not None else None,
+            group=user.gid if user is not None else None,
+            extra_groups=list(user.groups) if user is not None else None,
         )
     finally:
         if handle is not None:

@@ -54,6 +54,7 @@ from broker.contract.base import (
 from broker.contract.credentials import (
     POD_NATS_CREDS_PATH,
     nats_auth_options,
+    public_url,
 )
 from broker.contract.dead_letters import (
     DeadLetter,
@@ -304,6 +305,7 @@ __all__ = [
     "parse_memory",
     "parse_submission",
     "pod_name",
+    "public_url",
     "result_key",
     "submission_queue",
     "submit_subject",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,3 +25,14 @@ def nats_auth_options(environ: Mapping[str, str]) -> dict[str, Any]:
     if environ.get(names.ENV_NATS_TOKEN):
         options["token"] = environ[names.ENV_NATS_TOKEN]
     return options
+
+
+def public_url(urls: str) -> str:
+    """NATS URL(s) without user and password: what may be handed to a pod (it brings its own
+    credentials, or none)."""
+    cleaned = []
+    for url in urls.split(","):
+        parts = urllib.parse.urlsplit(url.strip())
+        host = parts.netloc.rpartition("@")[2]
+        cleaned.append(urllib.parse.urlunsplit(parts._replace(netloc=host)))
+    return ",".join(cleaned)

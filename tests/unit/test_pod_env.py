@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import pwd
+from pathlib import Path
 
 import pytest
 
@@ -13,7 +16,8 @@ from broker.dispatcher.action import Action
 from broker.dispatcher.limits import Limits
 from broker.dispatcher.pod_spec import build as pod_spec
 from submitter.client import InvalidJob, JobqClient
-from workers import runner_settings
+from workers import pod_env, pod_runtime, runner_settings
+from workers.agent_settings import AgentSettings
 
 NOW = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
 LIMIT = contract.MAX_INLINE_ARGS_BYTES
@@ -161,3 +165,105 @@ def test_the_biggest_job_with_its_attempts_fits_one_kv_value() -> None:
 def test_a_record_that_fits_is_left_alone() -> None:
     small = record_with({"a": 1}).model_copy(update={"attempts": (_failed(1, "x"), _failed(2, "y"))})
     assert small.fitted() is small
+
+
+# --- the node's side: a scrubbed environment (workers.pod_env) -----------------------------------
+
+AGENT_ENV = {
+    "PATH": "/usr/bin:/bin",
+    "LANG": "C.UTF-8",
+    "LC_ALL": "C.UTF-8",
+    "TZ": "UTC",
+    "PYTHONPATH": "/src/jobq",
+    "HOME": "/root",
+    "JOBQ_TEST_SECRET": "s3cret",
+    "JOBQ_NATS_USER": "agent",
+    "JOBQ_NATS_PASSWORD": "hunter2",
+    "JOBQ_HTTP_TOKEN": "tok",
+    "AWS_SECRET_ACCESS_KEY": "aws",
+    "OMP_NUM_THREADS": "4",
+}
+
+
+def test_the_node_base_keeps_only_the_allow_list_and_the_pass_through() -> None:
+    assert pod_env.node_env(AGENT_ENV) == {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+                                           "TZ": "UTC", "PYTHONPATH": "/src/jobq"}
+    passed = pod_env.node_env(AGENT_ENV, passthrough=("OMP_NUM_THREADS", "NOT_SET"))
+    assert passed["OMP_NUM_THREADS"] == "4" and "NOT_SET" not in passed and "JOBQ_TEST_SECRET" not in passed
+
+
+def test_a_pods_environment_is_base_home_spec_then_node_keys(tmp_path: Path) -> None:
+    base = pod_env.node_env(AGENT_ENV)
+    spec = {contract.ENV_JOB_ID: "j1", "PATH": "/spec/bin", contract.ENV_NODE: "forged"}
+    env = pod_env.pod_env(base, spec, home=tmp_path, node_keys={contract.ENV_NODE: "n1"},
+                          default_nats_url="nats://agent:hunter2@10.0.0.1:4222,nats://10.0.0.2:4222")
+    assert env["PATH"] == "/spec/bin" and env[contract.ENV_NODE] == "n1" and env["HOME"] == str(tmp_path)
+    assert env[contract.ENV_NATS_URL] == "nats://10.0.0.1:4222,nats://10.0.0.2:4222"  # no agent password
+    assert not {"JOBQ_TEST_SECRET", "JOBQ_NATS_PASSWORD", "AWS_SECRET_ACCESS_KEY"} & set(env)
+    own = pod_env.pod_env(base, {contract.ENV_NATS_URL: "nats://pod:pw@h:1"}, home=tmp_path, node_keys={},
+                          default_nats_url="nats://agent:hunter2@h:1")
+    assert own[contract.ENV_NATS_URL] == "nats://pod:pw@h:1"  # the spec's own is the dispatcher's choice
+
+
+def test_pass_through_and_pod_user_settings() -> None:
+    assert pod_env.passthrough_from_env({pod_env.ENV_PASSTHROUGH: " A, B ,,"}) == ("A", "B")
+    with pytest.raises(pod_env.PodEnvError, match="JOBQ_POD_ENV_PASSTHROUGH"):
+        pod_env.passthrough_from_env({pod_env.ENV_PASSTHROUGH: "A=1"})
+    assert pod_env.user_from_env({}) is None
+    nobody = pod_env.PodUser.parse("nobody")
+    assert nobody.uid == pwd.getpwnam("nobody").pw_uid and nobody.name == "nobody"
+    assert pod_env.PodUser.parse("1234:5678") == pod_env.PodUser(uid=1234, gid=5678)
+    assert pod_env.PodUser.parse("1234").gid == 1234  # no passwd entry: the uid
+    for bad in ("no-such-user-jobq", "nobody:0", "1234:no-such-group-jobq"):
+        with pytest.raises(pod_env.PodEnvError, match="JOBQ_POD_USER"):
+            pod_env.PodUser.parse(bad)
+
+
+def test_a_pod_user_needs_a_root_agent(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(pod_env.ENV_POD_USER, "1234")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(pod_env.PodEnvError, match="only root can run pods as another user"):
+        AgentSettings(name="n", capacity=contract.Resources())
+    monkeypatch.delenv(pod_env.ENV_POD_USER)
+    assert AgentSettings(name="n", capacity=contract.Resources()).pod_user is None
+
+
+async def test_the_simulated_kubelet_gives_a_pod_only_its_containers_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As a real kubelet: the container's env (and the base), none of the kubelet's own."""
+    from kubernetes_asyncio import client as k8s
+
+    from workers import kubelet
+
+    monkeypatch.setenv("JOBQ_TEST_SECRET", "s3cret")
+    monkeypatch.setenv("JOBQ_TEST_SHARED", "shared")
+    monkeypatch.setenv(pod_env.ENV_PASSTHROUGH, "JOBQ_TEST_SHARED")
+    settings = kubelet.KubeletSettings(name="n", kubeconfig="", capacity=contract.Resources(),
+                                       work_dir=tmp_path)
+    api = k8s.ApiClient()
+    try:
+        pods = kubelet.Kubelet(api, settings).pods
+        script = "env; cut -d' ' -f1,5 /proc/$$/stat"
+        obj = {"metadata": {"name": "p", "namespace": "ns", "uid": "u1", "labels": {}},
+               "spec": {"containers": [{"name": "c", "command": ["sh", "-c", script],
+                                        "env": [{"name": "FROM_SPEC", "value": "1"}]}]}}
+        pod = pods._launch(obj, dt.datetime.now(dt.UTC))
+        assert pod.process is not None
+        assert pod_runtime.exit_code(await pod_runtime.wait_exit(pod.process)) == 0
+    finally:
+        await api.close()
+    lines = pod.log_path.read_text().splitlines()
+    env = dict(line.split("=", 1) for line in lines if "=" in line)
+    assert "JOBQ_TEST_SECRET" not in env and env["JOBQ_TEST_SHARED"] == "shared" and env["FROM_SPEC"] == "1"
+    assert env[contract.ENV_POD_UID] == "u1" and env["HOME"] == str(settings.node_dir / "home" / "u1")
+    assert int(lines[-1].split()[1]) == pod.pid, "the pod's own group, led by its wrapper"
+
+
+def test_pods_are_never_handed_the_dispatchers_nats_credentials() -> None:
+    from broker import contract, settings
+    from broker.dispatcher.limits import Limits
+
+    config = settings.Settings.from_env({"JOBQ_NATS_URL": "nats://disp:s3cret@a:4222,tls://u:p@b:4223"})
+    assert Limits.from_settings(config).nats_url == "nats://a:4222,tls://b:4223"
+    assert contract.public_url("nats://127.0.0.1:4222") == "nats://127.0.0.1:4222"

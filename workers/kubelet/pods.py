@@ -17,7 +17,7 @@ from kubernetes_asyncio import client as k8s
 
 from broker import contract, k8swatch
 from broker.k8sapi import ApiError, Obj, call
-from workers import pod_runtime
+from workers import pod_env, pod_runtime
 from workers.kubelet.pod_state import LOST_MESSAGE, _env, _memory_limit, _Pod, terminated_status_body
 from workers.kubelet.settings import KubeletSettings
 from workers.kubelet.timestamps import _iso, now_iso
@@ -40,6 +40,8 @@ class PodManager:
         self._finishing: set[str] = set()
         """UIDs whose final delete is in flight."""
         self._tasks: set[asyncio.Task[None]] = set()
+        self._base_env = pod_env.node_env(os.environ, passthrough=pod_env.passthrough_from_env(os.environ))
+        """What a pod gets from the kubelet's environment (a container gets its image's instead)."""
 
     def load_records(self) -> None:
         """Read the pods an earlier incarnation of the agent recorded (to adopt or clean up)."""
@@ -102,6 +104,7 @@ class PodManager:
         if self._pods.get(pod.uid) is pod:
             del self._pods[pod.uid]
         pod_runtime.PodRecord.remove(self._s.pods_dir, pod.uid)
+        pod_env.remove_home(self._s.node_dir / "home" / pod.uid)
 
     def _gone(self, pod: _Pod) -> None:
         """The Pod object is gone (force-deleted, or deleted after it ended): kill and forget.
@@ -199,12 +202,13 @@ class PodManager:
         job_id = labels.get("jobq.dev/job-id", "")
         attempt = int(labels.get("jobq.dev/attempt", "0") or 0)
         command = tuple([*(container.get("command") or []), *(container.get("args") or [])])
-        env = {**os.environ, **_env(container, obj, self._s.name), contract.ENV_NODE: self._s.name,
-               # The Pod object's uid, as the downward API gives it (metadata.uid): the writer
-               # identity the runner stamps on results, which the dispatcher checks.
-               contract.ENV_POD: meta["name"], contract.ENV_POD_UID: meta["uid"]}
-        if self._s.nats_url:
-            env.setdefault(contract.ENV_NATS_URL, self._s.nats_url)
+        # Only the container's env (none of the kubelet's); the Pod object's uid as the downward
+        # API gives it (metadata.uid): the writer identity the runner stamps on its results.
+        env = pod_env.pod_env(
+            self._base_env, _env(container, obj, self._s.name),
+            home=pod_env.make_home(self._s.node_dir / "home" / meta["uid"], None),
+            node_keys={contract.ENV_NODE: self._s.name, contract.ENV_POD: meta["name"],
+                       contract.ENV_POD_UID: meta["uid"]}, default_nats_url=self._s.nats_url)
         argv = pod_command(contract.PodSpec(name=meta["name"], job_id=job_id or meta["name"], attempt=attempt,
                                             queue="", command=command), python=self._s.python)
         if not argv:
