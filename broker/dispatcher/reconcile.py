@@ -145,6 +145,9 @@ class Reconciler:
             self._create_outcomes.pop(job_id, None)
         lost = frozenset(p.name for p in seen.pods if not p.node_ready)
         requeue = await self._apply(record, revision, action, force_delete=lost)
+        grace = self._beat_grace_left(job_id, pods, seen.pods)
+        if grace is not None and (requeue is None or grace < requeue):
+            requeue = grace
         self.waiting.track(action.record or record, action, timed=requeue is not None)
         current = (action.record or record).current
         if action.summary not in ("noop", "watching", "backoff") and (
@@ -157,6 +160,20 @@ class Reconciler:
                      requeue_after_s=requeue,
                      duration_ms=round((time.perf_counter() - started) * 1000, 1))
         return requeue
+
+    def _beat_grace_left(self, job_id: str, pods: tuple[base.PodState, ...],
+                         judged: tuple[base.PodState, ...]) -> float | None:
+        """Seconds until a pod whose node the backend calls lost stops being kept by its own
+        heartbeats (node_health rule 1), if any is: the pass that can judge it lost must come
+        then, not at the next routine look (docs/design/node-loss.md)."""
+        kept = {p.name for p in judged if p.node_ready}
+        left = [
+            self._heartbeats.silence_s - (self._clock() - last).total_seconds()
+            for p in pods
+            if not p.node_ready and p.name in kept
+            and (last := self._heartbeats.last(job_id, p.attempt)) is not None
+        ]
+        return max(0.05, min(left) + 0.05) if left else None
 
     def _create_outcome(self, job_id: str, revision: int) -> CreateOutcome | None:
         """The refusal of this job's last pod create, if the record is still as it was then."""
