@@ -34,6 +34,8 @@ EXIT_UNREACHABLE = 4
 """NATS (or the dispatcher, or its HTTP API) cannot be reached or did not answer in time."""
 EXIT_TIMEOUT = 5
 """``--wait --timeout`` ran out before the job finished; the job goes on."""
+EXIT_REFUSED = 6
+"""The dispatcher refused the job (JOBQ_QUEUE_POLICY, or invalid): a dead letter, no record."""
 
 
 class CliError(click.ClickException):
@@ -66,6 +68,8 @@ def cli_error(exc: Exception) -> CliError:
         return CliError(f"{exc.format_message()} (see '{where} --help')", EXIT_USAGE)
     if isinstance(exc, click.ClickException):
         return CliError(exc.format_message(), exc.exit_code)
+    if isinstance(exc, client.JobRefused):
+        return CliError(exc.describe(), EXIT_REFUSED)
     if isinstance(exc, client.JobNotFound):
         return CliError(str(exc), EXIT_NOT_FOUND)
     if isinstance(exc, client.WaitTimeout):

@@ -29,7 +29,7 @@ from nats.js import JetStreamContext
 from broker import contract, natsutil
 from broker.readmodel import deadletters
 from broker.readmodel import events as event_log
-from submitter import specs
+from submitter import refusals, specs
 from submitter.errors import (
     ArtifactNotFound,
     DispatcherUnavailable,
@@ -37,6 +37,7 @@ from submitter.errors import (
     JobFailed,
     JobNotFound,
     JobqError,
+    JobRefused,
     LogUnavailable,
     OutputRejected,
     WaitTimeout,
@@ -52,6 +53,7 @@ __all__ = [
     "JobFailed",
     "JobHandle",
     "JobNotFound",
+    "JobRefused",
     "JobqClient",
     "JobqError",
     "LogUnavailable",
@@ -147,17 +149,31 @@ class JobqClient:
         timeout: float | None = None,
         on_update: Callable[[contract.JobRecord], None] | None = None,
     ) -> dict[str, contract.JobRecord]:
-        """Wait until every job is finished; one KV watch serves any number of jobs."""
+        """Wait until every job is finished and return their final records; one KV watch serves
+        any number of jobs. Raises WaitTimeout (``pending``: the unfinished ids) after
+        ``timeout`` seconds.
+
+        A job the dispatcher's intake refused (a dead letter, reason ``refused`` or ``invalid``,
+        and no record) ends the wait at once: JobRefused for the first one seen, its ``done``
+        the records of the other jobs finished by then, ``pending`` the others (they go on).
+        How that costs a recorded job nothing: ``submitter/refusals.py``."""
         pending = set(job_ids)
         done: dict[str, contract.JobRecord] = {}
+        recorded: set[str] = set()
+        refused = refusals.Watch(self.nc, self.js, pending=pending, recorded=recorded, done=done,
+                                 get=self.get)
 
         async def follow() -> None:
             kv = await self._jobs()
             watcher = await kv.watchall()
             try:
                 async for entry in watcher:
-                    if entry is None or not entry.value or entry.key not in pending:
+                    if entry is None:  # the bucket is read: from here on, only changes
+                        refused.read.set()
                         continue
+                    if not entry.value or entry.key not in pending:
+                        continue
+                    recorded.add(entry.key)
                     record = contract.JobRecord.model_validate_json(entry.value)
                     if on_update is not None:
                         on_update(record)
@@ -170,18 +186,32 @@ class JobqClient:
                 with contextlib.suppress(Exception):
                     await watcher.stop()
 
-        if pending:
-            try:
-                await asyncio.wait_for(follow(), timeout)
-            except TimeoutError:
-                if len(pending) == 1:
-                    (only,) = pending
-                    message = f"job {only} not finished after {timeout:g}s; it goes on (jobq status {only})"
-                else:
-                    names = ", ".join(sorted(pending)[:5]) + (", ..." if len(pending) > 5 else "")
-                    message = f"{len(pending)} jobs not finished after {timeout:g}s; they go on: {names}"
-                raise WaitTimeout(message, pending=pending) from None
+        if not pending:
+            return done
+        await refused.start()
+        try:
+            await asyncio.wait_for(refusals.first_of(follow(), refused.judge()), timeout)
+        except TimeoutError:
+            if len(pending) == 1:
+                (only,) = pending
+                message = f"job {only} not finished after {timeout:g}s; it goes on (jobq status {only})"
+            else:
+                names = ", ".join(sorted(pending)[:5]) + (", ..." if len(pending) > 5 else "")
+                message = f"{len(pending)} jobs not finished after {timeout:g}s; they go on: {names}"
+            raise WaitTimeout(message, pending=pending) from None
+        finally:
+            with contextlib.suppress(Exception):
+                await refused.stop()
         return done
+
+    async def refusal(self, job_id: str, *, limit: int = refusals.STATUS_LOOKBACK) -> JobRefused | None:
+        """Why a job without a record has none: the intake's refusal letter naming it (among the
+        newest ``limit`` dead letters), as the JobRefused to raise; None if the job has a record
+        or no such letter is found. ``get()`` stays one KV read: call this when it says None."""
+        found = (await refusals.find(self.js, {job_id}, limit=limit)).get(job_id)
+        if found is None or await self.get(job_id) is not None:
+            return None
+        return JobRefused(found.letter, seq=found.seq)
 
     async def result_of(self, record: contract.JobRecord) -> contract.TaskResult:
         """The accepted result of a finished job: the one its record's ``result_attempt`` names,
@@ -366,3 +396,4 @@ class JobqClient:
         except nats.js.errors.KeyWrongLastSequenceError:
             raise JobqError(f"job {job_id} changed meanwhile; try again") from None
         return revived
+

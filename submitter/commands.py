@@ -29,6 +29,11 @@ def _record_line(record: contract.JobRecord) -> str:
     return f"{record.spec.id:<26} {record.phase.value:<10} {record.spec.queue:<10} {where:<12} {task}{reason}"
 
 
+async def _unknown(client: JobqClient, job_id: str, message: str) -> Exception:
+    """What to raise for an id without a record: its refusal (exit 6) if a dead letter names it."""
+    return await client.refusal(job_id) or JobNotFound(message)
+
+
 def attempt_lines(record: contract.JobRecord) -> list[str]:
     """`jobq status` lines of each attempt: outcome, a failed one's last output, why one waits."""
     lines = []
@@ -96,8 +101,9 @@ def register(cli: click.Group) -> None:
     ) -> None:
         """Submit one job; prints its id (or, with --wait, its result).
 
-        With --wait it exits 1 if the job ends dead or cancelled, and 5 if --timeout runs out
-        first (the job goes on; follow it with `jobq status ID`)."""
+        With --wait it exits 1 if the job ends dead or cancelled, 6 as soon as the dispatcher
+        refuses it (JOBQ_QUEUE_POLICY, or invalid: no record, a dead letter saying why), and 5 if
+        --timeout runs out first (the job goes on; follow it with `jobq status ID`)."""
         _check_wait(wait, timeout, hint=" (each attempt's deadline is --attempt-timeout)")
         args = _json_arg(args_json, option="--args")
         fields: dict[str, Any] = {"queue": queue, "args": args, "priority": priority}
@@ -137,7 +143,7 @@ def register(cli: click.Group) -> None:
                     return
                 if sys.stderr.isatty():  # chatter for people; scripts get one line, and only on error
                     click.echo(f"submitted {handle.id}; waiting", err=True)
-                result = await handle.result(timeout=timeout)  # JobFailed, WaitTimeout: see clibase.py
+                result = await handle.result(timeout=timeout)  # JobFailed, JobRefused, WaitTimeout: clibase
                 _echo_json(result.model_dump(mode="json"))
 
         clibase.run(go())
@@ -147,13 +153,17 @@ def register(cli: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="Print the whole record as JSON.")
     @clibase.nats_option
     def status(job_id: str, as_json: bool, nats_url: str | None) -> None:
-        """Show a job: phase, attempts with node, state and failure reason."""
+        """Show a job: phase, attempts with node, state and failure reason.
+
+        Exits 3 if there is no such job, 6 if the dispatcher refused it (it has no record; the
+        error names its dead letter)."""
 
         async def go() -> None:
             async with JobqClient(clibase.resolve_nats(nats_url)) as client:
                 record = await client.get(job_id)
-            if record is None:
-                raise JobNotFound(f"no job {job_id} (not submitted, or not accepted yet)")
+                if record is None:
+                    why = f"no job {job_id} (not submitted, or not accepted yet)"
+                    raise await _unknown(client, job_id, why)
             if as_json:
                 _echo_json(record.model_dump(mode="json"))
                 return
@@ -229,15 +239,15 @@ def register(cli: click.Group) -> None:
     def result(job_id: str, wait: bool, timeout: float | None, nats_url: str | None) -> None:
         """Print a finished job's accepted result as JSON.
 
-        Exits 1 if the job ended dead or cancelled, 3 if there is no such job, and with --wait 5
-        if --timeout runs out first (the job goes on)."""
+        Exits 1 if the job ended dead or cancelled, 3 if there is no such job, 6 if the dispatcher
+        refused it, and with --wait 5 if --timeout runs out first (the job goes on)."""
         _check_wait(wait, timeout)
 
         async def go() -> None:
             async with JobqClient(clibase.resolve_nats(nats_url)) as client:
                 record = await client.get(job_id)
                 if record is None:
-                    raise JobNotFound(f"no job {job_id}")
+                    raise await _unknown(client, job_id, f"no job {job_id}")
                 if not record.phase.is_terminal:
                     if not wait:
                         raise click.ClickException(f"job {job_id} is {record.phase}; use --wait")
