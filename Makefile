@@ -33,7 +33,11 @@ test: setup lint typecheck
 # Job vs jobq (~10 min, docs/kubernetes.md), then recovery over many jobs on the embedded stack,
 # then what fsyncing every JetStream write costs (~2 min, docs/configuration.md#nats-fsync), then
 # issue 14's figures (docs/performance.md): intake against a bare loop (~2 min), dispatcher CPU
-# with a backlog (<= 5 min), submit -> running latency idle and behind a backlog (~2 min).
+# with a backlog (<= 5 min), submit -> running latency idle and behind a backlog (~2 min), pod
+# start through the fork server against plain subprocesses (~1 min), then
+# Kubernetes dispatch on 200 kwok nodes, jobq vs Jobs vs a bare create loop (~10 min), and the
+# scale run on 1,000 kwok nodes (7-14 min); kwok and etcd 3.6 are built once from their Go
+# modules (~2.5 and ~1 min; docs/performance.md says why the kwok benches need that etcd).
 bench: setup
 	$(BIN)/python -m bench.k8s_recovery
 	$(BIN)/python bench/recovery.py
@@ -41,6 +45,9 @@ bench: setup
 	$(BIN)/python -m bench.intake
 	$(BIN)/python -m bench.backlog
 	$(BIN)/python -m bench.latency
+	$(BIN)/python -m bench.pod_start
+	$(BIN)/python -m bench.k8s_dispatch
+	$(BIN)/python -m bench.k8s_scale
 
 clean:
 	rm -rf .jobq $(VENV)

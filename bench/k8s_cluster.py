@@ -1,11 +1,14 @@
-"""The machines of ``bench.k8s_recovery``: a control plane with simulated kubelets, and a threaded
-observer of what its API server says (Pods, Nodes, Leases), each change stamped on arrival."""
+"""The machines of the Kubernetes benches: a control plane with simulated kubelets
+(``bench.k8s_recovery``) or with hundreds of kwok nodes (``bench.k8s_dispatch``,
+``bench.k8s_scale``), and a threaded observer of what its API server says (Pods, Nodes, Leases),
+each change stamped on arrival."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
 import json
+import os
 import ssl
 import subprocess
 import sys
@@ -16,8 +19,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from devcluster import nodes, probe
-from devcluster.build import find_kubectl
+from devcluster import kwok, nodes, probe
+from devcluster.build import ensure_binaries, ensure_go_etcd, find_kubectl
 from devcluster.controlplane import ControlPlane, ControlPlaneConfig
 
 NODE_COUNT = 10
@@ -161,6 +164,28 @@ class ApiWatch:
             renewed = self.renewed.get(node)
         return None if renewed is None else round(at - renewed, 2)
 
+    def running_in(self, namespace: str) -> tuple[int, float | None]:
+        """How many pods of ``namespace`` have been seen Running, and when the last of them was."""
+        with self._lock:
+            times = [p.running_seen for p in self.pods.values()
+                     if p.namespace == namespace and p.running_seen is not None]
+        return len(times), max(times, default=None)
+
+    def running_labels_in(self, namespace: str, label: str) -> set[str]:
+        """The distinct values of ``label`` among the pods of ``namespace`` seen Running."""
+        with self._lock:
+            return {p.labels.get(label, "") for p in self.pods.values()
+                    if p.namespace == namespace and p.running_seen is not None}
+
+    def pods_in(self, namespace: str) -> list[PodSeen]:
+        with self._lock:
+            return [dataclasses.replace(p) for p in self.pods.values() if p.namespace == namespace]
+
+    def live_in(self, namespace: str) -> int:
+        """Pods of ``namespace`` that exist now (seen, not deleted)."""
+        with self._lock:
+            return sum(1 for p in self.pods.values() if p.namespace == namespace and p.deleted_seen is None)
+
     def snapshot(self) -> tuple[list[PodSeen], dict[str, str], dict[str, list[float]], dict[str, float]]:
         with self._lock:
             return ([dataclasses.replace(p) for p in self.pods.values()], dict(self.node_ready),
@@ -221,3 +246,87 @@ class Cluster:
             nodes.stop_all(self.state_dir, timeout=3)
         finally:
             self.plane.stop(timeout=5)
+
+
+class KwokCluster:
+    """A control plane (stock settings) plus ``node_count`` fake nodes kept Ready by one kwok
+    process (kwok's default stages: pods go Running once bound; pods owned by a Job are completed
+    only if ``complete_job_pods``). Nodes are ``kwok.node_manifest``: ``node_cpu`` CPUs, 256Gi,
+    ``max_pods`` pods each, every one its own zone."""
+
+    def __init__(self, state_dir: Path, *, node_count: int, node_cpu: str = "32", max_pods: int = 110,
+                 complete_job_pods: bool = False) -> None:
+        self.state_dir = state_dir.resolve()
+        self.plane: ControlPlane | None = None
+        self.node_count = node_count
+        self.node_cpu = node_cpu
+        self.max_pods = max_pods
+        self.complete_job_pods = complete_job_pods
+        self.kwok_proc: subprocess.Popen[bytes] | None = None
+        self.watch: ApiWatch | None = None
+        self.server = ""
+        self.tls: ssl.SSLContext | None = None
+
+    def start(self) -> None:
+        started = time.monotonic()
+        binary = kwok.ensure_kwok(progress=say)
+        binaries = ensure_binaries(progress=say)
+        if not os.environ.get("JOBQ_ETCD"):  # see build.ETCD_VERSION: kwok needs a newer etcd
+            binaries = dataclasses.replace(binaries, etcd=ensure_go_etcd(progress=say))
+        self.plane = ControlPlane(ControlPlaneConfig(state_dir=self.state_dir, detached=False),
+                                  binaries=binaries, progress=say)
+        state = self.plane.start()
+        self.server = state.server
+        self.tls = probe.client_context(str(self.plane.pki.ca.cert), self.plane.pki.admin)
+        self.kwok_proc = kwok.start_kwok(self.kubeconfig, work_dir=self.state_dir / "kwok",
+                                         binary=binary, complete_job_pods=self.complete_job_pods)
+        self.watch = ApiWatch(self.server, self.tls)
+        self.watch.start()
+        for event in self.watch.synced.values():
+            event.wait(30)
+        names = list(kwok.node_names(self.node_count))
+        manifests = [kwok.node_manifest(n, cpu=self.node_cpu, pods=self.max_pods) for n in names]
+        for chunk in range(0, len(manifests), 250):
+            self.kubectl("create", "-f", "-", stdin=json.dumps(
+                {"apiVersion": "v1", "kind": "List", "items": manifests[chunk:chunk + 250]}))
+        deadline = time.monotonic() + 60 + self.node_count / 10
+        while True:
+            ready = sum(1 for n in names if self.watch.node_ready.get(n) == "True")
+            if ready == len(names):
+                break
+            if self.kwok_proc.poll() is not None:
+                raise RuntimeError(f"kwok exited with {self.kwok_proc.returncode}; see {self.state_dir}/kwok")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {ready}/{len(names)} kwok nodes Ready")
+            time.sleep(0.5)
+        say(f"control plane + kwok with {self.node_count} Ready nodes in {time.monotonic() - started:.1f}s "
+            f"(state in {self.state_dir})")
+
+    @property
+    def kubeconfig(self) -> Path:
+        assert self.plane is not None, "start() first"
+        return self.plane.kubeconfig
+
+    def kubectl(self, *args: str, stdin: str | None = None, timeout: float = 300) -> str:
+        out = subprocess.run([str(find_kubectl()), "--kubeconfig", str(self.kubeconfig), *args],
+                             input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
+        if out.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)}: {out.stderr.strip()[-2000:]}")
+        return out.stdout
+
+    def pids(self) -> dict[str, int]:
+        """Process ids of the control plane's components and kwok (for CPU accounting)."""
+        found = {c.name: c.pid for c in self.plane.status().components} if self.plane else {}
+        if self.kwok_proc is not None:
+            found["kwok"] = self.kwok_proc.pid
+        return found
+
+    def stop(self) -> None:
+        if self.watch is not None:
+            self.watch.stop()
+        try:
+            if self.kwok_proc is not None:
+                kwok.stop_kwok(self.kwok_proc)
+        finally:
+            if self.plane is not None:
+                self.plane.stop(timeout=5)

@@ -3,6 +3,11 @@
 Watches ask for bookmarks (so a reconnect resumes from a recent resourceVersion), re-list on
 410 Gone, and back off on 429/5xx and on broken connections. ``synced`` is set after the first
 successful list. Every change calls ``on_change(kind, old, new)`` (``new`` is None on delete).
+
+As client-go's informers do, objects pass through ``transform`` before they are cached (the
+backend drops what it never reads, such as ``managedFields``), and ``indexers`` keep secondary
+indexes (name -> function giving an object's index value, or None) so that the cache answers
+"the pods of job X" or "the pods on node Y" without scanning every object.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from broker.k8sapi import ApiError, Obj
 log = structlog.get_logger("jobq.backend.kubernetes")
 
 OnChange = Callable[[str, Obj | None, Obj | None], None]
+Transform = Callable[[Obj], Obj]
+IndexFn = Callable[[Obj], str | None]
 
 
 def key_of(obj: Obj) -> str:
@@ -29,9 +36,14 @@ def key_of(obj: Obj) -> str:
 
 class Informer:
     def __init__(self, kind: str, list_fn: k8swatch.ListFn, on_change: OnChange, *,
-                 watch_timeout_s: int = 240) -> None:
+                 watch_timeout_s: int = 240, transform: Transform | None = None,
+                 indexers: dict[str, IndexFn] | None = None) -> None:
         self.kind = kind
         self._on_change = on_change
+        self._transform = transform
+        self._indexers = dict(indexers or {})
+        self.indexes: dict[str, dict[str, set[str]]] = {name: {} for name in self._indexers}
+        """Index name -> index value -> keys of the cached objects with that value."""
         self._source = k8swatch.ListWatch(
             list_fn, timeout_s=watch_timeout_s,
             request_timeout=aiohttp.ClientTimeout(sock_connect=5, sock_read=watch_timeout_s + 30))
@@ -39,14 +51,39 @@ class Informer:
         self.synced = asyncio.Event()
         self.relists = 0
 
+    def by_index(self, name: str, value: str) -> list[Obj]:
+        """The cached objects whose index ``name`` has ``value``."""
+        keys = self.indexes[name].get(value)
+        return [self.items[k] for k in keys] if keys else []
+
+    def _reindex(self, key: str, old: Obj | None, new: Obj | None) -> None:
+        for name, index_fn in self._indexers.items():
+            before = index_fn(old) if old is not None else None
+            after = index_fn(new) if new is not None else None
+            if before == after:
+                continue
+            index = self.indexes[name]
+            if before is not None:
+                keys = index.get(before)
+                if keys is not None:
+                    keys.discard(key)
+                    if not keys:
+                        del index[before]
+            if after is not None:
+                index.setdefault(after, set()).add(key)
+
     def _apply(self, kind: str, obj: Obj) -> None:
         key = key_of(obj)
         old = self.items.get(key)
         if kind == "DELETED":
             self.items.pop(key, None)
+            self._reindex(key, old, None)
             self._on_change(self.kind, old, None)
         else:
+            if self._transform is not None:
+                obj = self._transform(obj)
             self.items[key] = obj
+            self._reindex(key, old, obj)
             self._on_change(self.kind, old, obj)
 
     def upsert(self, obj: Obj) -> None:

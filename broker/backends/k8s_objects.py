@@ -215,3 +215,55 @@ def pod_requests(pod: Obj) -> tuple[float, int]:
             except ValueError:
                 pass
     return cpu, memory
+
+
+POD_META_KEPT = ("name", "namespace", "uid", "resourceVersion", "labels", "deletionTimestamp")
+POD_CONDITIONS_KEPT = ("PodScheduled", "DisruptionTarget")
+
+
+def trim_pod(pod: Obj) -> Obj:
+    """What the backend keeps of a Pod in its cache: exactly what ``pod_state``,
+    ``pod_requests``, the indexes and the relist read (name, uid, resourceVersion, labels,
+    deletionTimestamp; node and the containers' requests; phase, reason, startTime, the
+    PodScheduled and DisruptionTarget conditions, the first container's state). A cached pod is
+    then about a sixth of the parsed object (managedFields, the full spec and status dropped)."""
+    meta = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    status = pod.get("status") or {}
+    kept_spec: Obj = {"containers": [
+        {"resources": {"requests": (c.get("resources") or {}).get("requests") or {}}}
+        for c in spec.get("containers") or []]}
+    if spec.get("nodeName"):
+        kept_spec["nodeName"] = spec["nodeName"]
+    kept_status: Obj = {k: status[k] for k in ("phase", "reason", "startTime") if k in status}
+    kept_conditions = [c for c in status.get("conditions") or [] if c.get("type") in POD_CONDITIONS_KEPT]
+    if kept_conditions:
+        kept_status["conditions"] = kept_conditions
+    first = next(iter(status.get("containerStatuses") or []), None)
+    if first is not None:
+        kept_status["containerStatuses"] = [{"state": first.get("state") or {}}]
+    return {"metadata": {k: meta[k] for k in POD_META_KEPT if k in meta}, "spec": kept_spec,
+            "status": kept_status}
+
+
+def trim_node(node: Obj) -> Obj:
+    """A Node without ``managedFields`` and the image list (large, never read)."""
+    meta = {k: v for k, v in node.get("metadata", {}).items() if k != "managedFields"}
+    status = {k: v for k, v in (node.get("status") or {}).items() if k != "images"}
+    return {**node, "metadata": meta, "status": status}
+
+
+def trim_meta(obj: Obj) -> Obj:
+    """Any object without ``managedFields`` (Leases)."""
+    meta = {k: v for k, v in obj.get("metadata", {}).items() if k != "managedFields"}
+    return {**obj, "metadata": meta}
+
+
+def job_of(pod: Obj) -> str | None:
+    """Index function: the job id label of a pod."""
+    return (pod["metadata"].get("labels") or {}).get(LABEL_JOB) or None
+
+
+def node_of(pod: Obj) -> str | None:
+    """Index function: the node a pod is bound to."""
+    return (pod.get("spec") or {}).get("nodeName") or None

@@ -64,6 +64,10 @@ class KubernetesBackend:
         self._lease_duration: dict[str, float] = {}
         self._ready: dict[str, bool] = {}
         self._not_ready_since: dict[str, dt.datetime] = {}
+        self._node_states: dict[str, base.NodeState] = {}
+        """Node -> its last computed state; rebuilt only for nodes marked dirty by a change."""
+        self._dirty_nodes: set[str] = set()
+        self._node_list: list[base.NodeState] | None = None
         self.pods: Informer | None = None
         self.nodes: Informer | None = None
         self.leases: Informer | None = None
@@ -86,10 +90,12 @@ class KubernetesBackend:
         self._core = core
         selector = f"{k8s_objects.LABEL_MANAGED}={k8s_objects.MANAGED_BY},{k8s_objects.LABEL_JOB}"
         self.pods = Informer("pod", functools.partial(core.list_namespaced_pod, self._ns,
-                                                       label_selector=selector), self._on_change)
-        self.nodes = Informer("node", core.list_node, self._on_change)
+                                                       label_selector=selector), self._on_change,
+                             transform=k8s_objects.trim_pod,
+                             indexers={"job": k8s_objects.job_of, "node": k8s_objects.node_of})
+        self.nodes = Informer("node", core.list_node, self._on_change, transform=k8s_objects.trim_node)
         self.leases = Informer("lease", functools.partial(coord.list_namespaced_lease, LEASE_NAMESPACE),
-                               self._on_change)
+                               self._on_change, transform=k8s_objects.trim_meta)
         for informer in (self.pods, self.nodes, self.leases):
             self._tasks.append(asyncio.create_task(informer.run(), name=f"k8s-informer-{informer.kind}"))
         self._tasks.append(asyncio.create_task(self._watch_liveness(), name="k8s-liveness"))
@@ -148,9 +154,13 @@ class KubernetesBackend:
         obj = new or old
         assert obj is not None
         if kind == "pod":
-            job_id = (obj["metadata"].get("labels") or {}).get(k8s_objects.LABEL_JOB)
+            job_id = k8s_objects.job_of(obj)
             if job_id:
                 self._wakeups.put_nowait(job_id)
+            for pod in (old, new):  # its node's allocation may have changed
+                node = k8s_objects.node_of(pod) if pod is not None else None
+                if node is not None:
+                    self._dirty(node)
         elif kind == "lease":
             node = obj["metadata"]["name"]
             renew = (new or {}).get("spec", {}).get("renewTime")
@@ -168,9 +178,15 @@ class KubernetesBackend:
                     age = max(0.0, (contract.utcnow() - at).total_seconds()) if at else 0.0
                     # A live stream delivers renewals as they happen; a (re)list may show an old one.
                     self._lease_seen[node] = self._clock() - (age if old is None else 0.0)
+            self._dirty(node)
             self._check_node(node)
         elif kind == "node":
+            self._dirty(obj["metadata"]["name"])
             self._check_node(obj["metadata"]["name"])
+
+    def _dirty(self, node: str) -> None:
+        self._dirty_nodes.add(node)
+        self._node_list = None
 
     def _lease_expired(self, node: str, now: float) -> float | None:
         """Seconds since the node's Lease was renewed, if that is past its own duration."""
@@ -209,6 +225,7 @@ class KubernetesBackend:
         if before == ready:
             return
         self._ready[node] = ready
+        self._dirty(node)
         if ready:
             self._not_ready_since.pop(node, None)
             if before is not None:
@@ -224,7 +241,7 @@ class KubernetesBackend:
 
     def _pods_on(self, node: str) -> list[Obj]:
         assert self.pods is not None
-        return [p for p in self.pods.items.values() if p.get("spec", {}).get("nodeName") == node]
+        return self.pods.by_index("node", node)
 
     async def _watch_liveness(self) -> None:
         while True:
@@ -247,33 +264,42 @@ class KubernetesBackend:
 
     async def list_pods(self, *, job_id: str | None = None) -> list[base.PodState]:
         assert self.pods is not None
+        pods = self.pods.items.values() if job_id is None else self.pods.by_index("job", job_id)
         out = []
-        for pod in self.pods.items.values():
-            labels = pod["metadata"].get("labels") or {}
-            if job_id is None or labels.get(k8s_objects.LABEL_JOB) == job_id:
-                node = pod.get("spec", {}).get("nodeName")
-                ready, why = self._node_verdict(node) if node else (True, "")
-                out.append(k8s_objects.pod_state(pod, node_ready=ready, node_why=why))
+        for pod in pods:
+            node = k8s_objects.node_of(pod)
+            ready, why = self._node_verdict(node) if node else (True, "")
+            out.append(k8s_objects.pod_state(pod, node_ready=ready, node_why=why))
         return out
 
     async def list_nodes(self) -> list[base.NodeState]:
+        """Every Node's state, sorted by name. Read on every pass over a queued job, so it is
+        served from a cache: only nodes that changed since (the Node, its Lease, a pod on it, or
+        our verdict on it) are recomputed, each from its own pods (the "node" index)."""
         assert self.nodes is not None
-        states = []
-        for obj in sorted(self.nodes.items.values(), key=lambda o: str(o["metadata"]["name"])):
-            name = obj["metadata"]["name"]
-            active = [p for p in self._pods_on(name)
-                      if (p.get("status") or {}).get("phase", "Pending") in ("Pending", "Running")]
-            cpu = sum(k8s_objects.pod_requests(p)[0] for p in active)
-            memory = sum(k8s_objects.pod_requests(p)[1] for p in active)
-            ready = k8s_objects.conditions(obj).get("Ready", {})
-            renew = self._lease_renew.get(name) or ready.get("lastHeartbeatTime")
-            verdict, why = self._node_verdict(name)
-            states.append(base.NodeState(
-                name=name, ready=verdict, not_ready_reason=why, capacity=k8s_objects.node_capacity(obj),
-                allocated_cpu=cpu, allocated_memory=memory, pods=len(active),
-                last_heartbeat=k8s_objects.parse_time(renew),
-                not_ready_since=self._not_ready_since.get(name)))
-        return states
+        if self._node_list is None:
+            for name in self._dirty_nodes:
+                obj = self.nodes.items.get(f"/{name}")
+                if obj is None:
+                    self._node_states.pop(name, None)
+                else:
+                    self._node_states[name] = self._node_state(name, obj)
+            self._dirty_nodes.clear()
+            self._node_list = [self._node_states[n] for n in sorted(self._node_states)]
+        return list(self._node_list)
+
+    def _node_state(self, name: str, obj: Obj) -> base.NodeState:
+        active = [p for p in self._pods_on(name)
+                  if (p.get("status") or {}).get("phase", "Pending") in ("Pending", "Running")]
+        requests = [k8s_objects.pod_requests(p) for p in active]
+        ready = k8s_objects.conditions(obj).get("Ready", {})
+        renew = self._lease_renew.get(name) or ready.get("lastHeartbeatTime")
+        verdict, why = self._node_verdict(name)
+        return base.NodeState(
+            name=name, ready=verdict, not_ready_reason=why, capacity=k8s_objects.node_capacity(obj),
+            allocated_cpu=sum(r[0] for r in requests), allocated_memory=sum(r[1] for r in requests),
+            pods=len(active), last_heartbeat=k8s_objects.parse_time(renew),
+            not_ready_since=self._not_ready_since.get(name))
 
     # --- acting -----------------------------------------------------------------------------
 
