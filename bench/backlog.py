@@ -23,13 +23,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import tempfile
 import time
 from pathlib import Path
 
-import aiohttp
-
+from bench import metrics_read
 from bench.full_node import WAITING, RecordWatch, start_full, submit_all
 from broker.embedded.natsserver import sync_always_from_env
 from broker.embedded.stack import Stack
@@ -47,16 +45,8 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def reconciles(stack: Stack) -> float | None:
-    try:
-        async with (
-            aiohttp.ClientSession(headers=stack.http_headers) as http,
-            http.get(f"{stack.http_url}metrics") as r,
-        ):
-            text = await r.text()
-    except aiohttp.ClientError:
-        return None
-    found = re.search(r"^jobq_reconciles_total ([0-9.e+]+)$", text, re.MULTILINE)
-    return float(found.group(1)) if found else None
+    text = await metrics_read.metrics_text(stack)
+    return None if text is None else metrics_read.sample(text, "jobq_reconciles_total")
 
 
 async def measure(stack: Stack, window: float) -> tuple[float, float | None]:

@@ -31,12 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
-import shutil
-import signal
-import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -45,41 +40,16 @@ from typing import Any
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 
+from bench import kwok_run
 from bench.full_node import submit_all
 from bench.k8s_cluster import KwokCluster, say
-from broker import contract, policy
+from broker import contract
 from broker.backends import k8s_objects
-from broker.embedded.stack import Stack, StackConfig
 from broker.k8sapi import ApiError, call
-from devcluster.build import ensure_binaries
 from submitter.client import JobqClient
 
 ROWS = ("bare", "job", "jobq")
 TITLES = {"bare": "bare pod-create loop (ceiling)", "job": "batch/v1 Job per job", "jobq": "jobq"}
-CPU = 0.1
-MEMORY = "64Mi"
-COMMAND = ("sleep", "3600")
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def rss_bytes(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 def pod_body(index: int, namespace: str) -> dict[str, Any]:
@@ -90,8 +60,8 @@ def pod_body(index: int, namespace: str) -> dict[str, Any]:
         job_id=job_id,
         attempt=1,
         queue="default",
-        command=COMMAND,
-        resources=contract.Resources(cpu=CPU, memory=MEMORY),
+        command=kwok_run.COMMAND,
+        resources=contract.Resources(cpu=kwok_run.CPU, memory=kwok_run.MEMORY),
     )
     return k8s_objects.pod_manifest(spec, namespace=namespace, image="jobq-task")
 
@@ -175,27 +145,6 @@ async def clean_namespace(
     return time.monotonic() - started
 
 
-class CpuMeter:
-    """CPU-seconds per process between ``start`` and ``stop``."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = dict(pids)
-        self.before = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
-        self.result: dict[str, float] | None = None
-
-    def add(self, name: str, pid: int) -> None:
-        self.pids[name] = pid
-        self.before[name] = cpu_seconds(pid)
-
-    def stop(self) -> dict[str, float]:
-        """The CPU-seconds so far; the first call fixes them (later calls return the same)."""
-        if self.result is None:
-            self.result = {
-                name: round(cpu_seconds(pid) - self.before[name], 1) for name, pid in self.pids.items()
-            }
-        return self.result
-
-
 async def wait_running(
     cluster: KwokCluster, namespace: str, count: int, *, started: float, timeout: float, what: str
 ) -> tuple[float | None, float | None]:
@@ -218,71 +167,48 @@ async def wait_running(
         await asyncio.sleep(0.25)
 
 
-async def run_bare(
-    cluster: KwokCluster, api: k8s.ApiClient, namespace: str, args: argparse.Namespace, meter: CpuMeter
-) -> dict[str, Any]:
-    core: Any = k8s.CoreV1Api(api)
-    started = time.time()
-    await create_all(
-        lambda i: core.create_namespaced_pod(namespace, pod_body(i, namespace), _preload_content=False),
-        args.jobs,
-        in_flight=args.in_flight,
-    )
-    submitted = time.time() - started
-    first, last = await wait_running(
-        cluster, namespace, args.jobs, started=started, timeout=args.timeout, what="bare"
-    )
-    return {"submitted_s": submitted, "first_s": first, "all_s": last}
-
-
-async def run_job(
-    cluster: KwokCluster, api: k8s.ApiClient, namespace: str, args: argparse.Namespace, meter: CpuMeter
-) -> dict[str, Any]:
+def creator(row: str, api: k8s.ApiClient, namespace: str) -> Callable[[int], Awaitable[Any]]:
+    """How a row other than ``jobq`` makes job ``i``: ``bare`` creates its pod, ``job`` a Job."""
+    if row == "bare":
+        core: Any = k8s.CoreV1Api(api)
+        return lambda i: core.create_namespaced_pod(namespace, pod_body(i, namespace), _preload_content=False)
     batch: Any = k8s.BatchV1Api(api)
+    return lambda i: batch.create_namespaced_job(namespace, job_body(i, namespace), _preload_content=False)
+
+
+async def run_creates(
+    cluster: KwokCluster, api: k8s.ApiClient, namespace: str, args: argparse.Namespace, *, row: str
+) -> dict[str, Any]:
+    """The ``bare`` and ``job`` rows: ``creator(row)`` for every job, ``--in-flight`` at once,
+    then wait for the pods to be Running."""
+    make = creator(row, api, namespace)
     started = time.time()
-    await create_all(
-        lambda i: batch.create_namespaced_job(namespace, job_body(i, namespace), _preload_content=False),
-        args.jobs,
-        in_flight=args.in_flight,
-    )
+    await create_all(make, args.jobs, in_flight=args.in_flight)
     submitted = time.time() - started
     first, last = await wait_running(
-        cluster, namespace, args.jobs, started=started, timeout=args.timeout, what="job"
+        cluster, namespace, args.jobs, started=started, timeout=args.timeout, what=row
     )
     return {"submitted_s": submitted, "first_s": first, "all_s": last}
-
-
-def jobq_env(cluster: KwokCluster, namespace: str) -> dict[str, str]:
-    return {
-        "JOBQ_BACKEND": "kubernetes",
-        "JOBQ_KUBECONFIG": str(cluster.kubeconfig),
-        "JOBQ_NAMESPACE": namespace,
-        "JOBQ_QUEUE_POLICY": policy.OPEN_ENV,  # the jobs are commands
-    }
 
 
 def jobq_specs(count: int) -> Iterable[dict[str, Any]]:
-    return ({"command": list(COMMAND), "resources": {"cpu": CPU, "memory": MEMORY}} for _ in range(count))
+    return (
+        {"command": list(kwok_run.COMMAND), "resources": {"cpu": kwok_run.CPU, "memory": kwok_run.MEMORY}}
+        for _ in range(count)
+    )
 
 
 async def run_jobq(
-    cluster: KwokCluster, api: k8s.ApiClient, namespace: str, args: argparse.Namespace, meter: CpuMeter
+    cluster: KwokCluster, namespace: str, args: argparse.Namespace, meter: kwok_run.CpuMeter
 ) -> dict[str, Any]:
-    config = StackConfig(
-        data_dir=args.work / "jobq-stack",
-        nodes=0,
-        nats_port=-1,
-        http_port=0,
-        env=jobq_env(cluster, namespace),
-    )
-    stack = Stack(config, progress=lambda line: say(f"jobq: stack: {line}"))
+    stack = kwok_run.jobq_stack(args.work, cluster, namespace, label="jobq: stack: ")
     try:
         await stack.start()
         dispatcher = stack.dispatchers[0].pid
         meter.add("dispatcher", dispatcher)
         if stack.nats is not None and stack.nats.process is not None:
             meter.add("nats-server", stack.nats.process.pid)
-        rss_before = rss_bytes(dispatcher)
+        rss_before = kwok_run.rss_bytes(dispatcher)
         async with JobqClient(stack.nats_url) as client:
             started = time.time()
             await submit_all(client, jobq_specs(args.jobs))
@@ -295,7 +221,10 @@ async def run_jobq(
             "submitted_s": submitted,
             "first_s": first,
             "all_s": last,
-            "dispatcher_rss_mib": [round(rss_before / 2**20, 1), round(rss_bytes(dispatcher) / 2**20, 1)],
+            "dispatcher_rss_mib": [
+                round(rss_before / 2**20, 1),
+                round(kwok_run.rss_bytes(dispatcher) / 2**20, 1),
+            ],
             "dispatcher_log": str(stack.logs / "dispatcher-0.log"),
         }
     finally:
@@ -311,10 +240,7 @@ def stage_lags(cluster: KwokCluster, namespace: str) -> dict[str, Any]:
         if not values:
             return None
         ordered = sorted(values)
-        return [
-            round(ordered[len(ordered) // 2], 2),
-            round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 2),
-        ]
+        return [round(ordered[len(ordered) // 2], 2), round(kwok_run.p99(ordered), 2)]
 
     return {
         "created_to_bound_s": q([p.bound_seen - p.first_seen for p in pods if p.bound_seen]),
@@ -322,9 +248,6 @@ def stage_lags(cluster: KwokCluster, namespace: str) -> dict[str, Any]:
             [p.running_seen - p.bound_seen for p in pods if p.running_seen and p.bound_seen]
         ),
     }
-
-
-RUNNERS = {"bare": run_bare, "job": run_job, "jobq": run_jobq}
 
 
 async def run_rows(cluster: KwokCluster, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -335,9 +258,12 @@ async def run_rows(cluster: KwokCluster, args: argparse.Namespace) -> list[dict[
             namespace = f"bench-{key}"
             await ensure_namespace(api, namespace)
             say(f"=== {key}: {TITLES[key]}: {args.jobs} jobs on {args.nodes} kwok nodes")
-            meter = CpuMeter(cluster.pids())
+            meter = kwok_run.CpuMeter(cluster.pids())
             load = os.getloadavg()[0]
-            result = await RUNNERS[key](cluster, api, namespace, args, meter)
+            if key == "jobq":
+                result = await run_jobq(cluster, namespace, args, meter)
+            else:
+                result = await run_creates(cluster, api, namespace, args, row=key)
             cpu = meter.stop()
             result.update(stage_lags(cluster, namespace))
             result.update(
@@ -407,16 +333,7 @@ def markdown(results: list[dict[str, Any]], args: argparse.Namespace, total_s: f
     return "\n".join(lines)
 
 
-def _terminate(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=(__doc__ or "").split("\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join((__doc__ or "").split("\n")[1:]),
-    )
+def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--nodes", type=int, default=200)
     parser.add_argument("--in-flight", type=int, default=64, help="concurrent creates of the bare/Job loops")
@@ -433,43 +350,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="kwok completes Job-owned pods right after Running (kwokctl's default)",
     )
-    parser.add_argument("--json", action="store_true", help="results as JSON on stdout; the table on stderr")
-    parser.add_argument("--keep", action="store_true", help="keep the state directory (logs) afterwards")
-    args = parser.parse_args(argv)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    args = kwok_run.arg_parser(__doc__, add_args).parse_args(argv)
     args.rows = args.only or list(ROWS)
     return args
 
 
 def main() -> None:
     args = parse_args()
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGHUP, _terminate)
-    ensure_binaries(progress=say)
-    args.work = Path(tempfile.mkdtemp(prefix="jobq-bench-dispatch-"))
-    started = time.monotonic()
-    cluster = KwokCluster(
-        args.work / "cluster", node_count=args.nodes, complete_job_pods=args.complete_job_pods
+
+    def cluster(state_dir: Path) -> KwokCluster:
+        return KwokCluster(state_dir, node_count=args.nodes, complete_job_pods=args.complete_job_pods)
+
+    results, total_s = kwok_run.run_on_kwok(
+        args, prefix="jobq-bench-dispatch-", cluster=cluster, run=lambda c: run_rows(c, args)
     )
-    ok = False
-    try:
-        cluster.start()
-        results = asyncio.run(run_rows(cluster, args))
-        ok = True
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        say("interrupted; everything was stopped")
-        sys.exit(130)
-    finally:
-        cluster.stop()
-        if ok and not args.keep:
-            shutil.rmtree(args.work, ignore_errors=True)
-        else:
-            say(f"state and logs kept in {args.work}")
-    table = markdown(results, args, time.monotonic() - started)
-    if args.json:
-        print(table, file=sys.stderr)
-        print(json.dumps({"rows": results, "command": " ".join(sys.argv)}, indent=2, default=str))
-    else:
-        print(table)
+    kwok_run.report(markdown(results, args, total_s), {"rows": results}, as_json=args.json)
 
 
 if __name__ == "__main__":

@@ -27,73 +27,46 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import re
-import shutil
-import signal
 import statistics
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
+from bench import kwok_run, metrics_read
 from bench.k8s_cluster import KwokCluster, say
-from bench.k8s_dispatch import COMMAND, CPU, MEMORY, CpuMeter, jobq_env, rss_bytes
-from broker.embedded.stack import Stack, StackConfig
-from devcluster.build import ensure_binaries
+from broker.embedded.stack import Stack
 from submitter.client import JobqClient
 
 NAMESPACE = "bench-scale"
 JOB_LABEL = "jobq.dev/job-id"
 
 
-def vm_hwm(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def quantiles(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"p50": None, "p99": None, "max": None, "n": 0}
     ordered = sorted(values)
-    p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
     return {
         "p50": round(statistics.median(ordered), 2),
-        "p99": round(p99, 2),
+        "p99": round(kwok_run.p99(ordered), 2),
         "max": round(ordered[-1], 2),
         "n": len(ordered),
     }
 
 
 async def scrape(stack: Stack) -> dict[str, float]:
-    try:
-        async with (
-            aiohttp.ClientSession(headers=stack.http_headers) as http,
-            http.get(f"{stack.http_url}metrics") as r,
-        ):
-            text = await r.text()
-    except aiohttp.ClientError:
+    text = await metrics_read.metrics_text(stack)
+    if text is None:
         return {}
     found: dict[str, float] = {}
     for name in ("jobq_reconciles_total", "jobq_reconcile_errors_total"):
-        match = re.search(rf"^{name} ([0-9.e+]+)$", text, re.MULTILINE)
-        if match:
-            found[name] = float(match.group(1))
+        value = metrics_read.sample(text, name)
+        if value is not None:
+            found[name] = value
     for part in ("sum", "count"):
-        values = re.findall(
-            rf"^jobq_dispatch_latency_seconds_{part}{{[^}}]*}} ([0-9.e+]+)$", text, re.MULTILINE
-        )
-        if values:
-            found[f"jobq_dispatch_latency_seconds_{part}"] = sum(float(v) for v in values)
+        name = f"jobq_dispatch_latency_seconds_{part}"
+        total = metrics_read.labelled_sum(text, name)
+        if total is not None:
+            found[name] = total
     return found
 
 
@@ -105,7 +78,9 @@ async def submit_stamped(client: JobqClient, count: int, *, in_flight: int = 256
     async def one() -> None:
         async with gate:
             at = time.time()
-            handle = await client.submit(command=list(COMMAND), resources={"cpu": CPU, "memory": MEMORY})
+            handle = await client.submit(
+                command=list(kwok_run.COMMAND), resources={"cpu": kwok_run.CPU, "memory": kwok_run.MEMORY}
+            )
             sent[handle.id] = at
 
     await asyncio.gather(*(one() for _ in range(count)))
@@ -113,21 +88,14 @@ async def submit_stamped(client: JobqClient, count: int, *, in_flight: int = 256
 
 
 async def run(cluster: KwokCluster, args: argparse.Namespace) -> dict[str, Any]:
-    config = StackConfig(
-        data_dir=args.work / "jobq-stack",
-        nodes=0,
-        nats_port=-1,
-        http_port=0,
-        env=jobq_env(cluster, NAMESPACE),
-    )
-    stack = Stack(config, progress=lambda line: say(f"stack: {line}"))
+    stack = kwok_run.jobq_stack(args.work, cluster, NAMESPACE, label="stack: ")
     assert cluster.watch is not None
     try:
         await stack.start()
         pid = stack.dispatchers[0].pid
         await asyncio.sleep(args.settle)  # the backend lists the nodes and Leases
-        rss_before = rss_bytes(pid)
-        meter = CpuMeter(cluster.pids())
+        rss_before = kwok_run.rss_bytes(pid)
+        meter = kwok_run.CpuMeter(cluster.pids())
         meter.add("dispatcher", pid)
         async with JobqClient(stack.nats_url) as client:
             started = time.time()
@@ -135,7 +103,7 @@ async def run(cluster: KwokCluster, args: argparse.Namespace) -> dict[str, Any]:
             submitted_s = time.time() - started
             say(
                 f"{args.jobs} submits returned in {submitted_s:.1f}s; "
-                f"dispatcher RSS {rss_bytes(pid) / 2**20:.0f} MiB"
+                f"dispatcher RSS {kwok_run.rss_bytes(pid) / 2**20:.0f} MiB"
             )
             deadline = time.monotonic() + args.timeout
             next_report = time.monotonic() + 15
@@ -147,12 +115,12 @@ async def run(cluster: KwokCluster, args: argparse.Namespace) -> dict[str, Any]:
                     next_report += 15
                     say(
                         f"{running}/{args.jobs} Running after {time.time() - started:.0f}s; dispatcher RSS "
-                        f"{rss_bytes(pid) / 2**20:.0f} MiB"
+                        f"{kwok_run.rss_bytes(pid) / 2**20:.0f} MiB"
                     )
                 await asyncio.sleep(0.5)
             all_s = time.time() - started
             await asyncio.sleep(args.settle)
-            rss_after, hwm = rss_bytes(pid), vm_hwm(pid)
+            rss_after, hwm = kwok_run.rss_bytes(pid), kwok_run.vm_hwm(pid)
             metrics = await scrape(stack)
             cpu = meter.stop()
     finally:
@@ -216,55 +184,29 @@ def markdown(r: dict[str, Any], total_s: float) -> str:
     )
 
 
-def _terminate(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=(__doc__ or "").split("\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join((__doc__ or "").split("\n")[1:]),
-    )
+def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nodes", type=int, default=1000)
     parser.add_argument("--jobs", type=int, default=20000)
     parser.add_argument(
         "--timeout", type=float, default=1200.0, help="stop waiting for Running after this long"
     )
     parser.add_argument("--settle", type=float, default=5.0, help="seconds before each memory reading")
-    parser.add_argument("--json", action="store_true", help="results as JSON on stdout; the table on stderr")
-    parser.add_argument("--keep", action="store_true", help="keep the state directory (logs) afterwards")
-    args = parser.parse_args()
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGHUP, _terminate)
-    ensure_binaries(progress=say)
-    args.work = Path(tempfile.mkdtemp(prefix="jobq-bench-scale-"))
-    started = time.monotonic()
-    cluster = KwokCluster(
-        args.work / "cluster",
-        node_count=args.nodes,
-        max_pods=max(110, -(-args.jobs // max(args.nodes, 1)) + 10),
+
+
+def main() -> None:
+    args = kwok_run.arg_parser(__doc__, add_args).parse_args()
+
+    def cluster(state_dir: Path) -> KwokCluster:
+        return KwokCluster(
+            state_dir,
+            node_count=args.nodes,
+            max_pods=max(110, -(-args.jobs // max(args.nodes, 1)) + 10),
+        )
+
+    result, total_s = kwok_run.run_on_kwok(
+        args, prefix="jobq-bench-scale-", cluster=cluster, run=lambda c: run(c, args)
     )
-    ok = False
-    try:
-        cluster.start()
-        result = asyncio.run(run(cluster, args))
-        ok = True
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        say("interrupted; everything was stopped")
-        sys.exit(130)
-    finally:
-        cluster.stop()
-        if ok and not args.keep:
-            shutil.rmtree(args.work, ignore_errors=True)
-        else:
-            say(f"state and logs kept in {args.work}")
-    table = markdown(result, time.monotonic() - started)
-    if args.json:
-        print(table, file=sys.stderr)
-        print(json.dumps({**result, "command": " ".join(sys.argv)}, indent=2))
-    else:
-        print(table)
+    kwok_run.report(markdown(result, total_s), result, as_json=args.json)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ def ensure_binaries(*, cache_dir: Path | None = None, progress: Progress | None 
     A cold build takes many minutes on 2 cores; ``progress`` (default: print to
     stderr) receives a line at each step and a heartbeat while ``go`` runs.
     """
-    report = progress if progress is not None else _print_progress
+    report = progress if progress is not None else print_progress
     etcd = find_etcd()
     kubectl = find_kubectl()
     bin_dir = kube_bin_dir(cache_dir)
@@ -82,37 +82,27 @@ def ensure_binaries(*, cache_dir: Path | None = None, progress: Progress | None 
 
 def build_kube_binaries(bin_dir: Path, progress: Progress, version: str = gomod.K8S_VERSION) -> None:
     """Build the three Kubernetes commands into ``bin_dir``, atomically and under a file lock."""
-    go = find_go()
-    bin_dir.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(bin_dir.parent / ".build.lock"):
-        if _has_all(bin_dir):  # another process finished the build while we waited
-            return
-        work = Path(tempfile.mkdtemp(prefix=".build-", dir=bin_dir.parent))
-        try:
-            src, out = work / "src", work / "bin"
-            src.mkdir()
-            (src / "go.mod").write_text(gomod.render_go_mod(version))
-            (src / "tools.go").write_text(gomod.render_tools_go())
-            env = _go_env()
-            started = time.monotonic()
-            progress(f"devcluster: building Kubernetes {version} control plane with {go} (first run only)")
-            progress("devcluster: resolving modules (go mod tidy)")
-            _run_go([str(go), "mod", "tidy"], src, env, progress, "go mod tidy")
-            date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-            cmd = [str(go), "build", "-v", "-p", str(max(os.cpu_count() or 1, 1))]
-            cmd += ["-ldflags", gomod.version_ldflags(version, date), "-o", str(out) + os.sep]
-            cmd += gomod.command_packages()
-            progress("devcluster: compiling kube-apiserver, kube-controller-manager, kube-scheduler")
-            _run_go(cmd, src, env, progress, "go build")
-            missing = [n for n in gomod.COMMANDS if not (out / n).is_file()]
-            if missing:
-                raise BuildError(f"go build finished but did not produce {', '.join(missing)}")
-            if bin_dir.exists():  # a partial leftover: replace it
-                shutil.rmtree(bin_dir)
-            out.rename(bin_dir)
-            progress(f"devcluster: built in {time.monotonic() - started:.0f}s into {bin_dir}")
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+
+    def steps(go: Path, work: Path, out: Path) -> None:
+        src = work / "src"
+        src.mkdir()
+        (src / "go.mod").write_text(gomod.render_go_mod(version))
+        (src / "tools.go").write_text(gomod.render_tools_go())
+        env = _go_env()
+        progress(f"devcluster: building Kubernetes {version} control plane with {go} (first run only)")
+        progress("devcluster: resolving modules (go mod tidy)")
+        _run_go([str(go), "mod", "tidy"], src, env, progress, "go mod tidy")
+        date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        cmd = [str(go), "build", "-v", "-p", str(max(os.cpu_count() or 1, 1))]
+        cmd += ["-ldflags", gomod.version_ldflags(version, date), "-o", str(out) + os.sep]
+        cmd += gomod.command_packages()
+        progress("devcluster: compiling kube-apiserver, kube-controller-manager, kube-scheduler")
+        _run_go(cmd, src, env, progress, "go build")
+        missing = [n for n in gomod.COMMANDS if not (out / n).is_file()]
+        if missing:
+            raise BuildError(f"go build finished but did not produce {', '.join(missing)}")
+
+    _build_once(bin_dir, done=lambda: _has_all(bin_dir), name="devcluster", progress=progress, steps=steps)
 
 
 def find_go() -> Path:
@@ -252,53 +242,112 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _print_progress(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+def _build_once(
+    bin_dir: Path,
+    *,
+    done: Callable[[], bool],
+    name: str,
+    progress: Progress,
+    steps: Callable[[Path, Path, Path], None],
+) -> None:
+    """Run ``steps(go, work, out)`` unless ``done()``, then rename ``out`` to ``bin_dir``.
 
-
-# Shared with other Go builds in this package (helm.py): same lock, environment and runner.
-file_lock = _file_lock
-go_env = _go_env
-run_go = _run_go
-
-
-def go_install(*, package: str, version: str, binary: str, bin_dir: Path, progress: Progress,
-               ldflags: str = "-s -w", label: str = "") -> Path:
-    """``go install <package>@<version>`` into ``bin_dir`` (once): for Go modules without
-    ``replace`` directives, built straight from the module proxy with no wrapper module.
-
-    Atomic and under a file lock, at low priority, like ``build_kube_binaries``: the build goes to a
-    temporary directory beside ``bin_dir`` that is renamed into place, so a half-finished build is
-    never picked up and two processes never build at once. Returns the path of ``binary``.
+    Under a file lock beside ``bin_dir`` (``done()`` is asked again once it is held: another
+    process may have finished while we waited), in a temporary directory ``work`` beside
+    ``bin_dir`` whose ``out`` (``work/bin``) is renamed into place, so a half-finished build is
+    never picked up and two processes never build at once.
     """
-    name = label or binary
-    target = bin_dir / binary
-    if os.access(target, os.X_OK):
-        return target
+    if done():
+        return
     go = find_go()
     bin_dir.parent.mkdir(parents=True, exist_ok=True)
     with _file_lock(bin_dir.parent / ".build.lock"):
-        if os.access(target, os.X_OK):  # another process finished while we waited
-            return target
+        if done():  # another process finished the build while we waited
+            return
         work = Path(tempfile.mkdtemp(prefix=".build-", dir=bin_dir.parent))
         try:
             out = work / "bin"
-            env = _go_env()
-            env["GOBIN"] = str(out)
             started = time.monotonic()
-            progress(f"{name}: building {package}@{version} with {go} (first run only)")
-            cmd = [str(go), "install", "-v", "-p", str(max(os.cpu_count() or 1, 1)),
-                   "-ldflags", ldflags, f"{package}@{version}"]
-            # cwd outside any module: `go install pkg@version` ignores the current module anyway.
-            _run_go(cmd, work, env, progress, f"{name} go install")
-            if not (out / binary).is_file():
-                raise BuildError(f"go install finished but did not produce {binary}")
+            steps(go, work, out)
             if bin_dir.exists():  # a partial leftover: replace it
                 shutil.rmtree(bin_dir)
             out.rename(bin_dir)
             progress(f"{name}: built in {time.monotonic() - started:.0f}s into {bin_dir}")
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def print_progress(line: str) -> None:
+    """The default ``Progress``: the line on stderr."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def binary_from_env(variable: str, name: str) -> Path | None:
+    """The executable ``$variable`` names (resolved), None if it is unset or empty; raises
+    ``BuildError`` if it names no executable file."""
+    raw = os.environ.get(variable)
+    if not raw:
+        return None
+    path = Path(raw)
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        raise BuildError(f"{name} (${variable}): {path} is not an executable file")
+    return path.resolve()
+
+
+def print_built(name: str, ensure: Callable[[], Path]) -> int:
+    """``python -m devcluster.<name>``: ``ensure()`` (building on the first run only) and print
+    the path it returns; exit status 1, with the reason on stderr, on ``BuildError``."""
+    try:
+        print(ensure())
+    except BuildError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# Shared with other Go builds in this package (kwok.py): the same environment.
+go_env = _go_env
+
+
+def go_install(
+    *,
+    package: str,
+    version: str,
+    binary: str,
+    bin_dir: Path,
+    progress: Progress,
+    ldflags: str = "-s -w",
+    label: str = "",
+) -> Path:
+    """``go install <package>@<version>`` into ``bin_dir`` (once): for Go modules without
+    ``replace`` directives, built straight from the module proxy with no wrapper module.
+
+    Atomic and under a file lock, at low priority, like ``build_kube_binaries`` (``_build_once``).
+    Returns the path of ``binary``.
+    """
+    name = label or binary
+    target = bin_dir / binary
+
+    def steps(go: Path, work: Path, out: Path) -> None:
+        env = _go_env()
+        env["GOBIN"] = str(out)
+        progress(f"{name}: building {package}@{version} with {go} (first run only)")
+        cmd = [
+            str(go),
+            "install",
+            "-v",
+            "-p",
+            str(max(os.cpu_count() or 1, 1)),
+            "-ldflags",
+            ldflags,
+            f"{package}@{version}",
+        ]
+        # cwd outside any module: `go install pkg@version` ignores the current module anyway.
+        _run_go(cmd, work, env, progress, f"{name} go install")
+        if not (out / binary).is_file():
+            raise BuildError(f"go install finished but did not produce {binary}")
+
+    _build_once(bin_dir, done=lambda: os.access(target, os.X_OK), name=name, progress=progress, steps=steps)
     return target
 
 
@@ -319,33 +368,28 @@ def ensure_go_etcd(*, cache_dir: Path | None = None, progress: Progress | None =
     """etcd ``ETCD_VERSION`` built once from the Go module proxy (its ``server/go.mod`` has
     ``replace`` lines, so through a wrapper module, like the control plane), cached in
     ``<cache>/etcd-<version>/bin/etcd``."""
-    report = progress if progress is not None else _print_progress
+    report = progress if progress is not None else print_progress
     bin_dir = etcd_bin_dir(cache_dir)
     target = bin_dir / "etcd"
-    if os.access(target, os.X_OK):
-        return target
-    go = find_go()
-    bin_dir.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(bin_dir.parent / ".build.lock"):
-        if os.access(target, os.X_OK):
-            return target
-        work = Path(tempfile.mkdtemp(prefix=".build-", dir=bin_dir.parent))
-        try:
-            src, out = work / "src", work / "bin"
-            src.mkdir()
-            (src / "go.mod").write_text(f"module example.invalid/jobq-etcd\n\ngo {gomod.GO_DIRECTIVE}\n\n"
-                                        f"require {ETCD_MODULE} {ETCD_VERSION}\n")
-            (src / "tools.go").write_text(f'//go:build tools\n\npackage tools\n\nimport _ "{ETCD_MODULE}"\n')
-            env = _go_env()
-            started = time.monotonic()
-            report(f"etcd: building {ETCD_MODULE}@{ETCD_VERSION} with {go} (first run only)")
-            _run_go([str(go), "mod", "tidy"], src, env, report, "etcd go mod tidy")
-            _run_go([str(go), "build", "-v", "-ldflags", "-s -w", "-o", str(out / "etcd"), ETCD_MODULE],
-                    src, env, report, "etcd go build")
-            if bin_dir.exists():
-                shutil.rmtree(bin_dir)
-            out.rename(bin_dir)
-            report(f"etcd: built in {time.monotonic() - started:.0f}s into {bin_dir}")
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+
+    def steps(go: Path, work: Path, out: Path) -> None:
+        src = work / "src"
+        src.mkdir()
+        (src / "go.mod").write_text(
+            f"module example.invalid/jobq-etcd\n\ngo {gomod.GO_DIRECTIVE}\n\n"
+            f"require {ETCD_MODULE} {ETCD_VERSION}\n"
+        )
+        (src / "tools.go").write_text(f'//go:build tools\n\npackage tools\n\nimport _ "{ETCD_MODULE}"\n')
+        env = _go_env()
+        report(f"etcd: building {ETCD_MODULE}@{ETCD_VERSION} with {go} (first run only)")
+        _run_go([str(go), "mod", "tidy"], src, env, report, "etcd go mod tidy")
+        _run_go(
+            [str(go), "build", "-v", "-ldflags", "-s -w", "-o", str(out / "etcd"), ETCD_MODULE],
+            src,
+            env,
+            report,
+            "etcd go build",
+        )
+
+    _build_once(bin_dir, done=lambda: os.access(target, os.X_OK), name="etcd", progress=report, steps=steps)
     return target

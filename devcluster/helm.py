@@ -12,11 +12,7 @@ half-finished build is never picked up.
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 from devcluster import build
@@ -43,58 +39,28 @@ def ensure_helm(*, cache_dir: Path | None = None, progress: build.Progress | Non
 
     Raises ``build.BuildError`` when Go is missing or too old, or when the build fails.
     """
-    env = os.environ.get("JOBQ_HELM")
-    if env:
-        path = Path(env)
-        if not (path.is_file() and os.access(path, os.X_OK)):
-            raise build.BuildError(f"helm ($JOBQ_HELM): {path} is not an executable file")
-        return path.resolve()
-    bin_dir = helm_bin_dir(cache_dir)
-    helm = bin_dir / "helm"
-    if not os.access(helm, os.X_OK):
-        build_helm(bin_dir, progress if progress is not None else _print_progress)
-    return helm
+    path = build.binary_from_env("JOBQ_HELM", "helm")
+    if path is not None:
+        return path
+    return build_helm(helm_bin_dir(cache_dir), progress if progress is not None else build.print_progress)
 
 
-def build_helm(bin_dir: Path, progress: build.Progress, version: str = HELM_VERSION) -> None:
-    """``go install`` helm into ``bin_dir``, atomically and under a file lock."""
-    go = build.find_go()
-    bin_dir.parent.mkdir(parents=True, exist_ok=True)
-    with build.file_lock(bin_dir.parent / ".build.lock"):
-        if os.access(bin_dir / "helm", os.X_OK):  # another process finished while we waited
-            return
-        work = Path(tempfile.mkdtemp(prefix=".build-", dir=bin_dir.parent))
-        try:
-            out = work / "bin"
-            env = build.go_env()
-            env["GOBIN"] = str(out)
-            started = time.monotonic()
-            progress(f"helm: building {HELM_MODULE}/cmd/helm@{version} with {go} (first run only)")
-            cmd = [str(go), "install", "-v", "-p", str(max(os.cpu_count() or 1, 1)),
-                   "-ldflags", version_ldflags(version), f"{HELM_MODULE}/cmd/helm@{version}"]
-            # cwd outside any module: `go install pkg@version` ignores the current module anyway.
-            build.run_go(cmd, work, env, progress, "helm go install")
-            if not (out / "helm").is_file():
-                raise build.BuildError("go install finished but did not produce helm")
-            if bin_dir.exists():  # a partial leftover: replace it
-                shutil.rmtree(bin_dir)
-            out.rename(bin_dir)
-            progress(f"helm: built in {time.monotonic() - started:.0f}s into {bin_dir}")
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-
-
-def _print_progress(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+def build_helm(bin_dir: Path, progress: build.Progress, version: str = HELM_VERSION) -> Path:
+    """``go install`` helm into ``bin_dir`` (once), atomically and under a file lock
+    (``build.go_install``); returns the path of ``helm``."""
+    return build.go_install(
+        package=f"{HELM_MODULE}/cmd/helm",
+        version=version,
+        binary="helm",
+        bin_dir=bin_dir,
+        ldflags=version_ldflags(version),
+        label="helm",
+        progress=progress,
+    )
 
 
 def main() -> int:
-    try:
-        print(ensure_helm())
-    except build.BuildError as exc:
-        print(f"helm: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return build.print_built("helm", ensure_helm)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ benches run etcd from ``build.ensure_go_etcd`` (fine for a handful of pods, as i
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -64,19 +63,16 @@ def ensure_kwok(*, cache_dir: Path | None = None, progress: build.Progress | Non
 
     Raises ``build.BuildError`` when Go is missing or too old, or when the build fails.
     """
-    env = os.environ.get("JOBQ_KWOK")
-    if env:
-        path = Path(env)
-        if not (path.is_file() and os.access(path, os.X_OK)):
-            raise build.BuildError(f"kwok ($JOBQ_KWOK): {path} is not an executable file")
-        return path.resolve()
+    path = build.binary_from_env("JOBQ_KWOK", "kwok")
+    if path is not None:
+        return path
     binary = build.go_install(
         package=KWOK_PACKAGE,
         version=KWOK_VERSION,
         binary="kwok",
         bin_dir=kwok_bin_dir(cache_dir),
         label="kwok",
-        progress=progress if progress is not None else _print_progress,
+        progress=progress if progress is not None else build.print_progress,
     )
     stages_dir(binary)  # copied from the module once, beside the binary
     return binary
@@ -238,17 +234,8 @@ def _die_with_parent() -> None:
         pass
 
 
-def _print_progress(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
 def main() -> int:
-    try:
-        print(ensure_kwok())
-    except build.BuildError as exc:
-        print(f"kwok: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return build.print_built("kwok", ensure_kwok)
 
 
 if __name__ == "__main__":
