@@ -29,6 +29,7 @@ from nats.js import JetStreamContext
 from broker import contract, natsutil
 from broker.readmodel import deadletters
 from broker.readmodel import events as event_log
+from broker.readmodel import records as records_read
 from submitter import refusals, specs
 from submitter.errors import (
     ArtifactNotFound,
@@ -135,9 +136,8 @@ class JobqClient:
 
     async def list(self) -> builtins.list[contract.JobRecord]:
         try:
-            kv = await self._jobs()
-            keys = await kv.keys()
-        except (nats.js.errors.NoKeysError, nats.js.errors.BucketNotFoundError):
+            keys = await records_read.job_ids(self.js)
+        except nats.js.errors.NotFoundError:  # no bucket yet: nothing was ever submitted
             return []
         records = [await self.get(key) for key in keys]
         return sorted((r for r in records if r is not None), key=lambda r: r.submitted_at)

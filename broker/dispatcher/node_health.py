@@ -47,6 +47,8 @@ class NodeHeartbeats:
     _node_of: dict[tuple[str, int], str] = dataclasses.field(default_factory=dict)
     _silent: set[str] = dataclasses.field(default_factory=set)
     _suspect_until: dict[str, float] = dataclasses.field(default_factory=dict)
+    _back_at: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Node -> when the backend last saw it come back (``vouched``)."""
 
     def record(self, node: str, job_id: str, attempt: int) -> None:
         key = (job_id, attempt)
@@ -83,9 +85,18 @@ class NodeHeartbeats:
             return Evidence.ALIVE
         others = [t for n, beats in self._by_node.items() if n != node for t in beats.values()]
         if others and max(others) > newest + self.silence_s:
-            self._suspect_until[node] = now + self.suspect_s
+            if self._back_at.get(node, float("-inf")) <= newest:  # not restarted since: avoid it
+                self._suspect_until[node] = now + self.suspect_s
             return Evidence.SILENT
         return Evidence.UNKNOWN
+
+    def vouched(self, node: str) -> None:
+        """The backend saw ``node`` come back (NotReady, then Ready: its agent or kubelet was
+        restarted): it is no suspect any more. Without this a restarted node would get no new
+        attempt, so none of its attempts could beat, until ``suspect_s`` ran out. Its silence
+        is older than its return, so it does not make it a suspect again either."""
+        self._suspect_until.pop(node, None)
+        self._back_at[node] = self.clock()
 
     def suspects(self) -> frozenset[str]:
         """Nodes that fell silent within ``suspect_s`` and have not beaten since: new attempts

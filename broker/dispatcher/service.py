@@ -239,12 +239,16 @@ class Dispatcher:
         """Wake the jobs of a node as soon as its attempts' heartbeats all fall silent together."""
         interval = min(0.5, self.heartbeats.silence_s / 4)
         prune_every = max(1, int(600 / interval))
+        suspects = self.heartbeats.nodes.suspects()
         for tick in itertools.count():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
             if stop.is_set():
                 return
             nodes = self.heartbeats.nodes
+            before, suspects = suspects, nodes.suspects()
+            if before - suspects:  # a node no new attempt could go to may take them again
+                self.reconciler.waiting.nodes_changed(self.settings.dispatcher.workers)
             for node in nodes.newly_silent():
                 attempts = nodes.attempts_on(node)
                 log.warning("node_silent", node=node, attempts=len(attempts),
@@ -266,6 +270,9 @@ class Dispatcher:
             nodes = await self.backend.list_nodes()
             shape = frozenset((n.name, n.ready, n.capacity) for n in nodes)
             now_used = {n.name: (n.allocated_cpu, n.allocated_memory) for n in nodes if n.ready}
+            for node in nodes:
+                if node.ready and used and node.name not in used:  # NotReady before, Ready now
+                    self.heartbeats.nodes.vouched(node.name)
             if seen is not None and shape != seen:
                 self.reconciler.waiting.nodes_changed(room)
             elif any(cpu < used.get(name, (cpu, memory))[0] or memory < used.get(name, (cpu, memory))[1]

@@ -126,3 +126,24 @@ def test_node_lost_says_why() -> None:
     assert verdict(backend_ready=False, backend_why="node n1: Lease not renewed for 41s") == (
         "node n1: Lease not renewed for 41s")
     assert "stopped heartbeating 6.0s ago" in (verdict(evidence=Evidence.SILENT, silent_for=6.0) or "")
+
+
+def test_a_node_the_backend_saw_come_back_is_no_suspect_before_or_after_its_silence_is_seen() -> None:
+    now = [100.0]
+    nodes = NodeHeartbeats(silence_s=5, clock=lambda: now[0])
+    nodes.record("a", "j1", 1)
+    nodes.record("b", "j2", 1)
+    now[0] = 107.0
+    nodes.record("b", "j2", 1)  # b keeps beating, a fell silent
+    assert nodes.evidence("a") == Evidence.SILENT and nodes.suspects() == {"a"}
+    nodes.vouched("a")  # its agent restarted: new attempts may go there
+    assert nodes.suspects() == frozenset()
+    assert nodes.evidence("a") == Evidence.SILENT  # its old attempt is still lost
+    assert nodes.suspects() == frozenset()  # but the node is not avoided again
+    now[0] = 120.0
+    nodes.record("b", "j2", 1)
+    nodes.record("c", "j3", 1)
+    now[0] = 127.0
+    nodes.record("b", "j2", 1)
+    nodes.vouched("c")  # back before its silence is judged: same
+    assert nodes.evidence("c") == Evidence.SILENT and nodes.suspects() == frozenset()
