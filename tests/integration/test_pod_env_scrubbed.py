@@ -26,6 +26,7 @@ from broker import contract
 from broker.embedded.stack import Stack
 from submitter.client import JobqClient
 from tests.conftest import running_stack
+from tests.integration import pod_env_probe
 from workers import fork_client, pod_env
 
 pytestmark = pytest.mark.timeout(180)
@@ -46,19 +47,8 @@ POD_SHELL = (
 
 def report(args: dict[str, Any], ctx: object) -> dict[str, Any]:
     """The task: what this pod sees of itself."""
-    with open("/proc/self/environ", "rb") as f:
-        initial = f.read().decode(errors="replace")  # a forked pod's: its fork server's start env
-    home = os.environ.get("HOME", "")
     return {
-        "environ": dict(os.environ),
-        "proc_environ": initial,
-        "pid": os.getpid(),
-        "pgid": os.getpgid(0),
-        "sid": os.getsid(0),
-        "uid": os.getuid(),
-        "gid": os.getgid(),
-        "groups": os.getgroups(),
-        "home_writable": bool(home) and os.access(home, os.W_OK),
+        **pod_env_probe.observe(),
         "forked": b"workers.fork_server" in Path("/proc/self/cmdline").read_bytes(),
     }
 
