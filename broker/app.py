@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from pathlib import Path
 
 import structlog
 from nats.aio.client import Client as NATS
@@ -12,6 +13,7 @@ from nats.aio.client import Client as NATS
 from broker import natsutil, settings, store
 from broker.backends import base, local
 from broker.dispatcher import service
+from broker.natsauth import callout, keys
 
 log = structlog.get_logger("jobq.app")
 
@@ -39,6 +41,10 @@ async def run_dispatcher(config: settings.Settings, stop: asyncio.Event, *,
         backend = await stack.enter_async_context(make_backend(config, nc))
         observer = http_server.metrics_observer()
         dispatcher = service.Dispatcher(st=st, backend=backend, config=config, observer=observer)
+        if config.nats.auth_dir:  # node agents and task pods connect through our auth callout
+            callout_service = await callout.CalloutService(
+                nc, keys.callout_keys(Path(config.nats.auth_dir))).start()
+            stack.push_async_callback(callout_service.stop)
         address = await stack.enter_async_context(http_server.serve(dispatcher, config.http))
         log.info("dispatcher_started", http=address, nats=config.nats.url, backend=backend.name)
         if ready is not None:

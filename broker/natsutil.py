@@ -52,6 +52,7 @@ async def connect(
     reconnect_wait_s: float = 0.5,
     give_up_after_s: float | None = None,
     on_closed: Callable[[], None] | None = None,
+    inbox_prefix: str | None = None,
 ) -> NATS:
     """Connect to ``url`` (one server or a comma-separated list); ConnectionError if NATS cannot
     be reached.
@@ -60,7 +61,8 @@ async def connect(
     contract.nats_auth_options). ``reconnect_forever=False`` (a one-shot client such as the CLI)
     gives up after a few tries; the failed tries before that are logged at debug level only, so
     the error is said once. ``give_up_after_s`` (a worker) keeps trying to connect for that long,
-    logging the first error of each outage only, then closes the client and gives up."""
+    logging the first error of each outage only, then closes the client and gives up.
+    ``inbox_prefix``: where replies come (a task pod may subscribe to its own only)."""
     connected = False
     failing: list[Exception] = []
     """The last error of the current outage (cleared on reconnect)."""
@@ -89,6 +91,8 @@ async def connect(
         auth if auth is not None else contract.nats_auth_options(os.environ if environ is None else environ)
     )
     options.update(connect_timeout=connect_timeout_s, reconnect_time_wait=reconnect_wait_s)
+    if inbox_prefix:
+        options["inbox_prefix"] = inbox_prefix
     servers = [s.strip() for s in url.split(",") if s.strip()]
     nc = NATS()
     try:

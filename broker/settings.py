@@ -34,6 +34,9 @@ class NatsSettings:
     """Comma-separated NATS server URLs (JOBQ_NATS_URL)."""
     replicas: int = 1
     """Replicas of jobq's streams and buckets: 1, or 3 on a clustered NATS (JOBQ_NATS_REPLICAS)."""
+    auth_dir: str = ""
+    """The NATS auth secrets (JOBQ_NATS_AUTH_DIR): with them the dispatcher serves the auth
+    callout and gives each task pod a token for its own attempt (broker/natsauth)."""
 
     def __post_init__(self) -> None:
         if self.replicas not in (1, 3, 5):
@@ -188,7 +191,8 @@ class Settings:
             raise SettingsError(f"JOBQ_BACKEND must be local or kubernetes, not {kind!r}")
         return cls(
             nats=NatsSettings(
-                url=get("NATS_URL", n.url), replicas=int(number("NATS_REPLICAS", n.replicas))
+                url=get("NATS_URL", n.url), replicas=int(number("NATS_REPLICAS", n.replicas)),
+                auth_dir=get("NATS_AUTH_DIR", n.auth_dir),
             ),
             dispatcher=DispatcherSettings(
                 workers=int(number("WORKERS", d.workers)),

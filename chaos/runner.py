@@ -26,7 +26,6 @@ from broker import contract
 from broker.embedded.stack import Stack, StackConfig
 from chaos import probes, target
 from chaos.target import RunState
-from submitter.client import JobqClient
 
 log = structlog.get_logger("jobq.chaos")
 
@@ -150,7 +149,7 @@ async def snapshot(configuration: Mapping[str, Any]) -> dict[str, Any]:
     cfg = dict(configuration)
     state = RunState.load(cfg)
     jobs: dict[str, Any] = {}
-    async with JobqClient(target.nats_url(cfg), name="jobq-chaos-snapshot") as client:
+    async with target.client(cfg, name="jobq-chaos-snapshot") as client:
         for job_id in state.burst:
             record = await client.get(job_id)
             events = await client.events(job_id)

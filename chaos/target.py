@@ -39,6 +39,7 @@ from nats.aio.client import Client as NATS
 
 from broker import contract, natsutil
 from broker.embedded.stack import read_state
+from broker.embedded.stack_auth import CREDENTIAL_ENV, nats_auth_of
 from submitter.client import JobqClient
 
 log = structlog.get_logger("jobq.chaos")
@@ -82,6 +83,22 @@ def nats_url(configuration: Configuration) -> str:
     if isinstance(url, str) and url:
         return url
     return os.environ.get(contract.ENV_NATS_URL) or contract.DEFAULT_NATS_URL
+
+
+def nats_auth(configuration: Configuration) -> dict[str, str] | None:
+    """The operator's credentials of the stack in the data dir, for that stack's own NATS only
+    (None: JOBQ_NATS_* from the environment, or no credentials)."""
+    if any(os.environ.get(name) for name in CREDENTIAL_ENV):
+        return None
+    state = stack_state(configuration)
+    if state.get("nats_url") != nats_url(configuration):
+        return None
+    return nats_auth_of(state, "operator")
+
+
+def client(configuration: Configuration, *, name: str = "jobq-chaos") -> JobqClient:
+    """An SDK client on the target's NATS, as the stack's operator."""
+    return JobqClient(nats_url(configuration), name=name, auth=nats_auth(configuration))
 
 
 def run_id(configuration: Configuration) -> str:
@@ -208,8 +225,8 @@ def parse_time(value: str) -> dt.datetime:
 
 
 async def with_client(configuration: Configuration, use: Callable[[JobqClient], Awaitable[T]]) -> T:
-    async with JobqClient(nats_url(configuration), name="jobq-chaos") as client:
-        return await use(client)
+    async with client(configuration) as jobq:
+        return await use(jobq)
 
 
 async def control(nc: NATS, op: str, **fields: Any) -> dict[str, Any]:

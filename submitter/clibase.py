@@ -19,6 +19,7 @@ from typing import IO, Any, TypeVar
 import click
 
 from broker import contract
+from submitter.client import JobqClient
 
 T = TypeVar("T")
 
@@ -153,6 +154,30 @@ def resolve_nats(explicit: str | None, data_dir: Path = Path(".jobq")) -> str:
     if state and isinstance(state.get("nats_url"), str):
         return str(state["nats_url"])
     return contract.DEFAULT_NATS_URL
+
+
+def resolve_nats_auth(
+    url: str, data_dir: Path = Path(".jobq"), *, role: str = "submitter"
+) -> dict[str, str] | None:
+    """Credentials for ``url``: None (the JOBQ_NATS_* environment, or none) unless the
+    environment names none and ``url`` is the running `jobq up` stack's own NATS; then that
+    stack's ``role`` user. Credentials are never sent to another server."""
+    from broker.embedded.stack import read_state
+    from broker.embedded.stack_auth import CREDENTIAL_ENV, nats_auth_of
+
+    if any(os.environ.get(name) for name in CREDENTIAL_ENV):
+        return None
+    state = read_state(data_dir)
+    if not state or state.get("nats_url") != url:
+        return None
+    return nats_auth_of(state, role)
+
+
+def client(explicit_url: str | None, data_dir: Path = Path(".jobq"), *, name: str = "jobq-client"
+           ) -> JobqClient:
+    """The SDK client the CLI uses: ``resolve_nats`` and ``resolve_nats_auth``."""
+    url = resolve_nats(explicit_url, data_dir)
+    return JobqClient(url, name=name, auth=resolve_nats_auth(url, data_dir))
 
 
 nats_option = click.option("--nats", "nats_url", default=None, metavar="URL",

@@ -18,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterable
+import re
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any, Self
 
 import nats.errors
@@ -71,14 +72,17 @@ _FINAL_EVENTS = frozenset(
 
 
 class JobqClient:
-    def __init__(self, url: str = contract.DEFAULT_NATS_URL, *, name: str = "jobq-client") -> None:
+    def __init__(self, url: str = contract.DEFAULT_NATS_URL, *, name: str = "jobq-client",
+                 auth: Mapping[str, Any] | None = None) -> None:
+        """``auth``: nats.connect credentials (default: from JOBQ_NATS_* in the environment)."""
         self.url = url
         self.name = name
+        self.auth = auth
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
 
     async def __aenter__(self) -> Self:
-        self._nc = await natsutil.connect(self.url, name=self.name, reconnect_forever=False)
+        self._nc = await natsutil.connect(self.url, name=self.name, auth=self.auth, reconnect_forever=False)
         self._js = self._nc.jetstream(timeout=10)
         return self
 
@@ -256,9 +260,8 @@ class JobqClient:
         if attempt is None:
             raise ArtifactNotFound(f"job {job_id} has no accepted result (it is {record.phase}): "
                                    "only the artifacts of a job's accepted attempt are handed out")
-        writer = attempt.writer
-        if writer is None:  # a command job, or a record from before writers were recorded
-            writer = (await self.result_of(record)).writer
+        result = await self.result_of(record)
+        writer = attempt.writer or result.writer
         key = contract.artifact_key(job_id, attempt.number, name)
         try:
             store = await self.js.object_store(contract.OBJECT_STORE_ARTIFACTS)
@@ -271,7 +274,11 @@ class JobqClient:
             by = stamped.model_dump() if stamped is not None else "no stamped writer"
             raise OutputRejected(f"artifact {key} was written by {by}, not by the pod of job {job_id}'s "
                                  f"accepted attempt {attempt.number}")
-        return bytes(got.data or b"")
+        data = bytes(got.data or b"")
+        problem = result.artifact_problem(name, data)
+        if problem:
+            raise OutputRejected(f"artifact {key}: {problem}")
+        return data
 
     # --- output -----------------------------------------------------------------------------
 
@@ -328,22 +335,24 @@ class JobqClient:
 
     async def cancel(self, job_id: str) -> contract.JobRecord:
         """Ask the dispatcher to stop the job; it ends ``cancelled`` (no effect once finished)."""
-        for _ in range(20):
-            try:
-                kv = await self._jobs()
-                entry = await kv.get(job_id)
-            except (nats.js.errors.KeyNotFoundError, nats.js.errors.BucketNotFoundError):
-                raise JobNotFound(f"no job {job_id}") from None
-            record = contract.JobRecord.model_validate_json(entry.value or b"{}")
-            if record.phase.is_terminal or record.cancel_requested:
-                return record
-            updated = record.cancelling(now=contract.utcnow())
-            try:
-                await kv.update(job_id, updated.model_dump_json().encode(), last=entry.revision)
-                return updated
-            except nats.js.errors.KeyWrongLastSequenceError:
-                await asyncio.sleep(0.05)
-        raise JobqError(f"could not record the cancellation of {job_id}: the record kept changing")
+        return await self._ask("cancel", job_id)
+
+    async def _ask(self, op: str, job_id: str, *, timeout_s: float = 10.0) -> contract.JobRecord:
+        """A JobRequest to the dispatchers (only they write records): the record it left."""
+        if re.fullmatch(contract.JOB_ID_PATTERN, job_id) is None:
+            raise JobNotFound(f"no job {job_id}")
+        request = contract.JobRequest(job_id=job_id).model_dump_json().encode()
+        try:
+            msg = await self.nc.request(contract.job_request_subject(op), request, timeout=timeout_s)
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            raise JobqError(f"no dispatcher answered the {op} request for {job_id} within "
+                            f"{timeout_s:g} s; is one running?") from None
+        reply = contract.JobRequestReply.model_validate_json(msg.data)
+        if reply.not_found:
+            raise JobNotFound(reply.error)
+        if reply.error or reply.record is None:
+            raise JobqError(reply.error or f"the dispatcher did not {op} {job_id}")
+        return reply.record
 
     async def events(
         self, job_id: str, *, settled: bool = False, timeout: float = 10.0
@@ -381,19 +390,8 @@ class JobqClient:
     async def retry_dead(self, job_id: str) -> contract.JobRecord:
         """Re-drive a dead job: fresh budgets, same id, attempt history kept."""
         try:
-            kv = await self._jobs()
-            entry = await kv.get(job_id)
-        except (nats.js.errors.KeyNotFoundError, nats.js.errors.BucketNotFoundError):
+            return await self._ask("retry", job_id)
+        except JobNotFound:
             raise JobNotFound(
-                f"no job {job_id}; an invalid submission must be fixed and submitted again"
-            ) from None
-        record = contract.JobRecord.model_validate_json(entry.value or b"{}")
-        if record.phase != contract.JobPhase.DEAD:
-            raise JobqError(f"job {job_id} is {record.phase}, not dead")
-        revived = record.redriven(now=contract.utcnow())
-        try:
-            await kv.update(job_id, revived.model_dump_json().encode(), last=entry.revision)
-        except nats.js.errors.KeyWrongLastSequenceError:
-            raise JobqError(f"job {job_id} changed meanwhile; try again") from None
-        return revived
+                f"no job {job_id}; an invalid submission must be fixed and submitted again") from None
 

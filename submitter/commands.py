@@ -136,7 +136,7 @@ def register(cli: click.Group) -> None:
             raise click.UsageError(_problems(exc)) from None
 
         async def go() -> None:
-            async with JobqClient(url) as client:
+            async with JobqClient(url, auth=clibase.resolve_nats_auth(url)) as client:
                 handle = await client.submit(spec)
                 if not wait:
                     click.echo(handle.id)
@@ -159,7 +159,7 @@ def register(cli: click.Group) -> None:
         error names its dead letter)."""
 
         async def go() -> None:
-            async with JobqClient(clibase.resolve_nats(nats_url)) as client:
+            async with clibase.client(nats_url) as client:
                 record = await client.get(job_id)
                 if record is None:
                     why = f"no job {job_id} (not submitted, or not accepted yet)"
@@ -197,7 +197,7 @@ def register(cli: click.Group) -> None:
 
         async def go() -> None:
             printed = ""
-            async with JobqClient(clibase.resolve_nats(nats_url)) as client:
+            async with clibase.client(nats_url) as client:
                 try:
                     async for text in client.logs(job_id, attempt=attempt, follow=follow):
                         click.echo(text, nl=False)
@@ -223,7 +223,7 @@ def register(cli: click.Group) -> None:
         """List jobs, oldest first."""
 
         async def go() -> None:
-            async with JobqClient(clibase.resolve_nats(nats_url)) as client:
+            async with clibase.client(nats_url) as client:
                 records = await client.list()
             for record in records:
                 if (state is None or record.phase == state) and (queue is None or record.spec.queue == queue):
@@ -244,7 +244,7 @@ def register(cli: click.Group) -> None:
         _check_wait(wait, timeout)
 
         async def go() -> None:
-            async with JobqClient(clibase.resolve_nats(nats_url)) as client:
+            async with clibase.client(nats_url) as client:
                 record = await client.get(job_id)
                 if record is None:
                     raise await _unknown(client, job_id, f"no job {job_id}")
@@ -263,7 +263,7 @@ def register(cli: click.Group) -> None:
         """Stop a queued or running job; it ends `cancelled`."""
 
         async def go() -> None:
-            async with JobqClient(clibase.resolve_nats(nats_url)) as client:
+            async with clibase.client(nats_url) as client:
                 record = await client.cancel(job_id)
             if record.phase.is_terminal:
                 click.echo(f"{job_id} already finished: {record.phase}")

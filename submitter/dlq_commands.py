@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from submitter import clibase
-from submitter.client import JobqClient
 
 
 def register(cli: click.Group) -> None:
@@ -22,7 +21,7 @@ def register(cli: click.Group) -> None:
         """Newest dead letters first: sequence, job, reason, message."""
 
         async def go() -> None:
-            async with JobqClient(clibase.resolve_nats(nats_url)) as client:
+            async with clibase.client(nats_url) as client:
                 letters = await client.dead_letters(limit=limit)
             if not letters:
                 click.echo("no dead letters")
@@ -39,7 +38,7 @@ def register(cli: click.Group) -> None:
         """The whole original message of dead letter SEQ (a letter itself carries an excerpt)."""
 
         async def go() -> bytes:
-            async with JobqClient(clibase.resolve_nats(nats_url)) as client:
+            async with clibase.client(nats_url) as client:
                 letter = await client.dead_letter(seq)
                 if letter is None:
                     raise click.ClickException(f"no dead letter {seq}")
@@ -61,7 +60,7 @@ def register(cli: click.Group) -> None:
         """Give a dead job fresh retry budgets and queue it again (its history is kept)."""
 
         async def go() -> None:
-            async with JobqClient(clibase.resolve_nats(nats_url)) as client:
+            async with clibase.client(nats_url) as client:
                 await client.retry_dead(job_id)
             click.echo(f"{job_id}: queued again")
 

@@ -95,9 +95,14 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
         yield s
 
 
+def submitter_client(stack: Stack, *, name: str = "jobq-client") -> JobqClient:
+    """An SDK client of ``stack`` as a submitting service (the stack's submitter user)."""
+    return JobqClient(stack.nats_url, name=name, auth=stack.nats_options("submitter"))
+
+
 @pytest.fixture
 async def client(stack: Stack) -> AsyncIterator[JobqClient]:
-    async with JobqClient(stack.nats_url) as c:
+    async with submitter_client(stack) as c:
         yield c
 
 
@@ -120,7 +125,7 @@ async def any_stack(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
 
 @pytest.fixture
 async def any_client(any_stack: Stack) -> AsyncIterator[JobqClient]:
-    async with JobqClient(any_stack.nats_url) as c:
+    async with submitter_client(any_stack) as c:
         yield c
 
 
@@ -136,4 +141,6 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
 
 
 def cli_env(stack: Stack) -> dict[str, str]:
-    return {**os.environ, "JOBQ_NATS_URL": stack.nats_url, "JOBQ_LOG_FORMAT": "json"}
+    """The environment of a `jobq` command run against ``stack``, as a submitting service."""
+    own = stack.auth.process_env("submitter") if stack.auth is not None else {}
+    return {**os.environ, "JOBQ_NATS_URL": stack.nats_url, "JOBQ_LOG_FORMAT": "json", **own}

@@ -3,7 +3,7 @@
 Outputs are scoped to the attempt and stamped with their writer (``contract.Writer``): the result
 is created once under ``contract.result_key(job, attempt)`` and never overwritten, artifacts live
 under ``contract.artifact_key(job, attempt, name)`` with the writer in their metadata. Another
-job's artifacts are read from its accepted attempt only (``accepted_writer``).
+job's artifacts are read from its accepted attempt only (``accepted_result``).
 
 Buckets are created by the broker; when one is missing (a runner started on its own, in tests)
 it is created here with the same essentials (results: history 1).
@@ -148,9 +148,9 @@ class ArtifactStore:
             raise tasks.ArtifactNotFound(
                 f"no artifact {key!r} in {contract.OBJECT_STORE_ARTIFACTS}") from exc
 
-    async def accepted(self, job_id: str) -> tuple[int, contract.Writer]:
-        """``accepted_writer`` of ``job_id``: whose artifacts of that job may be read."""
-        return await accepted_writer(self._js, job_id)
+    async def accepted(self, job_id: str) -> tuple[int, contract.TaskResult]:
+        """``accepted_result`` of ``job_id``: whose artifacts of that job may be read, and which."""
+        return await accepted_result(self._js, job_id)
 
     async def _open(self) -> ObjectStore:
         async with self._lock:
@@ -162,9 +162,9 @@ class ArtifactStore:
             return self._store
 
 
-async def accepted_writer(js: JetStreamContext, job_id: str) -> tuple[int, contract.Writer]:
-    """The attempt of ``job_id`` whose result the dispatcher accepted, and that result's writer
-    (checked against the attempt: ``TaskResult.acceptance_problem``). ArtifactNotFound, saying
+async def accepted_result(js: JetStreamContext, job_id: str) -> tuple[int, contract.TaskResult]:
+    """The attempt of ``job_id`` whose result the dispatcher accepted, and that result (its
+    writer checked against the attempt: ``TaskResult.acceptance_problem``). ArtifactNotFound, saying
     why, when the job has no record, no accepted result, or one that fails the check."""
 
     async def read() -> tuple[contract.JobRecord | None, contract.TaskResult | None, str]:
@@ -201,7 +201,7 @@ async def accepted_writer(js: JetStreamContext, job_id: str) -> tuple[int, contr
         raise tasks.ArtifactNotFound(
             f"job {job_id}: the result of its accepted attempt {attempt.number} fails the writer "
             f"check: {problem}")
-    return attempt.number, result.writer
+    return attempt.number, result
 
 
 def check_artifact_name(name: str) -> None:

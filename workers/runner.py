@@ -61,6 +61,7 @@ async def connect(settings: runner_settings.RunnerSettings) -> NATS:
         nc = await natsutil.connect(
             ",".join(settings.nats_servers), name=f"jobq-runner {settings.job_id}.{settings.attempt}",
             auth=settings.auth, connect_timeout_s=2, reconnect_wait_s=1,
+            inbox_prefix=contract.pod_inbox_prefix(settings.job_id, settings.attempt),
             give_up_after_s=settings.connect_wait_s)
     except ConnectionError as exc:
         raise NatsUnreachable(str(exc)) from exc
@@ -216,7 +217,7 @@ async def _execute(nc: NATS, settings: runner_settings.RunnerSettings, *,
         return _Outcome(EXIT_TASK_FAILED)
     result = contract.TaskResult(job_id=settings.job_id, attempt=settings.attempt, node=settings.node,
                                  writer=ctx.writer, output=output, started_at=started_at,
-                                 finished_at=contract.utcnow())
+                                 finished_at=contract.utcnow(), artifacts=dict(ctx.saved))
     try:
         revision = await results.write_result(nc.jetstream(), result)
     except results.ResultExists as exc:

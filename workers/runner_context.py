@@ -31,6 +31,8 @@ class RunnerContext:
         self._progress = progress
         self._artifacts = artifacts
         self._loop = loop
+        self.saved: dict[str, str] = {}
+        """Artifacts this attempt saved: name -> digest (listed in its result)."""
 
     def progress(self, fraction: float, message: str = "") -> None:
         self._progress.report(fraction, message)
@@ -45,16 +47,19 @@ class RunnerContext:
         results.check_artifact_name(name)
         key = contract.artifact_key(self.job_id, self.attempt, name)
         await self._artifacts.put(key, bytes(data), writer=self.writer)
+        self.saved[name] = contract.artifact_digest(bytes(data))
         log.info("artifact_saved", artifact=key, size=len(data))
         return key
 
     async def aload_artifact(self, name: str, *, job_id: str | None = None) -> bytes:
         results.check_artifact_name(name)
+        writer: contract.Writer | None
         if job_id is None:
-            attempt, writer = self.attempt, self.writer
+            attempt, writer, saved = self.attempt, self.writer, self.saved
             whose = "this attempt's pod"
         else:
-            attempt, writer = await self._artifacts.accepted(job_id)
+            attempt, result = await self._artifacts.accepted(job_id)
+            writer, saved = result.writer, result.artifacts
             whose = f"the pod of {job_id}'s accepted attempt {attempt}"
         key = contract.artifact_key(job_id or self.job_id, attempt, name)
         data, stamped = await self._artifacts.get(key)
@@ -62,6 +67,9 @@ class RunnerContext:
             by = stamped.model_dump() if stamped is not None else "no stamped writer"
             log.warning("artifact_rejected", artifact=key, reason="writer_mismatch", writer=by)
             raise tasks.ArtifactNotFound(f"artifact {key} was written by {by}, not by {whose}")
+        if saved.get(name) != contract.artifact_digest(data):
+            log.warning("artifact_rejected", artifact=key, reason="digest_mismatch")
+            raise tasks.ArtifactNotFound(f"artifact {key} holds bytes {whose} did not save")
         return data
 
     def _blocking(self, coroutine: Coroutine[Any, Any, _T]) -> _T:

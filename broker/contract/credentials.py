@@ -14,17 +14,33 @@ The volume is optional, so the file is missing when the Secret has no such key: 
 ignores JOBQ_NATS_CREDS at this path and uses the Secret's user/password or token instead."""
 
 
+class CredentialsError(ValueError):
+    """A credentials setting names a file that cannot be read."""
+
+
 def nats_auth_options(environ: Mapping[str, str]) -> dict[str, Any]:
-    """nats.connect() credentials from JOBQ_NATS_CREDS, JOBQ_NATS_USER/PASSWORD or JOBQ_NATS_TOKEN."""
+    """nats.connect() credentials from JOBQ_NATS_CREDS, JOBQ_NATS_USER with JOBQ_NATS_PASSWORD_FILE
+    or JOBQ_NATS_PASSWORD, or JOBQ_NATS_TOKEN."""
     options: dict[str, Any] = {}
     if environ.get(names.ENV_NATS_CREDS):
         options["user_credentials"] = environ[names.ENV_NATS_CREDS]
     if environ.get(names.ENV_NATS_USER):
         options["user"] = environ[names.ENV_NATS_USER]
         options["password"] = environ.get(names.ENV_NATS_PASSWORD, "")
+        if environ.get(names.ENV_NATS_PASSWORD_FILE):
+            options["password"] = read_secret_file(environ[names.ENV_NATS_PASSWORD_FILE],
+                                                   names.ENV_NATS_PASSWORD_FILE)
     if environ.get(names.ENV_NATS_TOKEN):
         options["token"] = environ[names.ENV_NATS_TOKEN]
     return options
+
+
+def read_secret_file(path: str, setting: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    except OSError as exc:
+        raise CredentialsError(f"{setting}={path}: cannot read it ({exc.strerror or exc})") from None
 
 
 def public_url(urls: str) -> str:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from typing import Any
 
 from pydantic import Field
 
 from broker.contract.base import Model, utcnow
-from broker.contract.jobs import Attempt, Writer
+from broker.contract.jobs import JOB_ID_PATTERN, Attempt, JobRecord, Writer
 from broker.contract.states import EventType, FailureReason, JobPhase
 
 
@@ -25,6 +26,10 @@ class JobEvent(Model):
     """Leader epoch of the dispatcher that published it (0: not a leader's event)."""
 
 
+def artifact_digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
 class TaskResult(Model):
     """Written once by the worker to ``jobq_results`` under ``<job_id>.<attempt>`` (KV create, never
     overwritten), stamped with its writer. The dispatcher accepts it only from the attempt's pod."""
@@ -36,6 +41,19 @@ class TaskResult(Model):
     output: dict[str, Any] = Field(default_factory=dict)
     started_at: dt.datetime
     finished_at: dt.datetime
+    artifacts: dict[str, str] = Field(default_factory=dict)
+    """The artifacts this attempt saved: name -> ``artifact_digest`` of its bytes. Readers hand
+    out an artifact only when its bytes match: NATS permissions can scope a pod's result key but
+    not object names, so this is what makes another pod's overwrite of an artifact harmless."""
+
+    def artifact_problem(self, name: str, data: bytes) -> str:
+        """Why ``data`` is not the artifact ``name`` this attempt saved ("" when it is)."""
+        digest = self.artifacts.get(name)
+        if digest is None:
+            return f"the result of attempt {self.attempt} lists no artifact {name!r}"
+        if artifact_digest(data) != digest:
+            return f"its bytes are not those attempt {self.attempt} saved as {name!r} ({digest})"
+        return ""
 
     def acceptance_problem(self, attempt: Attempt, *, pod_uid: str = "") -> str:
         """Why this result cannot count as ``attempt``'s ("" when it can): it must carry a writer
@@ -92,3 +110,19 @@ class LogChunk(Model):
     error: str = ""
     tail: str = ""
 
+
+
+class JobRequest(Model):
+    """Request on ``job_request_subject(op)`` (``cancel``, ``retry``): what a submitter asks the
+    dispatchers to do to one job; only a dispatcher writes job records."""
+
+    job_id: str = Field(pattern=JOB_ID_PATTERN)
+
+
+class JobRequestReply(Model):
+    """Reply to a JobRequest: the job's record after the change (or as it was, when there was
+    nothing to do), or ``error`` (``not_found`` when there is no such job)."""
+
+    record: JobRecord | None = None
+    error: str = ""
+    not_found: bool = False

@@ -30,6 +30,9 @@ SUBMIT_WILDCARD = "jobq.submit.>"
 EVENTS_WILDCARD = "jobq.events.>"
 DEAD_WILDCARD = "jobq.dead.>"
 HEARTBEAT_WILDCARD = "jobq.attempt.*.*.hb"
+JOB_REQUEST_WILDCARD = "jobq.jobs.>"
+"""Request/reply to the dispatchers about one job (``job_request_subject``): a submitter may ask,
+only a dispatcher writes the record."""
 LOGS_SUBJECT = "jobq.logs"
 """Request/reply (LogRequest -> LogChunk), served by every dispatcher replica."""
 
@@ -102,7 +105,13 @@ ENV_NATS_CREDS = "JOBQ_NATS_CREDS"
 """A NATS credentials file (see ``credentials.nats_auth_options``)."""
 ENV_NATS_USER = "JOBQ_NATS_USER"
 ENV_NATS_PASSWORD = "JOBQ_NATS_PASSWORD"
+ENV_NATS_PASSWORD_FILE = "JOBQ_NATS_PASSWORD_FILE"
+"""A file holding the password (read at connect; wins over ENV_NATS_PASSWORD)."""
 ENV_NATS_TOKEN = "JOBQ_NATS_TOKEN"
+"""A token; jobq's node agents and task pods get one minted for their node or attempt."""
+ENV_NATS_AUTH_DIR = "JOBQ_NATS_AUTH_DIR"
+"""The dispatcher's directory of NATS auth secrets (issuer seed, token key): with it, it serves
+the auth callout and gives each task pod a token for its attempt."""
 ENV_LOG_FORMAT = "JOBQ_LOG_FORMAT"
 """``json`` or ``console``: how a jobq process started by another one logs."""
 
@@ -137,6 +146,16 @@ def dead_subject(reason: str) -> str:
 
 def heartbeat_subject(job_id: str, attempt: int) -> str:
     return f"jobq.attempt.{job_id}.{attempt}.hb"
+
+
+def pod_inbox_prefix(job_id: str, attempt: int) -> str:
+    """A task pod's reply subjects (nats-py ``inbox_prefix``): the only ones it may subscribe to."""
+    return f"_INBOX.pod.{job_id}.{attempt}"
+
+
+def job_request_subject(op: str) -> str:
+    """``cancel`` or ``retry``: a JobRequest, answered with a JobRequestReply."""
+    return f"jobq.jobs.{op}"
 
 
 def result_key(job_id: str, attempt: int) -> str:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from pathlib import Path
 
 from broker import contract, policy, retry_policy, settings
+from broker.natsauth import keys
 
 _DISPATCHER = settings.DispatcherSettings()
 
@@ -29,6 +31,8 @@ class Limits:
     image: str | None = None
     """Default container image for task pods (Kubernetes; None: the backend's own)."""
     extra_env: tuple[tuple[str, str], ...] = ()
+    pod_token_key: bytes | None = None
+    """Mints each task pod's NATS token for its own attempt (None: pods get no token)."""
     profiles: Mapping[str, contract.Resources] = dataclasses.field(default_factory=dict)
     """The operator's overrides of contract.PROFILES (JOBQ_RESOURCE_PROFILES), by profile name."""
     reschedule_on_node_loss: bool = _DISPATCHER.reschedule_on_node_loss
@@ -51,6 +55,8 @@ class Limits:
             queue_pending_timeouts=dict(d.queue_pending_timeouts),
             queue_policy=d.queue_policy,
             profiles=dict(config.backend.resource_profiles),
+            pod_token_key=(keys.callout_keys(Path(config.nats.auth_dir)).token_key
+                           if config.nats.auth_dir else None),
         )
 
 

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from broker import contract, settings, store
 from broker.backends import base
-from broker.dispatcher import intake, lease, logs, reconcile, undeliverable, waiting_room
+from broker.dispatcher import intake, job_requests, lease, logs, reconcile, undeliverable, waiting_room
 from broker.dispatcher.index import JobIndex
 from broker.dispatcher.limits import Limits
 from broker.dispatcher.workqueue import WorkQueue
@@ -93,6 +93,7 @@ class Dispatcher:
         heartbeat_sub = await self.store.nc.subscribe(contract.HEARTBEAT_WILDCARD, cb=self._on_heartbeat)
         log_server = await logs.LogServer(self.store.nc, lookup=logs.record_lookup(self.index, self.store),
                                           backend=self.backend).start()
+        request_server = await job_requests.JobRequestServer(self.store.nc, self.store).start()
         self.heartbeats.listening_since = contract.utcnow()
         watcher = asyncio.create_task(self.store.watch_jobs(self.index.put, self.index_ready),
                                       name="index-watch")
@@ -119,6 +120,7 @@ class Dispatcher:
             with contextlib.suppress(Exception):
                 await heartbeat_sub.unsubscribe()
             await log_server.stop()
+            await request_server.stop()
             self.queue.close()
 
     async def _lead(self, stop: asyncio.Event) -> None:

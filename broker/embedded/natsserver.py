@@ -54,14 +54,17 @@ def sync_always_from_env(environ: Mapping[str, str] | None = None) -> bool:
                           "default) or 'default' (nats-server's own: fsync every 2 minutes)")
 
 
-def config_text(*, sync_always: bool) -> str:
-    """The config file our servers run with (flags on the command line override it)."""
+def config_text(*, sync_always: bool, authorization: str = "") -> str:
+    """The config file our servers run with (flags on the command line override it);
+    ``authorization``: the users and auth callout block (broker/natsauth/server_config.py)."""
     lines = ["# Written by jobq (broker/embedded/natsserver.py); rewritten at every start."]
     if sync_always:
         lines += ["# fsync every JetStream write before acknowledging it (JOBQ_NATS_SYNC=always).",
                   "jetstream {", "  sync_interval: always", "}"]
     else:
         lines += ["# nats-server's default fsync policy: every 2 minutes (JOBQ_NATS_SYNC=default)."]
+    if authorization:
+        lines += ["# A user per role, and the auth callout for node agents and task pods.", authorization]
     return "\n".join(lines) + "\n"
 
 
@@ -70,7 +73,8 @@ class NatsServer:
 
     def __init__(self, *, store_dir: Path, port: int = -1, host: str = "127.0.0.1",
                  name: str = "jobq", cluster: tuple[str, int, list[str]] | None = None,
-                 monitor_port: int | None = None, sync_always: bool = True) -> None:
+                 monitor_port: int | None = None, sync_always: bool = True,
+                 authorization: str = "") -> None:
         self.store_dir = store_dir
         self.port = port
         self.host = host
@@ -79,6 +83,8 @@ class NatsServer:
         self.monitor_port = monitor_port
         """HTTP monitoring (``/varz``, ``/jsz``): -1 picks a free port; None: none."""
         self.sync_always = sync_always
+        self.authorization = authorization
+        """The ``authorization`` block (empty: no authentication)."""
         self.process: asyncio.subprocess.Process | None = None
         self.url = ""
         self.monitor_url = ""
@@ -103,7 +109,10 @@ class NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         for stale in self.store_dir.glob("nats-server_*.ports"):
             stale.unlink()
-        self.config_path.write_text(config_text(sync_always=self.sync_always))
+        self.config_path.touch(mode=0o600)  # it may hold passwords
+        self.config_path.chmod(0o600)
+        self.config_path.write_text(
+            config_text(sync_always=self.sync_always, authorization=self.authorization))
         log_path = self.store_dir / "nats-server.log"
         self.process = await pod_runtime.spawn(self.command(), env={}, log_path=log_path)
         ports_file = self.store_dir / f"nats-server_{self.process.pid}.ports"

@@ -5,6 +5,12 @@ dies with the supervisor (parent-death signal), and a node agent killed with SIG
 pods with it, as a machine would. ``<data_dir>/stack.json`` tells other commands (``jobq
 submit``, chaos actions) where everything is.
 
+NATS is secure by default: unless JOBQ_NATS_AUTH=off (or the stack is given a NATS URL), the
+server runs with a user per role and an auth callout (broker/natsauth): secrets in
+``<data_dir>/nats-auth`` (reused by the next start), the dispatchers as ``jobq-dispatcher``, each
+node agent with a token for its own node, each task pod with a token for its own attempt, and
+``stack.json`` pointing other commands at the submitter's and operator's passwords.
+
 The HTTP API is secure by default: unless JOBQ_HTTP_TOKEN (or JOBQ_HTTP_TOKEN_FILE) is given,
 the stack keeps a random token in ``<data_dir>/http-token`` (mode 0600, reused by the next
 start), hands the dispatchers its path, and prints the dashboard address with the token in
@@ -31,7 +37,10 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from broker import contract, natsutil, settings
+from broker.embedded import stack_auth
 from broker.embedded.natsserver import NatsServer, sync_always_from_env
+from broker.embedded.stack_auth import CREDENTIAL_ENV, NODE, StackAuth, auth_from_env
+from broker.natsauth import callout, permissions
 from workers import pod_runtime
 
 STATE_FILE = "stack.json"
@@ -71,6 +80,9 @@ class StackConfig:
     """1, or 3 for a NATS cluster (servers jobq-0..2, fixed ports, streams at R3)."""
     nats_sync_always: bool = dataclasses.field(default_factory=sync_always_from_env)
     """fsync every JetStream write (``sync_interval: always``); default from JOBQ_NATS_SYNC."""
+    nats_auth: bool = dataclasses.field(default_factory=auth_from_env)
+    """A NATS user per role and the auth callout (default from JOBQ_NATS_AUTH); only for a NATS
+    the stack starts itself."""
 
 
 def _cli(*args: str) -> list[str]:
@@ -95,6 +107,9 @@ class Stack:
         self.http_token = ""
         """The HTTP API's bearer token ("" when the API is open: JOBQ_HTTP_TOKEN set empty)."""
         self._token_env: dict[str, str] = {}
+        self.auth: StackAuth | None = None
+        """The NATS users, when the stack runs its NATS with them (``nats_auth``)."""
+        self._callout: callout.CalloutService | None = None
 
     @property
     def logs(self) -> Path:
@@ -132,9 +147,17 @@ class Stack:
             path.write_text(self.http_token + "\n")
         self._token_env = {"JOBQ_HTTP_TOKEN_FILE": str(path.resolve())}
 
-    def _env(self) -> dict[str, str]:
+    def nats_options(self, role: str = permissions.ROLE_OPERATOR) -> dict[str, str]:
+        """nats.connect credentials of ``role`` (operator, submitter, dispatcher) on this stack's
+        NATS; empty when it runs without users."""
+        return self.auth.options(role) if self.auth is not None else {}
+
+    def _env(self, role: str = permissions.ROLE_DISPATCHER, *, node: str = "") -> dict[str, str]:
         env = {**os.environ, **self.config.env, contract.ENV_NATS_URL: self.nats_url,
                contract.ENV_LOG_FORMAT: self.config.log_format}
+        if self.auth is not None:  # each process gets its own role's credentials, no others
+            env = {k: v for k, v in env.items() if k not in CREDENTIAL_ENV}
+            env.update(self.auth.process_env(role, node=node))
         if len(self.nats_cluster) > 1:
             env.setdefault("JOBQ_NATS_REPLICAS", "3")
         env.setdefault("PYTHONUNBUFFERED", "1")
@@ -144,18 +167,25 @@ class Stack:
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
         self._http_token()
+        authorization = ""
+        if not self.nats_url and self.config.nats_auth:
+            self.auth = StackAuth(self.config.data_dir / stack_auth.AUTH_DIR)
+            authorization = self.auth.authorization_block()
         if not self.nats_url and self.config.nats_servers > 1:
-            await self._start_nats_cluster(self.config.nats_servers)
+            await self._start_nats_cluster(self.config.nats_servers, authorization)
         elif not self.nats_url:
             self.progress(f"starting nats-server (JetStream, {self._sync_words()})")
             self.nats = NatsServer(store_dir=self.config.data_dir / "nats", port=self.config.nats_port,
-                                   monitor_port=-1, sync_always=self.config.nats_sync_always)
+                                   monitor_port=-1, sync_always=self.config.nats_sync_always,
+                                   authorization=authorization)
             self.nats_cluster = [self.nats]
             try:
                 self.nats_url = await self.nats.start()
             except Exception as exc:
                 raise StackError(f"nats-server failed to start: {exc}") from exc
-        self.nc = await natsutil.connect(self.nats_url, name="jobq-stack")
+        self.nc = await natsutil.connect(self.nats_url, name="jobq-stack", auth=self.nats_options())
+        if self.auth is not None:  # node agents can connect while no dispatcher runs
+            self._callout = await callout.CalloutService(self.nc, self.auth.callout_keys).start()
         self._node_sub = await self.nc.subscribe(contract.NODE_STATUS_WILDCARD, cb=self._on_node)
         self._control_sub = await self.nc.subscribe(contract.CONTROL_SUBJECT, cb=self._on_control)
         self.progress(f"nats at {self.nats_url}; starting {self.config.dispatchers} dispatcher(s) "
@@ -172,7 +202,7 @@ class Stack:
         else:
             self.progress(f"dashboard {self.http_url} (JOBQ_HTTP_TOKEN is empty: the API is open)")
 
-    async def _start_nats_cluster(self, size: int) -> None:
+    async def _start_nats_cluster(self, size: int, authorization: str) -> None:
         """``size`` clustered servers on fixed ports, so a restarted member keeps its name, store
         and address and the connect URL (all members) stays valid."""
         self.progress(f"starting a {size}-server nats cluster (JetStream, {self._sync_words()})")
@@ -184,7 +214,7 @@ class Stack:
             self.nats_cluster.append(NatsServer(
                 store_dir=self.config.data_dir / f"nats-{i}", port=client_ports[i], name=f"jobq-{i}",
                 cluster=("jobq", cluster_ports[i], routes), monitor_port=-1,
-                sync_always=self.config.nats_sync_always))
+                sync_always=self.config.nats_sync_always, authorization=authorization))
         self.nats = self.nats_cluster[0]
         try:
             await asyncio.gather(*(server.start() for server in self.nats_cluster))
@@ -260,7 +290,7 @@ class Stack:
             _cli("node-agent", "--name", name, "--cpu", str(self.config.node_cpu),
                  "--memory", self.config.node_memory, "--interval", str(self.config.node_heartbeat_s),
                  "--work-dir", str(self.config.data_dir / "nodes")),
-            env=self._env(), log_path=self.logs / f"{name}.log")
+            env=self._env(NODE, node=name), log_path=self.logs / f"{name}.log")
         self.write_state()
 
     def signal_node(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
@@ -318,7 +348,8 @@ class Stack:
                 "nats_monitor": {s.name: s.monitor_url for s in self.nats_cluster},
                 "data_dir": str(self.config.data_dir.resolve()),
                 "http_token_file": (str((self.config.data_dir / TOKEN_FILE).resolve())
-                                    if self._token_env else None)}
+                                    if self._token_env else None),
+                "nats_auth": self.auth.state() if self.auth is not None else None}
 
     def write_state(self) -> None:
         state = self.state()
@@ -332,6 +363,8 @@ class Stack:
         for process in self.dispatchers.values():
             await pod_runtime.terminate(process, grace_s=10)
         await asyncio.gather(*(pod_runtime.terminate(p, grace_s=5) for p in self.nodes.values()))
+        if self._callout is not None:
+            await self._callout.stop()
         if self.nc is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.nc.drain(), 5)

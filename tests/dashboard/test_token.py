@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from broker.embedded.stack import Stack
-from submitter.client import JobqClient
-from tests.conftest import running_stack
+from tests.conftest import running_stack, submitter_client
 from tests.dashboard.test_dashboard import FLAGS
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -24,7 +23,7 @@ async def test_dashboard_asks_for_the_token(chromium: str, output_dir: Path, tmp
     stack: Stack
     async with (
         running_stack(tmp_path, nodes=0, env={"JOBQ_HTTP_TOKEN": TOKEN}) as stack,
-        JobqClient(stack.nats_url) as client,
+        submitter_client(stack) as client,
         async_playwright() as pw,
     ):
         context = await pw.chromium.launch_persistent_context(

@@ -14,7 +14,7 @@ import pytest
 from broker import contract
 from broker.embedded.stack import Stack
 from broker.http import openapi
-from submitter.client import JobqClient
+from tests.conftest import submitter_client
 from tests.http.conftest import TOKEN
 from tests.http.helpers import eventually, get_json
 
@@ -65,7 +65,7 @@ async def _sse_until(
 async def test_api_routes(token_stack: Stack) -> None:
     stack, base = token_stack, token_stack.http_url
     async with (
-        JobqClient(stack.nats_url) as client,
+        submitter_client(stack) as client,
         aiohttp.ClientSession(headers=AUTH) as http,
         aiohttp.ClientSession() as anon,
     ):

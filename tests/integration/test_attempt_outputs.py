@@ -21,9 +21,10 @@ from nats.aio.client import Client as NATS
 
 from broker import contract
 from broker.embedded.natsserver import NatsServer
+from broker.embedded.stack import Stack
 from submitter.client import ArtifactNotFound, JobqClient, OutputRejected
 from tests import checker
-from tests.conftest import running_stack
+from tests.conftest import running_stack, submitter_client
 from tests.integration.helpers import node_status, wait_running
 from tests.integration.test_runner import Pod, run_pod, runner_env, stored_result
 from workers import results, runner, runner_settings
@@ -233,7 +234,7 @@ async def test_the_dispatcher_refuses_a_result_its_attempts_pod_did_not_write(
     exits 0 without storing one) is not accepted: the attempt fails and the next one's own
     result is the job's. Before writers were checked, the forged result was accepted."""
     async with running_stack(tmp_path, env={"PYTHONPATH": str(task_path)}) as stack, \
-            JobqClient(stack.nats_url) as client:
+            submitter_client(stack) as client:
         handle = await client.submit(task="outputs_tasks:quits_once", args={"seconds": 3},
                                      retry={"max_attempts": 3, "backoff_base_s": 0.1})
         (running,) = await wait_running(client, [handle.id], count=1, timeout=60)
@@ -242,7 +243,10 @@ async def test_the_dispatcher_refuses_a_result_its_attempts_pod_did_not_write(
         forged = contract.TaskResult(
             job_id=handle.id, attempt=1, node=running.current.node, output={"forged": True},
             writer=impostor, started_at=contract.utcnow(), finished_at=contract.utcnow())
-        kv = await client.js.key_value(contract.BUCKET_RESULTS)
+        # The forger has the operator's rights (a submitter or another pod may not write here at
+        # all: tests/integration/test_nats_roles.py); the writer check must stop even that.
+        forger = await nats.connect(stack.nats_url, **stack.nats_options("operator"))
+        kv = await forger.jetstream().key_value(contract.BUCKET_RESULTS)
         await kv.create(contract.result_key(handle.id, 1), forged.model_dump_json().encode())
 
         result = await handle.result(timeout=90)
@@ -267,9 +271,11 @@ async def test_the_dispatcher_refuses_a_result_its_attempts_pod_did_not_write(
         await kv.put(contract.result_key(handle.id, 2), replaced.model_dump_json().encode())
         with pytest.raises(OutputRejected, match="uid"):
             await client.result(handle.id)
+        await forger.close()
 
 
-async def test_the_sdk_hands_out_the_accepted_attempts_artifacts_only(client: JobqClient) -> None:
+async def test_the_sdk_hands_out_the_accepted_attempts_artifacts_only(
+        stack: Stack, client: JobqClient) -> None:
     trained = await client.submit(task="sklearn.train", args={"dataset": "iris", "model": "knn"})
     result = await trained.result(timeout=120)
     assert result.output["artifact"] == contract.artifact_key(trained.id, 1, "model.pkl")
@@ -283,13 +289,23 @@ async def test_the_sdk_hands_out_the_accepted_attempts_artifacts_only(client: Jo
     assert (await predicted.result(timeout=120)).output["accuracy"] > 0.9
     assert json.loads(await client.artifact(predicted.id, "predictions.json"))["model_job"] == trained.id
 
-    # An object under the accepted attempt's key written by another pod is not handed out.
-    store = await client.js.object_store(contract.OBJECT_STORE_ARTIFACTS)
+    # An object under the accepted attempt's key written by another pod is not handed out, even
+    # one stamped with the accepted writer: its bytes are not those the attempt's result lists.
+    # (Another pod may write objects: NATS cannot scope object names. It forges as the operator
+    # here only to reach the object store without being a pod.)
+    forger = await nats.connect(stack.nats_url, **stack.nats_options("operator"))
+    store = await forger.jetstream().object_store(contract.OBJECT_STORE_ARTIFACTS)
     stranger = contract.Writer(pod=contract.pod_name(trained.id, 1), pod_uid="stranger")
     await store.put(contract.artifact_key(trained.id, 1, "extra.txt"), b"x",
                     meta=nats.js.api.ObjectMeta(headers=stranger.object_headers()))
     with pytest.raises(OutputRejected, match="stranger"):
         await client.artifact(trained.id, "extra.txt")
+    assert result.writer is not None
+    await store.put(contract.artifact_key(trained.id, 1, "model.pkl"), b"\x80forged",
+                    meta=nats.js.api.ObjectMeta(headers=result.writer.object_headers()))
+    with pytest.raises(OutputRejected, match="not those attempt 1 saved"):
+        await client.artifact(trained.id, "model.pkl")
+    await forger.close()
 
     sleeper = await client.submit(task="demo.sleep", args={"seconds": 30})
     await wait_running(client, [sleeper.id], count=1)
@@ -310,7 +326,7 @@ async def test_frozen_agent_whose_pod_keeps_writing_after_the_replacement_starte
     which per-job artifacts would have been overwritten). The checker must count the stale
     writes, and find none of them visible: no lost, duplicated, unproven or stale-visible job."""
     ledger = tmp_path / "ledger.jsonl"
-    async with running_stack(tmp_path) as stack, JobqClient(stack.nats_url) as client:
+    async with running_stack(tmp_path) as stack, submitter_client(stack) as client:
         specs = checker.witness_specs(6, ledger, seconds=8, prefix="frozen", progress_steps=8)
         acked = await checker.submit_witnessed(client, specs)
         ids = sorted(acked)

@@ -114,7 +114,7 @@ def storm(rng: random.Random) -> tuple[list[bytes], list[str]]:
 
 async def test_a_pile_of_submissions_is_taken_in_batches_each_one_exactly_once(tmp_path: Path) -> None:
     async with running_stack(tmp_path, nodes=1, env=ENV) as stack:
-        nc = await nats.connect(stack.nats_url)
+        nc = await nats.connect(stack.nats_url, **stack.nats_options())
         try:
             js = nc.jetstream(timeout=30)
             await stop_dispatcher(stack)
@@ -182,7 +182,7 @@ async def test_a_dispatcher_killed_in_the_middle_of_a_large_intake_loses_and_rep
 ) -> None:
     jobs = 3000
     async with running_stack(tmp_path, nodes=1, env=ENV) as stack:
-        nc = await nats.connect(stack.nats_url)
+        nc = await nats.connect(stack.nats_url, **stack.nats_options())
         try:
             js = nc.jetstream(timeout=30)
             await stop_dispatcher(stack)

@@ -33,9 +33,8 @@ from nats.js.kv import KeyValue
 from broker import contract, store
 from broker.dispatcher import undeliverable
 from broker.embedded.natsserver import NatsServer
-from submitter.client import JobqClient
 from tests import submission_corpus as corpus
-from tests.conftest import running_stack
+from tests.conftest import running_stack, submitter_client
 
 STORM_SEED = 20261202
 STORM_QUEUE = "storm"
@@ -160,17 +159,21 @@ def storm(rng: random.Random) -> list[Outgoing]:
     return out
 
 
-async def raw_publish(url: str, subject: str, header_block: bytes, payload: bytes) -> dict[str, object]:
-    """HPUB over a bare TCP connection: a header block nats-py would refuse to build."""
+async def raw_publish(
+    url: str, subject: str, header_block: bytes, payload: bytes, *, auth: dict[str, str]
+) -> dict[str, object]:
+    """HPUB over a bare TCP connection: a header block nats-py would refuse to build (as the
+    submitter user: ``auth`` holds its user and password; replies on an inbox it may read)."""
     parts = urlsplit(url)
     reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
     try:
         await reader.readline()  # INFO
-        connect = {"verbose": False, "pedantic": False, "headers": True, "no_responders": True, "protocol": 1}
+        connect = {"verbose": False, "pedantic": False, "headers": True, "no_responders": True, "protocol": 1,
+                   **({"user": auth["user"], "pass": auth["password"]} if auth else {})}
         size = len(header_block) + len(payload)
         writer.write(
-            f"CONNECT {json.dumps(connect)}\r\nSUB _RAW.ack 1\r\n"
-            f"HPUB {subject} _RAW.ack {len(header_block)} {size}\r\n".encode()
+            f"CONNECT {json.dumps(connect)}\r\nSUB _INBOX.raw.ack 1\r\n"
+            f"HPUB {subject} _INBOX.raw.ack {len(header_block)} {size}\r\n".encode()
             + header_block
             + payload
             + b"\r\n"
@@ -192,8 +195,8 @@ async def raw_publish(url: str, subject: str, header_block: bytes, payload: byte
         writer.close()
 
 
-async def publish_all(url: str, messages: list[Outgoing]) -> list[Published]:
-    nc = await nats.connect(url)
+async def publish_all(url: str, messages: list[Outgoing], **auth: str) -> list[Published]:
+    nc = await nats.connect(url, **auth)
     js = nc.jetstream(timeout=30)
     results: list[Published] = []
     try:
@@ -201,7 +204,8 @@ async def publish_all(url: str, messages: list[Outgoing]) -> list[Published]:
             result = Published(message)
             try:
                 if message.raw_headers is not None:
-                    ack = await raw_publish(url, message.subject, message.raw_headers, message.data)
+                    ack = await raw_publish(
+                        url, message.subject, message.raw_headers, message.data, auth=auth)
                     if "error" in ack:
                         result.error = str(ack["error"])
                     else:
@@ -270,7 +274,7 @@ async def test_a_storm_of_hostile_submissions_ends_as_records_and_dead_letters(t
     async with running_stack(tmp_path, nodes=1, env={"JOBQ_QUEUE_LIMITS": f"{STORM_QUEUE}=0"}) as stack:
         messages = storm(random.Random(STORM_SEED))
         started = time.monotonic()
-        published = await publish_all(stack.nats_url, messages)
+        published = await publish_all(stack.nats_url, messages, **stack.nats_options("submitter"))
         publish_s = time.monotonic() - started
         stored = [p for p in published if p.seq is not None and not p.duplicate]
         duplicates = [p for p in published if p.duplicate]
@@ -288,7 +292,7 @@ async def test_a_storm_of_hostile_submissions_ends_as_records_and_dead_letters(t
         }, [(p.out.kind, p.error) for p in refused]
         assert sum(p.out.kind == "refused-headers" for p in refused) >= 4
 
-        nc: NATS = await nats.connect(stack.nats_url)
+        nc: NATS = await nats.connect(stack.nats_url, **stack.nats_options())
         try:
             js = nc.jetstream(timeout=30)
             drain_started = time.monotonic()
@@ -321,7 +325,7 @@ async def test_a_storm_of_hostile_submissions_ends_as_records_and_dead_letters(t
             # The whole original of every letter is kept.
             some = random.Random(STORM_SEED).sample(sorted(letters), 20)
             by_seq = {p.seq: p for p in stored}
-            async with JobqClient(stack.nats_url) as client:
+            async with submitter_client(stack) as client:
                 for seq in some:
                     assert await client.dead_letter_original(letters[seq][0]) == by_seq[seq].out.data
         finally:
@@ -333,7 +337,7 @@ async def test_a_storm_of_hostile_submissions_ends_as_records_and_dead_letters(t
             async with http.get(f"{stack.http_url}readyz") as response:
                 assert response.status == 200
         assert "loop_crashed" not in (stack.logs / "dispatcher-0.log").read_text(errors="replace")
-        async with JobqClient(stack.nats_url) as client:
+        async with submitter_client(stack) as client:
             after = await client.submit(id="after-the-storm", task="demo.sleep", args={"seconds": 0.1})
             assert (await after.wait(timeout=60)).phase == contract.JobPhase.SUCCEEDED
         print(

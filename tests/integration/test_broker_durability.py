@@ -35,7 +35,7 @@ from broker.embedded.natsserver import NatsServer
 from broker.embedded.stack import Stack, StackConfig
 from submitter.client import JobqClient
 from tests.checker import check, submit_witnessed, witness_specs
-from tests.conftest import FAST_ENV
+from tests.conftest import FAST_ENV, submitter_client
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -173,7 +173,7 @@ async def test_broker_kill_with_sync_always_loses_nothing(
         for server in stack.nats_cluster:
             assert (await server.varz())["jetstream"]["config"].get("sync_always") is True, server.name
         async with (
-            JobqClient(stack.nats_url, name="test-broker-kill") as client,
+            submitter_client(stack, name="test-broker-kill") as client,
             aiohttp.ClientSession() as http,
         ):
 

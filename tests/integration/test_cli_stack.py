@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from broker import contract
+from submitter import clibase
 from submitter.client import JobqClient
 from tests.integration.helpers import start_jobq_up
 
@@ -32,7 +33,8 @@ async def start_up(data_dir: Path) -> tuple[asyncio.subprocess.Process, str]:
 @pytest.mark.timeout(240)
 async def test_ctrl_c_with_jobs_in_flight_then_up_again_finishes_them(tmp_path: Path) -> None:
     process, url = await start_up(tmp_path / "jobq")
-    async with JobqClient(url) as client:
+    # The SDK user's way to find the stack's submitter credentials: stack.json in the data dir.
+    async with JobqClient(url, auth=clibase.resolve_nats_auth(url, tmp_path / "jobq")) as client:
         ids = [(await client.submit(task="demo.sleep", args={"seconds": 2})).id for _ in range(6)]
         await asyncio.sleep(1.5)
     process.send_signal(signal.SIGINT)
@@ -41,7 +43,7 @@ async def test_ctrl_c_with_jobs_in_flight_then_up_again_finishes_them(tmp_path: 
 
     process, url = await start_up(tmp_path / "jobq")
     try:
-        async with JobqClient(url) as client:
+        async with JobqClient(url, auth=clibase.resolve_nats_auth(url, tmp_path / "jobq")) as client:
             records = await client.wait(ids, timeout=90)
         assert {r.phase for r in records.values()} == {contract.JobPhase.SUCCEEDED}
     finally:

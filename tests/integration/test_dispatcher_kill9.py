@@ -32,7 +32,7 @@ from broker.dispatcher.lease import LEASE_KEY
 from broker.embedded.stack import Stack
 from submitter.client import JobqClient
 from tests import checker
-from tests.conftest import running_stack
+from tests.conftest import running_stack, submitter_client
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -93,7 +93,7 @@ async def test_kill9_the_leader_20_times_with_jobs_flowing(tmp_path: Path) -> No
 
     async with (
         running_stack(tmp_path, dispatchers=2, nodes=3) as stack,
-        JobqClient(stack.nats_url, name="kill9-test") as client,
+        submitter_client(stack, name="kill9-test") as client,
     ):
 
         async def flow() -> None:

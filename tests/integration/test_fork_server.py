@@ -15,7 +15,7 @@ import pytest
 from broker import contract
 from broker.embedded.stack import Stack
 from submitter.client import JobqClient
-from tests.conftest import running_stack
+from tests.conftest import running_stack, submitter_client
 from tests.integration.helpers import node_status, wait_for, wait_running
 
 pytestmark = pytest.mark.timeout(180)
@@ -33,7 +33,7 @@ async def one_node(tmp_path: Path) -> AsyncIterator[Stack]:
 
 @pytest.fixture
 async def client(one_node: Stack) -> AsyncIterator[JobqClient]:
-    async with JobqClient(one_node.nats_url) as c:
+    async with submitter_client(one_node) as c:
         yield c
 
 

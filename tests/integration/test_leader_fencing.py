@@ -45,7 +45,7 @@ from broker.embedded.natsserver import NatsServer
 from broker.embedded.stack import Stack
 from submitter.client import JobqClient
 from tests import checker
-from tests.conftest import FAST_ENV, running_stack
+from tests.conftest import FAST_ENV, running_stack, submitter_client
 from workers.node_agent import AgentSettings, NodeAgent
 
 NOW = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
@@ -399,7 +399,7 @@ async def test_a_leader_paused_beyond_its_ttl_acts_no_more_after_the_takeover(tm
     acked: dict[str, int] = {}
     async with (
         running_stack(tmp_path, dispatchers=2, nodes=3) as stack,
-        JobqClient(stack.nats_url, name="fencing-test") as client,
+        submitter_client(stack, name="fencing-test") as client,
         KVFollower(client, contract.BUCKET_LEADER) as leases,
         KVFollower(client, contract.BUCKET_JOBS) as records,
     ):

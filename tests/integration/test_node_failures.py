@@ -18,7 +18,7 @@ from broker.dispatcher.lease import LEASE_KEY
 from broker.embedded.stack import Stack
 from broker.readmodel import recovery
 from submitter.client import JobqClient
-from tests.conftest import FAST_ENV, start_stack
+from tests.conftest import FAST_ENV, start_stack, submitter_client
 from tests.integration.helpers import node_status, success_events, wait_running
 
 pytestmark = pytest.mark.timeout(240)
@@ -129,7 +129,7 @@ async def test_dispatcher_kill_9_then_restart_adopts_running_pods(stack: Stack, 
 async def test_two_dispatchers_standby_takes_over(tmp_path: Path) -> None:
     stack = await start_stack(tmp_path, dispatchers=2)
     try:
-        async with JobqClient(stack.nats_url) as client:
+        async with submitter_client(stack) as client:
             ids = await submit_sleepers(client, 6, seconds=4)
             await wait_running(client, ids, count=3)
             kv = await client.js.key_value(contract.BUCKET_LEADER)
@@ -146,13 +146,13 @@ async def test_two_dispatchers_standby_takes_over(tmp_path: Path) -> None:
 
 async def test_graceful_stop_with_jobs_in_flight_then_restart_finishes_everything(tmp_path: Path) -> None:
     stack = await start_stack(tmp_path)
-    async with JobqClient(stack.nats_url) as client:
+    async with submitter_client(stack) as client:
         ids = await submit_sleepers(client, 8, seconds=3)
         await wait_running(client, ids, count=2)
     await stack.stop()  # what Ctrl-C on `jobq up` does
     stack = await start_stack(tmp_path)  # same data dir: same JetStream store
     try:
-        async with JobqClient(stack.nats_url) as client:
+        async with submitter_client(stack) as client:
             records = await client.wait(ids, timeout=120)
             assert {r.phase for r in records.values()} == {contract.JobPhase.SUCCEEDED}
             for job_id in ids:

@@ -16,9 +16,10 @@ from submitter.client import JobqClient
 from tests.conftest import cli_env
 
 
-async def raw_publish(url: str, payload: bytes, *, msg_id: str, queue: str = "default") -> None:
-    """What a service in any language does: publish JSON with a Nats-Msg-Id header."""
-    nc = await nats.connect(url)
+async def raw_publish(stack: Stack, payload: bytes, *, msg_id: str, queue: str = "default") -> None:
+    """What a service in any language does: publish JSON with a Nats-Msg-Id header, as the
+    submitter user."""
+    nc = await nats.connect(stack.nats_url, **stack.nats_options("submitter"))
     try:
         js = nc.jetstream()
         await js.publish(f"jobq.submit.{queue}", payload, headers={"Nats-Msg-Id": msg_id})
@@ -36,7 +37,7 @@ async def test_sdk_plain_nats_and_cli_jobs_all_succeed(stack: Stack, client: Job
     raw_ids = [f"raw-{i}" for i in range(20)]
     for job_id in raw_ids:
         body = {"id": job_id, "task": "demo.sleep", "args": {"seconds": 0.2}, "profile": "small"}
-        await raw_publish(stack.nats_url, json.dumps(body).encode(), msg_id=job_id)
+        await raw_publish(stack, json.dumps(body).encode(), msg_id=job_id)
     cli_ids = []
     for i in range(5):
         out = await asyncio.to_thread(
@@ -104,7 +105,7 @@ async def test_same_idempotency_key_runs_once(stack: Stack, client: JobqClient) 
     assert first.id == again.id
     # A raw publisher that reuses the key under another id (and another Nats-Msg-Id) is caught too.
     body = {"id": "other-id", "task": "demo.sleep", "idempotency_key": "nightly-2026-11-29"}
-    await raw_publish(stack.nats_url, json.dumps(body).encode(), msg_id="different-msg-id")
+    await raw_publish(stack, json.dumps(body).encode(), msg_id="different-msg-id")
     record = await first.wait(timeout=60)
     assert record.phase == contract.JobPhase.SUCCEEDED and len(record.attempts) == 1
     await asyncio.sleep(1)
@@ -130,7 +131,7 @@ async def test_bad_messages_are_dead_lettered_and_the_dispatcher_keeps_serving(
         "not-an-object": b"[1, 2, 3]",
     }
     for name, payload in bad.items():
-        await raw_publish(stack.nats_url, payload, msg_id=f"bad-{name}")
+        await raw_publish(stack, payload, msg_id=f"bad-{name}")
     good = await client.submit(task="demo.sleep", args={"seconds": 0.1})
     assert (await good.wait(timeout=60)).phase == contract.JobPhase.SUCCEEDED
 

@@ -25,7 +25,7 @@ import pytest
 from broker import contract
 from broker.embedded.stack import Stack
 from submitter.client import JobqClient
-from tests.conftest import running_stack
+from tests.conftest import running_stack, submitter_client
 from tests.integration import pod_env_probe
 from workers import fork_client, pod_env
 
@@ -79,6 +79,9 @@ def assert_scrubbed(environ: dict[str, str], *, initial: str = "") -> None:
     assert environ["JOBQ_TEST_SHARED"] == "passed-through"
     extra = {k for k in environ if not k.startswith("LC_")} - allowed(POD_KEYS)
     assert not extra, f"variables from the agent's environment: {sorted(extra)}"
+    if contract.ENV_NATS_TOKEN in environ:  # its attempt's token, never its agent's (a node's)
+        job, attempt = environ[contract.ENV_JOB_ID], environ[contract.ENV_ATTEMPT]
+        assert environ[contract.ENV_NATS_TOKEN].startswith(f"jobq1:pod:{job}:{attempt}:")
 
 
 POD_KEYS = {
@@ -88,6 +91,7 @@ POD_KEYS = {
     contract.ENV_TASK,
     contract.ENV_ARGS,
     contract.ENV_NATS_URL,
+    contract.ENV_NATS_TOKEN,  # the pod's own, for its attempt (checked in assert_scrubbed)
     contract.ENV_NODE,
     contract.ENV_POD,
     contract.ENV_POD_UID,
@@ -119,7 +123,7 @@ async def test_task_and_command_pods_see_only_their_spec_the_base_and_the_pass_t
     stack: Stack, request: pytest.FixtureRequest
 ) -> None:
     forked = "forked" in request.node.callspec.id
-    async with JobqClient(stack.nats_url) as client:
+    async with submitter_client(stack) as client:
         task = await client.submit(task=TASK, args={}, retry=ONCE)
         command = await client.submit(command=["/bin/sh", "-c", POD_SHELL], retry=ONCE)
         seen = (await client.result(task.id, timeout=90)).output
@@ -174,7 +178,7 @@ async def test_pods_run_as_the_pod_user(open_dir: Path) -> None:
     nobody = pod_env.PodUser.parse("nobody")
     tasks_too = python_runs_as(nobody.uid)
     async with _stack(open_dir, JOBQ_POD_USER="nobody") as stack:
-        async with JobqClient(stack.nats_url) as client:
+        async with submitter_client(stack) as client:
             command = await client.submit(command=["/bin/sh", "-c", POD_SHELL], retry=ONCE)
             task = await client.submit(task=TASK, args={}, retry=ONCE) if tasks_too else None
             assert (await wait_ok(client, command.id)).phase == contract.JobPhase.SUCCEEDED

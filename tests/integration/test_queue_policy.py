@@ -17,7 +17,7 @@ from broker import contract, natsutil, policy, store
 from broker.dispatcher import intake
 from broker.embedded.natsserver import NatsServer
 from submitter.client import JobqClient
-from tests.conftest import running_stack
+from tests.conftest import running_stack, submitter_client
 
 POLICY = {
     "*": {"tasks": ["demo.*"]},
@@ -102,7 +102,7 @@ async def test_intake_dead_letters_what_the_queue_does_not_admit(nc: NATS, nats_
 @pytest.mark.timeout(90)
 async def test_the_stack_refuses_at_intake_and_runs_what_it_admits(tmp_path: Path) -> None:
     env = {"JOBQ_QUEUE_POLICY": json.dumps(POLICY)}
-    async with running_stack(tmp_path, nodes=1, env=env) as stack, JobqClient(stack.nats_url) as client:
+    async with running_stack(tmp_path, nodes=1, env=env) as stack, submitter_client(stack) as client:
         await submit_refused(client)
         allowed = await client.submit(
             id="allowed",
@@ -117,7 +117,7 @@ async def test_the_stack_refuses_at_intake_and_runs_what_it_admits(tmp_path: Pat
         # A job recorded before the policy refused it (written straight to the store here, as an
         # older dispatcher would have): it ends dead, refused, before any attempt.
         now = contract.utcnow()
-        nc = await natsutil.connect(stack.nats_url, name="test")
+        nc = await natsutil.connect(stack.nats_url, auth=stack.nats_options(), name="test")
         try:
             st = await store.Store.open(nc)
             record = contract.JobRecord(

@@ -16,7 +16,7 @@ import pytest
 from broker import contract
 from submitter import clibase
 from submitter.client import JobqClient, JobRefused
-from tests.conftest import cli_env, running_stack
+from tests.conftest import cli_env, running_stack, submitter_client
 from tests.integration.test_cli_errors import assert_one_line_error, jobq
 
 CLOSED = {"JOBQ_QUEUE_POLICY": json.dumps({"*": {"commands": False}})}
@@ -36,7 +36,7 @@ async def letter_seq(client: JobqClient, job_id: str, *, timeout: float = 15) ->
 
 @pytest.mark.timeout(120)
 async def test_wait_raises_job_refused_and_the_other_jobs_go_on(tmp_path: Path) -> None:
-    async with running_stack(tmp_path, env=CLOSED) as stack, JobqClient(stack.nats_url) as client:
+    async with running_stack(tmp_path, env=CLOSED) as stack, submitter_client(stack) as client:
         # Refused during the wait: the live subscription hears it.
         fine = await client.submit(task="demo.sleep", args={"seconds": 1}, id="fine-job")
         waiting = asyncio.create_task(client.wait(["fine-job", "live-refused"], timeout=60))
@@ -87,7 +87,7 @@ async def test_wait_raises_job_refused_and_the_other_jobs_go_on(tmp_path: Path) 
 
 @pytest.mark.timeout(120)
 async def test_the_cli_says_refused_in_one_line_with_exit_6(tmp_path: Path) -> None:
-    async with running_stack(tmp_path, env=CLOSED) as stack, JobqClient(stack.nats_url) as client:
+    async with running_stack(tmp_path, env=CLOSED) as stack, submitter_client(stack) as client:
         env = cli_env(stack)
         out = await jobq(
             "submit", "--command", "true", "--id", "cli-refused", "--wait", "--timeout", "60", env=env

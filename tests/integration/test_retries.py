@@ -13,7 +13,7 @@ import pytest
 from broker import contract
 from broker.embedded.stack import Stack
 from submitter.client import JobqClient
-from tests.conftest import cli_env, running_stack
+from tests.conftest import cli_env, running_stack, submitter_client
 from tests.integration.helpers import wait_running
 
 FAST_RETRY = {"max_attempts": 3, "backoff_base_s": 0.5, "backoff_cap_s": 2.0}
@@ -100,7 +100,7 @@ async def held_stack(tmp_path: Path) -> AsyncIterator[Stack]:
 
 
 async def test_cancel_queued_and_running_jobs(held_stack: Stack) -> None:
-    async with JobqClient(held_stack.nats_url) as client:
+    async with submitter_client(held_stack) as client:
         queued = await client.submit(task="demo.sleep", queue="held")
         running = await client.submit(task="demo.sleep", args={"seconds": 60})
         await wait_running(client, [running.id], count=1)

@@ -59,11 +59,11 @@ async def test_pending_timeout_dead_letters_a_job_that_waited_too_long(
 async def test_a_job_waiting_for_room_runs_when_room_frees(tmp_path: object) -> None:
     from pathlib import Path
 
-    from tests.conftest import running_stack
+    from tests.conftest import running_stack, submitter_client
 
     async with (
         running_stack(Path(str(tmp_path)), nodes=1, node_cpu=1.0) as stack,
-        JobqClient(stack.nats_url) as client,
+        submitter_client(stack) as client,
     ):
         first = await client.submit(task="demo.sleep", args={"seconds": 4}, resources={"cpu": 1})
         second = await client.submit(task="demo.sleep", args={"seconds": 1}, resources={"cpu": 1})

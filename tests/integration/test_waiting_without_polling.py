@@ -16,8 +16,7 @@ import aiohttp
 
 from broker import contract
 from broker.embedded.stack import Stack
-from submitter.client import JobqClient
-from tests.conftest import FAST_ENV, running_stack
+from tests.conftest import FAST_ENV, running_stack, submitter_client
 from tests.integration.helpers import wait_running
 
 WAITERS = 120
@@ -46,7 +45,7 @@ async def test_a_parked_backlog_costs_nothing_until_a_change_releases_it(tmp_pat
     assert FAST_ENV["JOBQ_RESYNC_INTERVAL_S"] == "2", "WINDOW_S counts resyncs of 2 s"
     env = {"JOBQ_QUEUE_LIMITS": "slot=1"}
     async with running_stack(tmp_path, nodes=1, node_cpu=2.0, env=env) as stack, \
-            JobqClient(stack.nats_url) as client:
+            submitter_client(stack) as client:
         # 1.5 + 0.25 of the node's 2 CPU are taken: a 1-CPU job fits the node later, not now;
         # a 0.1-CPU job of queue "slot" fits now but the queue's one slot is taken.
         blocker = await client.submit(**command("default", 1.5, "sleep", "3600"))

@@ -10,7 +10,7 @@ import pytest
 
 from broker.embedded.stack import Stack
 from submitter.client import JobqClient
-from tests.conftest import running_stack
+from tests.conftest import running_stack, submitter_client
 from tests.k8s.cluster import DevCluster, k8s_env, shared_cluster
 
 
@@ -40,5 +40,5 @@ async def k8s_stack(tmp_path: Path, cluster: DevCluster, namespace: str) -> Asyn
 
 @pytest.fixture
 async def k8s_client(k8s_stack: Stack) -> AsyncIterator[JobqClient]:
-    async with JobqClient(k8s_stack.nats_url) as c:
+    async with submitter_client(k8s_stack) as c:
         yield c

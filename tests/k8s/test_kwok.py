@@ -26,8 +26,7 @@ from broker import contract
 from broker.embedded.stack import Stack
 from devcluster import kwok
 from devcluster.build import BuildError, find_kubectl
-from submitter.client import JobqClient
-from tests.conftest import running_stack
+from tests.conftest import running_stack, submitter_client
 from tests.k8s.cluster import DevCluster, k8s_env
 
 pytestmark = [pytest.mark.k8s, pytest.mark.slow, pytest.mark.timeout(600)]  # a cold kwok build: ~2.5 min
@@ -128,7 +127,7 @@ async def test_jobs_run_on_kwok_nodes(
             [{"key": kwok.NODE_TAINT["key"], "operator": "Exists", "effect": "NoSchedule"}]
         ),
     }
-    async with running_stack(tmp_path, nodes=0, env=env) as stack, JobqClient(stack.nats_url) as client:
+    async with running_stack(tmp_path, nodes=0, env=env) as stack, submitter_client(stack) as client:
         view = await until("the dispatcher to see the fake nodes", lambda: _all_ready(stack, fake_nodes))
         assert all(view[n]["pods"] == 0 for n in fake_nodes)
         handles = [
