@@ -74,7 +74,8 @@ async def run(args: argparse.Namespace) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="jobq-bench-backlog-") as work:
         stack = await start_full(Path(work), sync_always=sync_always_from_env(), env=env)
         try:
-            async with JobqClient(stack.nats_url, auth=stack.nats_options(), name="bench-backlog") as client:
+            async with JobqClient(stack.nats_url,
+                                  nats_options=stack.nats_options(), name="bench-backlog") as client:
                 waiting = 0
                 for size in sorted(args.sizes):
                     ids = [f"wait-{i:05d}" for i in range(waiting, size)]

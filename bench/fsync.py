@@ -81,7 +81,8 @@ async def intake_rate(work: Path, *, sync_always: bool, jobs: int, nats_servers:
         await stack.start()
         for server in stack.nats_cluster:
             assert (await server.varz())["jetstream"]["config"].get("sync_always", False) is sync_always
-        async with JobqClient(stack.nats_url, auth=stack.nats_options(), name="bench-fsync") as client:
+        async with JobqClient(stack.nats_url,
+                              nats_options=stack.nats_options(), name="bench-fsync") as client:
             ids = {f"fsync-{i:05d}" for i in range(jobs)}
             kv = await client.js.key_value("jobq_jobs")
             watcher = await kv.watchall(meta_only=True)

@@ -49,7 +49,8 @@ async def start_full(work: Path, *, sync_always: bool, env: dict[str, str] | Non
     stack = Stack(stack_config(work, sync_always=sync_always, env=env))
     try:
         await stack.start()
-        async with JobqClient(stack.nats_url, auth=stack.nats_options(), name="bench-blocker") as client:
+        async with JobqClient(stack.nats_url,
+                              nats_options=stack.nats_options(), name="bench-blocker") as client:
             await client.submit(
                 id=BLOCKER_ID,
                 queue="bench-blocker",

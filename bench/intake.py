@@ -217,11 +217,12 @@ class BareIntake:
 
 async def bare_rate(stack: Stack, jobs: int, *, pipelined: bool, idempotency_keys: bool) -> float:
     name = "pipe" if pipelined else "seq"
-    nc = await natsutil.connect(stack.nats_url, auth=stack.nats_options(), name=f"bench-intake-{name}")
+    nc = await natsutil.connect(stack.nats_url, name=f"bench-intake-{name}",
+                                nats_options=stack.nats_options())
     try:
         js = nc.jetstream(timeout=10, publish_async_max_pending=256)
         bare = BareIntake(nc, js, name)
-        client = JobqClient(stack.nats_url, auth=stack.nats_options())
+        client = JobqClient(stack.nats_url, nats_options=stack.nats_options())
         payloads = []
         for fields in job_fields(f"bare-{name}", jobs, idempotency_keys=idempotency_keys):
             spec = client.build_spec(**fields)
@@ -240,7 +241,7 @@ async def jobq_rate(stack: Stack, jobs: int, *, idempotency_keys: bool) -> float
     stack.signal_dispatcher(0, signal.SIGTERM)
     await asyncio.wait_for(stack.dispatchers[0].wait(), 30)
     fields = job_fields("jobq", jobs, idempotency_keys=idempotency_keys)
-    async with JobqClient(stack.nats_url, auth=stack.nats_options(), name="bench-intake") as client:
+    async with JobqClient(stack.nats_url, nats_options=stack.nats_options(), name="bench-intake") as client:
         await submit_all(client, fields)
         watch = RecordWatch(client, (str(f["id"]) for f in fields))
         await watch.start()

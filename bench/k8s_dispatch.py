@@ -209,7 +209,7 @@ async def run_jobq(
         if stack.nats is not None and stack.nats.process is not None:
             meter.add("nats-server", stack.nats.process.pid)
         rss_before = kwok_run.rss_bytes(dispatcher)
-        async with JobqClient(stack.nats_url, auth=stack.nats_options()) as client:
+        async with JobqClient(stack.nats_url, nats_options=stack.nats_options()) as client:
             started = time.time()
             await submit_all(client, jobq_specs(args.jobs))
             submitted = time.time() - started

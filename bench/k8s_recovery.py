@@ -145,7 +145,7 @@ async def run_jobq_row(row: Row, cluster: Cluster, work: Path) -> tuple[list[Sam
     stack = Stack(config, progress=lambda line: say(f"{row.key}: stack: {line}"))
     try:
         await stack.start()
-        async with JobqClient(stack.nats_url, auth=stack.nats_options()) as client:
+        async with JobqClient(stack.nats_url, nats_options=stack.nats_options()) as client:
             beats = HeartbeatLog()
             await client.nc.subscribe("jobq.attempt.*.*.hb", cb=beats.on_msg)
             handles = [await client.submit(task="demo.sleep",

@@ -97,7 +97,7 @@ async def run(cluster: KwokCluster, args: argparse.Namespace) -> dict[str, Any]:
         rss_before = kwok_run.rss_bytes(pid)
         meter = kwok_run.CpuMeter(cluster.pids())
         meter.add("dispatcher", pid)
-        async with JobqClient(stack.nats_url, auth=stack.nats_options()) as client:
+        async with JobqClient(stack.nats_url, nats_options=stack.nats_options()) as client:
             started = time.time()
             sent = await submit_stamped(client, args.jobs)
             submitted_s = time.time() - started

@@ -73,7 +73,8 @@ async def run(args: argparse.Namespace) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="jobq-bench-latency-") as work:
         stack = await start_full(Path(work), sync_always=sync_always_from_env(), env=env)
         try:
-            async with JobqClient(stack.nats_url, auth=stack.nats_options(), name="bench-latency") as client:
+            async with JobqClient(stack.nats_url,
+                                  nats_options=stack.nats_options(), name="bench-latency") as client:
                 await latencies(client, "warm", 3)  # first pods pay imports the others find cached
                 samples, missing = await latencies(client, "idle", args.jobs)
                 lines.append(summary("idle", samples, missing))

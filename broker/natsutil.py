@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
+import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -22,7 +24,20 @@ from broker import contract
 
 log = structlog.get_logger("jobq.nats")
 
+
+class _TlsCloseNoise(logging.Filter):
+    """Drops asyncio's warning at every close of a connection nats-py upgraded to TLS (its stream
+    protocol was made before the upgrade: nats-io/nats.py#727); it says nothing about the link."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "eof_received() has no effect when using ssl" not in record.getMessage()
+
+
+logging.getLogger("asyncio").addFilter(_TlsCloseNoise())
+
 T = TypeVar("T")
+_TLS_CUT = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
+"""TLS errors of a connection cut mid-handshake (a server restarting): retried like any outage."""
 
 TRANSIENT: tuple[type[Exception], ...] = (
     nats.errors.NoRespondersError,
@@ -53,6 +68,7 @@ async def connect(
     give_up_after_s: float | None = None,
     on_closed: Callable[[], None] | None = None,
     inbox_prefix: str | None = None,
+    nats_options: Mapping[str, Any] | None = None,
 ) -> NATS:
     """Connect to ``url`` (one server or a comma-separated list); ConnectionError if NATS cannot
     be reached.
@@ -62,14 +78,23 @@ async def connect(
     gives up after a few tries; the failed tries before that are logged at debug level only, so
     the error is said once. ``give_up_after_s`` (a worker) keeps trying to connect for that long,
     logging the first error of each outage only, then closes the client and gives up.
-    ``inbox_prefix``: where replies come (a task pod may subscribe to its own only)."""
+    ``inbox_prefix``: where replies come (a task pod may subscribe to its own only).
+
+    TLS comes from ``nats_options["tls"]`` or else from the environment (contract.nats_tls_options:
+    JOBQ_NATS_CA); ``nats_options`` (any nats.connect options) win over the environment's."""
     connected = False
     failing: list[Exception] = []
     """The last error of the current outage (cleared on reconnect)."""
 
+    tls_failed = asyncio.Event()
+    """Set when TLS refuses the first connect (a certificate that does not verify, an alert), after
+    which nats-py hangs closing the transport (nats-io/nats.py#718): the connect gives up at once."""
+
     async def error_cb(exc: Exception) -> None:
         first = not failing
         failing[:] = [exc]
+        if isinstance(exc, ssl.SSLError) and not isinstance(exc, _TLS_CUT) and not connected:
+            tls_failed.set()
         if not (connected or reconnect_forever):
             log.debug("nats_connect_failed", error=repr(exc))
         elif first or give_up_after_s is None:
@@ -90,6 +115,9 @@ async def connect(
     options: dict[str, Any] = dict(
         auth if auth is not None else contract.nats_auth_options(os.environ if environ is None else environ)
     )
+    options.update(_tls_options(os.environ if environ is None else environ,
+                                given={**options, **(nats_options or {})}))
+    options.update(nats_options or {})
     options.update(connect_timeout=connect_timeout_s, reconnect_time_wait=reconnect_wait_s)
     if inbox_prefix:
         options["inbox_prefix"] = inbox_prefix
@@ -97,7 +125,7 @@ async def connect(
     nc = NATS()
     try:
         await asyncio.wait_for(
-            nc.connect(
+            _unless_tls_fails(tls_failed, failing, nc.connect(
                 servers=servers,
                 name=name,
                 max_reconnect_attempts=-1 if reconnect_forever or give_up_after_s is not None else 3,
@@ -107,7 +135,7 @@ async def connect(
                 reconnected_cb=reconnected_cb,
                 closed_cb=closed_cb,
                 **options,
-            ),
+            )),
             timeout=give_up_after_s,
         )
     except (nats.errors.Error, OSError) as exc:  # OSError includes TimeoutError
@@ -115,7 +143,10 @@ async def connect(
         if give_up_after_s is None and not unreachable:
             raise
         with contextlib.suppress(Exception):
-            await nc.close()  # it would go on reconnecting forever
+            await asyncio.wait_for(nc.close(), 2)  # it would go on reconnecting forever
+        tls_problem = contract.describe_tls_failure(failing[-1] if failing else exc, url)
+        if tls_problem is not None:
+            raise ConnectionError(tls_problem) from exc
         if give_up_after_s is not None:
             raise ConnectionError(
                 f"cannot reach NATS at {', '.join(servers)} within {give_up_after_s:g} s "
@@ -126,7 +157,40 @@ async def connect(
             "(jobq up), or is --nats / JOBQ_NATS_URL right?"
         ) from exc
     connected = True
+    if (options.get("tls") is not None or "tls://" in url) and not _speaks_tls(nc):
+        await nc.close()  # nats-py upgrades only when the server asks (INFO tls_required)
+        raise ConnectionError(f"NATS at {url} does not speak TLS, but {contract.ENV_NATS_CA} or a "
+                              "tls:// URL asks for it: is it the right server?")
     return nc
+
+
+def _speaks_tls(nc: NATS) -> bool:
+    """Whether the connection was upgraded to TLS (the server's INFO required it)."""
+    info: dict[str, Any] = getattr(nc, "_server_info", {})
+    return bool(info.get("tls_required"))
+
+
+async def _unless_tls_fails(failed: asyncio.Event, errors: list[Exception],
+                            connecting: Awaitable[None]) -> None:
+    """Await ``connecting`` unless ``failed`` is set first; then cancel it and raise the error."""
+    task = asyncio.ensure_future(connecting)
+    waiter = asyncio.ensure_future(failed.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if not task.cancelled():
+        return task.result()
+    raise errors[-1]
+
+
+def _tls_options(environ: Mapping[str, str], *, given: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The environment's TLS options, unless the caller gave its own ``tls``."""
+    return {} if given is not None and "tls" in given else contract.nats_tls_options(environ)
 
 
 RETRY_BUDGET_S = 30.0

@@ -37,6 +37,9 @@ class NatsSettings:
     auth_dir: str = ""
     """The NATS auth secrets (JOBQ_NATS_AUTH_DIR): with them the dispatcher serves the auth
     callout and gives each task pod a token for its own attempt (broker/natsauth)."""
+    ca_file: str = ""
+    """PEM CA bundle NATS's TLS certificate is verified against (JOBQ_NATS_CA); also handed to
+    task pods (on Kubernetes, JOBQ_POD_NATS_CA_SECRET replaces it with the mounted copy)."""
 
     def __post_init__(self) -> None:
         if self.replicas not in (1, 3, 5):
@@ -101,10 +104,16 @@ class HttpSettings:
     cors_origins: tuple[str, ...] = ()
     """Origins other than the dispatcher's own whose pages may call the API, e.g.
     JOBQ_HTTP_CORS_ORIGINS="https://ops.example.com"; empty: same origin only."""
+    tls_cert_file: str = ""
+    """PEM certificate (chain) to serve HTTPS with (JOBQ_HTTP_TLS_CERT); empty: plain HTTP."""
+    tls_key_file: str = ""
+    """PEM private key of ``tls_cert_file`` (JOBQ_HTTP_TLS_KEY)."""
 
     def __post_init__(self) -> None:
         if self.token != self.token.strip() or any(c.isspace() for c in self.token):
             raise SettingsError("JOBQ_HTTP_TOKEN must not contain whitespace")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise SettingsError("set both JOBQ_HTTP_TLS_CERT and JOBQ_HTTP_TLS_KEY (HTTPS), or neither")
         for origin in self.cors_origins:
             if not CORS_ORIGIN.fullmatch(origin):
                 raise SettingsError(f"JOBQ_HTTP_CORS_ORIGINS: {origin!r} is not scheme://host[:port] "
@@ -136,6 +145,10 @@ class BackendSettings:
     optional keys ``user``/``password``/``token`` become JOBQ_NATS_USER/PASSWORD/TOKEN, an optional
     key ``creds`` is mounted at ``contract.POD_NATS_CREDS_PATH`` (JOBQ_NATS_CREDS). The kubelet
     reads it; the dispatcher never does."""
+    pod_nats_ca_secret: str = ""
+    """Secret in the jobs namespace whose key ``ca.crt`` (the NATS CA) is mounted into task pods at
+    ``contract.POD_NATS_CA_PATH``, their JOBQ_NATS_CA (JOBQ_POD_NATS_CA_SECRET). Empty: pods get
+    the dispatcher's own JOBQ_NATS_CA path (right where pods share its file system: the dev cluster)."""
     resource_profiles: Mapping[str, contract.Resources] = dataclasses.field(default_factory=dict)
     """Operator overrides of the built-in profiles (small, medium, large, gpu) as JSON, fields
     not given keep the built-in value: JOBQ_RESOURCE_PROFILES='{"gpu": {"memory": "32Gi"}}'.
@@ -144,6 +157,7 @@ class BackendSettings:
     def __post_init__(self) -> None:
         for name, value in (("JOBQ_POD_SERVICE_ACCOUNT", self.pod_service_account),
                             ("JOBQ_POD_NATS_SECRET", self.pod_nats_secret),
+                            ("JOBQ_POD_NATS_CA_SECRET", self.pod_nats_ca_secret),
                             *(("JOBQ_POD_IMAGE_PULL_SECRETS", v) for v in self.image_pull_secrets)):
             if value and not DNS_SUBDOMAIN.fullmatch(value):
                 raise SettingsError(f"{name}: {value!r} is not a valid Kubernetes object name")
@@ -193,6 +207,7 @@ class Settings:
             nats=NatsSettings(
                 url=get("NATS_URL", n.url), replicas=int(number("NATS_REPLICAS", n.replicas)),
                 auth_dir=get("NATS_AUTH_DIR", n.auth_dir),
+                ca_file=get("NATS_CA", n.ca_file).strip(),
             ),
             dispatcher=DispatcherSettings(
                 workers=int(number("WORKERS", d.workers)),
@@ -217,6 +232,8 @@ class Settings:
                 metrics_open=flag("HTTP_METRICS_OPEN", h.metrics_open),
                 cors_origins=tuple(
                     filter(None, (o.strip().rstrip("/") for o in get("HTTP_CORS_ORIGINS", "").split(",")))),
+                tls_cert_file=get("HTTP_TLS_CERT", "").strip(),
+                tls_key_file=get("HTTP_TLS_KEY", "").strip(),
             ),
             backend=BackendSettings(
                 kind="kubernetes" if kind == "kubernetes" else "local",
@@ -230,6 +247,7 @@ class Settings:
                 gpu_node_selector=parse_node_selector(get("GPU_NODE_SELECTOR", "")),
                 gpu_tolerations=parse_tolerations(get("GPU_TOLERATIONS", "")),
                 pod_nats_secret=get("POD_NATS_SECRET", "").strip(),
+                pod_nats_ca_secret=get("POD_NATS_CA_SECRET", "").strip(),
                 resource_profiles=parse_resource_profiles(get("RESOURCE_PROFILES", "")),
             ),
         )

@@ -38,8 +38,7 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from broker import contract, natsutil
-from broker.embedded.stack import read_state
-from broker.embedded.stack_auth import CREDENTIAL_ENV, nats_auth_of
+from broker.embedded.stack_state import nats_auth_for, nats_ca_for, read_state
 from submitter.client import JobqClient
 
 log = structlog.get_logger("jobq.chaos")
@@ -88,17 +87,22 @@ def nats_url(configuration: Configuration) -> str:
 def nats_auth(configuration: Configuration) -> dict[str, str] | None:
     """The operator's credentials of the stack in the data dir, for that stack's own NATS only
     (None: JOBQ_NATS_* from the environment, or no credentials)."""
-    if any(os.environ.get(name) for name in CREDENTIAL_ENV):
-        return None
-    state = stack_state(configuration)
-    if state.get("nats_url") != nats_url(configuration):
-        return None
-    return nats_auth_of(state, "operator")
+    return nats_auth_for(nats_url(configuration), data_dir(configuration), "operator")
 
 
 def client(configuration: Configuration, *, name: str = "jobq-chaos") -> JobqClient:
-    """An SDK client on the target's NATS, as the stack's operator."""
-    return JobqClient(nats_url(configuration), name=name, auth=nats_auth(configuration))
+    """An SDK client on the target's NATS, as the stack's operator, over its TLS."""
+    return JobqClient(nats_url(configuration), name=name, auth=nats_auth(configuration),
+                      nats_options=nats_options(configuration))
+
+
+def nats_options(configuration: Configuration) -> dict[str, Any]:
+    """TLS towards the stack: JOBQ_NATS_CA when set (the client reads it), else the CA in
+    stack.json when ``nats_url`` is that stack's own NATS."""
+    if os.environ.get(contract.ENV_NATS_CA):
+        return {}
+    ca = nats_ca_for(nats_url(configuration), data_dir(configuration))
+    return {"tls": contract.client_tls_context(ca_file=ca)} if ca else {}
 
 
 def run_id(configuration: Configuration) -> str:

@@ -79,6 +79,8 @@ def cli_error(exc: Exception) -> CliError:
         return CliError(str(exc), EXIT_UNREACHABLE)
     if isinstance(exc, client.InvalidJob | contract.SubmissionError):
         return CliError(str(exc), EXIT_USAGE)
+    if isinstance(exc, contract.NatsTlsError):  # JOBQ_NATS_CA names no readable CA
+        return CliError(str(exc), EXIT_FAILED)
     if isinstance(exc, client.JobqError):
         return CliError(str(exc), EXIT_FAILED)
     unreachable = (nats.errors.NoServersError, nats.errors.ConnectionClosedError, nats.errors.TimeoutError,
@@ -143,12 +145,26 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def resolve_nats(explicit: str | None, data_dir: Path = Path(".jobq")) -> str:
-    """--nats, else JOBQ_NATS_URL, else the running `jobq up` in ./.jobq, else the default."""
+    """--nats, else JOBQ_NATS_URL, else the running `jobq up` in ./.jobq, else the default.
+
+    When the URL is that stack's own NATS and JOBQ_NATS_CA is not set, the stack's CA (stack.json
+    ``nats_ca``) becomes this process's JOBQ_NATS_CA, so the command verifies NATS's TLS with it."""
+    url = _resolve_nats_url(explicit, data_dir)
+    if not os.environ.get(contract.ENV_NATS_CA):
+        from broker.embedded.stack_state import nats_ca_for
+
+        ca = nats_ca_for(url, data_dir)
+        if ca:
+            os.environ[contract.ENV_NATS_CA] = ca
+    return url
+
+
+def _resolve_nats_url(explicit: str | None, data_dir: Path) -> str:
     if explicit:
         return explicit
     if os.environ.get(contract.ENV_NATS_URL):
         return os.environ[contract.ENV_NATS_URL]
-    from broker.embedded.stack import read_state
+    from broker.embedded.stack_state import read_state
 
     state = read_state(data_dir)
     if state and isinstance(state.get("nats_url"), str):
@@ -162,15 +178,9 @@ def resolve_nats_auth(
     """Credentials for ``url``: None (the JOBQ_NATS_* environment, or none) unless the
     environment names none and ``url`` is the running `jobq up` stack's own NATS; then that
     stack's ``role`` user. Credentials are never sent to another server."""
-    from broker.embedded.stack import read_state
-    from broker.embedded.stack_auth import CREDENTIAL_ENV, nats_auth_of
+    from broker.embedded.stack_state import nats_auth_for
 
-    if any(os.environ.get(name) for name in CREDENTIAL_ENV):
-        return None
-    state = read_state(data_dir)
-    if not state or state.get("nats_url") != url:
-        return None
-    return nats_auth_of(state, role)
+    return nats_auth_for(url, data_dir, role)
 
 
 def client(explicit_url: str | None, data_dir: Path = Path(".jobq"), *, name: str = "jobq-client"

@@ -66,23 +66,25 @@ __all__ = [
 ]
 
 
-_FINAL_EVENTS = frozenset(
-    {contract.EventType.SUCCEEDED, contract.EventType.DEAD, contract.EventType.CANCELLED}
-)
+_FINAL_EVENTS = frozenset({contract.EventType.SUCCEEDED, contract.EventType.DEAD,
+                           contract.EventType.CANCELLED})
 
 
 class JobqClient:
     def __init__(self, url: str = contract.DEFAULT_NATS_URL, *, name: str = "jobq-client",
-                 auth: Mapping[str, Any] | None = None) -> None:
-        """``auth``: nats.connect credentials (default: from JOBQ_NATS_* in the environment)."""
-        self.url = url
-        self.name = name
-        self.auth = auth
+                 auth: Mapping[str, Any] | None = None,
+                 nats_options: Mapping[str, Any] | None = None) -> None:
+        """``auth``: nats.connect credentials (default: JOBQ_NATS_* in the environment);
+        ``nats_options``: more nats.connect options (``tls``: an ssl.SSLContext), over the
+        environment's."""
+        self.url, self.name, self.auth = url, name, auth
+        self.nats_options = dict(nats_options or {})
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
 
     async def __aenter__(self) -> Self:
-        self._nc = await natsutil.connect(self.url, name=self.name, auth=self.auth, reconnect_forever=False)
+        self._nc = await natsutil.connect(self.url, name=self.name, auth=self.auth, reconnect_forever=False,
+                                          nats_options=self.nats_options)
         self._js = self._nc.jetstream(timeout=10)
         return self
 
@@ -104,19 +106,16 @@ class JobqClient:
 
     # --- submitting -----------------------------------------------------------------------
 
-    def build_spec(
-        self, spec: contract.JobSpec | dict[str, Any] | None = None, **fields: Any
-    ) -> contract.JobSpec:
+    def build_spec(self, spec: contract.JobSpec | dict[str, Any] | None = None,
+                   **fields: Any) -> contract.JobSpec:
         """A validated JobSpec from a spec, a dict, or keyword fields; fills in the id. Raises
         pydantic's ValidationError, or InvalidJob when it is bigger than MAX_SUBMISSION_BYTES."""
         return specs.build_spec(spec, **fields)
 
     async def submit(self, spec: contract.JobSpec | dict[str, Any] | None = None, **fields: Any) -> JobHandle:
         job = self.build_spec(spec, **fields)
-        headers = {
-            contract.HEADER_MSG_ID: job.dedupe_key,
-            contract.HEADER_CONTRACT: str(contract.CONTRACT_VERSION),
-        }
+        headers = {contract.HEADER_MSG_ID: job.dedupe_key,
+                   contract.HEADER_CONTRACT: str(contract.CONTRACT_VERSION)}
         payload = specs.payload(job)
         await natsutil.retry(
             lambda: self.js.publish(contract.submit_subject(job.queue), payload, headers=dict(headers))

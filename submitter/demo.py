@@ -115,7 +115,7 @@ async def _drive(stack: Stack, *, jobs: int, kill_node: bool, timeout_s: float,
     timed_out: list[str] = []
     killed: tuple[str, dt.datetime] | None = None
     t0 = time.monotonic()
-    async with JobqClient(stack.nats_url, name="jobq-demo", auth=stack.nats_options()) as client:
+    async with JobqClient(stack.nats_url, name="jobq-demo", nats_options=stack.nats_options()) as client:
         work_started = time.monotonic()
 
         async def submit(batch: list[dict[str, Any]]) -> list[str]:

@@ -31,7 +31,7 @@ def resolve_token(base: str, data_dir: Path) -> str:
         from broker import settings
 
         return settings.http_token(os.environ)
-    from broker.embedded.stack import read_state
+    from broker.embedded.stack_state import read_state
 
     state = read_state(data_dir) or {}
     path = state.get("http_token_file")
@@ -48,7 +48,7 @@ def resolve_url(url: str | None, data_dir: Path) -> str:
     if url is None:
         url = os.environ.get("JOBQ_HTTP_URL")
     if url is None:
-        from broker.embedded.stack import read_state
+        from broker.embedded.stack_state import read_state
 
         state = read_state(data_dir)
         found = state.get("http_url") if state else None

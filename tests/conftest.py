@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from nats.aio.client import Client as NATS
 
-from broker import natsutil, policy
+from broker import contract, natsutil, policy
 from broker.embedded.natsserver import NatsServer
 from broker.embedded.stack import Stack, StackConfig
 from submitter.client import JobqClient
@@ -97,7 +97,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
 
 def submitter_client(stack: Stack, *, name: str = "jobq-client") -> JobqClient:
     """An SDK client of ``stack`` as a submitting service (the stack's submitter user)."""
-    return JobqClient(stack.nats_url, name=name, auth=stack.nats_options("submitter"))
+    return JobqClient(stack.nats_url, name=name, nats_options=stack.nats_options("submitter"))
 
 
 @pytest.fixture
@@ -143,4 +143,5 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
 def cli_env(stack: Stack) -> dict[str, str]:
     """The environment of a `jobq` command run against ``stack``, as a submitting service."""
     own = stack.auth.process_env("submitter") if stack.auth is not None else {}
-    return {**os.environ, "JOBQ_NATS_URL": stack.nats_url, "JOBQ_LOG_FORMAT": "json", **own}
+    tls = {contract.ENV_NATS_CA: stack.nats_ca} if stack.nats_ca else {}
+    return {**os.environ, "JOBQ_NATS_URL": stack.nats_url, "JOBQ_LOG_FORMAT": "json", **own, **tls}

@@ -238,7 +238,8 @@ class NodeAgent:
                 env = pod_env.pod_env(
                     self._base_env, spec.env, home=pod_env.make_home(self._home(spec.name), user),
                     node_keys={contract.ENV_NODE: self._s.name, contract.ENV_POD: spec.name,
-                               contract.ENV_POD_UID: uid}, default_nats_url=self._s.nats_url)
+                               contract.ENV_POD_UID: uid}, default_nats_url=self._s.nats_url,
+                    default_nats_ca=os.environ.get(contract.ENV_NATS_CA, ""))
                 process, inherited = await fork_client.start_pod(
                     pod_command(spec, python=self._s.python), forks=self._forks, python=self._s.python,
                     env=env, log_path=log_path, user=user, pod=spec.name, job_id=spec.job_id,

@@ -11,7 +11,8 @@ keys): it gets, as a container gets from its image and its Pod spec,
    agent's values;
 4. the pod spec's own environment (what the dispatcher put in it), then the node's keys
    (``JOBQ_NODE``, ``JOBQ_POD``, ``JOBQ_POD_UID``, and ``JOBQ_NATS_URL`` when the spec has none:
-   the agent's URL without its user and password).
+   the agent's URL without its user and password, with the agent's ``JOBQ_NATS_CA`` if the spec
+   names no CA). ``JOBQ_NATS_CA`` in the spec (a public CA certificate's path) is kept as it is.
 
 ``JOBQ_POD_USER`` (a user name, or ``uid[:gid]``) runs every pod as that user; the agent must
 then run as root. Used by the embedded node agent (forked and spawned pods alike) and, for the
@@ -135,11 +136,14 @@ def pod_env(
     home: Path,
     node_keys: Mapping[str, str],
     default_nats_url: str = "",
+    default_nats_ca: str = "",
 ) -> dict[str, str]:
     """A pod's whole environment (see the module docstring for the order)."""
     env = {**base, "HOME": str(home), **spec_env, **node_keys}
     if default_nats_url and not env.get(contract.ENV_NATS_URL):
         env[contract.ENV_NATS_URL] = contract.public_url(default_nats_url)
+        if default_nats_ca and not env.get(contract.ENV_NATS_CA):
+            env[contract.ENV_NATS_CA] = default_nats_ca
     return env
 
 

@@ -60,7 +60,7 @@ async def connect(settings: runner_settings.RunnerSettings) -> NATS:
     try:
         nc = await natsutil.connect(
             ",".join(settings.nats_servers), name=f"jobq-runner {settings.job_id}.{settings.attempt}",
-            auth=settings.auth, connect_timeout_s=2, reconnect_wait_s=1,
+            auth=settings.auth, nats_options=settings.tls, connect_timeout_s=2, reconnect_wait_s=1,
             inbox_prefix=contract.pod_inbox_prefix(settings.job_id, settings.attempt),
             give_up_after_s=settings.connect_wait_s)
     except ConnectionError as exc:

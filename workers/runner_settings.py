@@ -14,6 +14,8 @@ Environment (all strings)::
     JOBQ_HEARTBEAT_S     seconds between heartbeats (default 1.0)
     JOBQ_NATS_CREDS      a NATS credentials file; or JOBQ_NATS_USER + JOBQ_NATS_PASSWORD; or
     JOBQ_NATS_TOKEN      (all optional)
+    JOBQ_NATS_CA         PEM CA to verify NATS's TLS certificate against (optional; with
+                         JOBQ_NATS_CERT/JOBQ_NATS_KEY for a client certificate)
     JOBQ_NATS_WAIT_S     give up connecting after this many seconds (default 30)
 
 The first nine are the contract's ENV_* constants (the credentials too); the heartbeat interval
@@ -59,6 +61,8 @@ class RunnerSettings:
     """Seconds to keep trying to reach NATS before exiting with EXIT_NATS_UNREACHABLE."""
     auth: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
     """nats.connect() credentials, from contract.nats_auth_options."""
+    tls: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+    """nats.connect() TLS options, from contract.nats_tls_options (JOBQ_NATS_CA)."""
 
     def writer(self, *, boot_id: str = "") -> contract.Writer:
         """Who this attempt's outputs are stamped with."""
@@ -94,6 +98,10 @@ class RunnerSettings:
             raise SettingsError(f"set {contract.ENV_ARGS} or {contract.ENV_ARGS_FROM}, not both")
         args = parse_args(raw_args or "{}", source=contract.ENV_ARGS)
         servers = tuple(s.strip() for s in environ.get(contract.ENV_NATS_URL, "").split(",") if s.strip())
+        try:
+            tls = contract.nats_tls_options(environ)
+        except contract.NatsTlsError as exc:
+            raise SettingsError(str(exc)) from None
         job_id, attempt = required(contract.ENV_JOB_ID), int(raw_attempt)
         return cls(job_id=job_id, attempt=attempt,
                    task=required(contract.ENV_TASK), args=args, args_in_record=bool(args_from),
@@ -103,7 +111,7 @@ class RunnerSettings:
                    pod_uid=environ.get(contract.ENV_POD_UID, "").strip(),
                    heartbeat_s=number(ENV_HEARTBEAT_S, 1.0),
                    connect_wait_s=number(ENV_NATS_WAIT_S, 30.0),
-                   auth=contract.nats_auth_options(_without_missing_pod_creds(environ)))
+                   auth=contract.nats_auth_options(_without_missing_pod_creds(environ)), tls=tls)
 
 
 def read_boot_id(path: str = BOOT_ID_PATH) -> str:

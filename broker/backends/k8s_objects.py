@@ -30,18 +30,23 @@ NATS_SECRET_ENV = ((contract.ENV_NATS_USER, "user"), (contract.ENV_NATS_PASSWORD
                    (contract.ENV_NATS_TOKEN, "token"))
 """Env of task pods -> key of the operator's NATS Secret (JOBQ_POD_NATS_SECRET); ``creds`` is a file."""
 NATS_SECRET_CREDS_KEY = "creds"
+NATS_CA_VOLUME = "nats-ca"
+NATS_CA_KEY = "ca.crt"
+"""Key of JOBQ_POD_NATS_CA_SECRET holding the NATS CA (cert-manager's name for it)."""
 
 
 def pod_manifest(spec: contract.PodSpec, *, namespace: str, image: str,
                  allow_privileged: bool = False, service_account: str = "",
                  image_pull_secrets: Sequence[str] = (), gpu_node_selector: Mapping[str, str] | None = None,
-                 gpu_tolerations: Sequence[Mapping[str, object]] = (), nats_secret: str = "") -> Obj:
+                 gpu_tolerations: Sequence[Mapping[str, object]] = (), nats_secret: str = "",
+                 nats_ca_secret: str = "") -> Obj:
     """The Pod for ``spec``: hardened, restartPolicy Never, anti-affine to the nodes to avoid.
 
     The operator's pod defaults (settings.BackendSettings): ``service_account`` (empty: the
     namespace's default account, no token mounted), ``image_pull_secrets``, a node selector and
     tolerations for pods that request GPUs only, and ``nats_secret``, a Secret whose optional keys
-    become the worker's NATS credentials (see NATS_SECRET_ENV; the kubelet reads it, not us).
+    become the worker's NATS credentials (see NATS_SECRET_ENV; the kubelet reads it, not us), and
+    ``nats_ca_secret``, a Secret whose key ``ca.crt`` becomes the worker's JOBQ_NATS_CA.
     """
     requests: Obj = {"cpu": f"{round(spec.resources.cpu * 1000)}m", "memory": spec.resources.memory}
     limits: Obj = {"memory": spec.resources.memory}
@@ -83,6 +88,8 @@ def pod_manifest(spec: contract.PodSpec, *, namespace: str, image: str,
             pod_spec["tolerations"] = [dict(t) for t in gpu_tolerations]
     if nats_secret:
         add_nats_secret(pod_spec, container, nats_secret)
+    if nats_ca_secret:
+        add_nats_ca_secret(pod_spec, container, nats_ca_secret)
     if spec.avoid_nodes:
         pod_spec["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
             "nodeSelectorTerms": [{"matchExpressions": [
@@ -114,6 +121,19 @@ def add_nats_secret(pod_spec: Obj, container: Obj, secret: str) -> None:
     pod_spec["volumes"] = [{"name": NATS_SECRET_VOLUME, "secret": {
         "secretName": secret, "optional": True,
         "items": [{"key": NATS_SECRET_CREDS_KEY, "path": filename}]}}]
+
+
+def add_nats_ca_secret(pod_spec: Obj, container: Obj, secret: str) -> None:
+    """Key ``ca.crt`` of ``secret`` as a read-only file at contract.POD_NATS_CA_PATH, named by
+    JOBQ_NATS_CA (replacing the dispatcher's own path). Not optional: a pod told to verify NATS
+    against a CA it cannot read could not report anything; it waits for the Secret instead."""
+    container["env"] = [e for e in container["env"] if e["name"] != contract.ENV_NATS_CA]
+    container["env"].append({"name": contract.ENV_NATS_CA, "value": contract.POD_NATS_CA_PATH})
+    directory, filename = posixpath.split(contract.POD_NATS_CA_PATH)
+    container.setdefault("volumeMounts", []).append(
+        {"name": NATS_CA_VOLUME, "mountPath": directory, "readOnly": True})
+    pod_spec.setdefault("volumes", []).append({"name": NATS_CA_VOLUME, "secret": {
+        "secretName": secret, "items": [{"key": NATS_CA_KEY, "path": filename}]}})
 
 
 def validate(pod: Obj, *, allow_privileged: bool) -> None:

@@ -311,7 +311,8 @@ class KubernetesBackend:
                                         image_pull_secrets=self._config.image_pull_secrets,
                                         gpu_node_selector=self._config.gpu_node_selector,
                                         gpu_tolerations=self._config.gpu_tolerations,
-                                        nats_secret=self._config.pod_nats_secret)
+                                        nats_secret=self._config.pod_nats_secret,
+                                        nats_ca_secret=self._config.pod_nats_ca_secret)
         try:
             created = await self._retry(
                 lambda: self._core.create_namespaced_pod(self._ns, body, _preload_content=False),

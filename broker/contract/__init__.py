@@ -35,6 +35,7 @@ Modules (import the package and qualify, ``contract.JobSpec``; the modules are w
     names           streams, buckets, subjects, headers, pod environment keys, exit codes
     limits          payload, record, dead-letter and log-tail bounds
     credentials     NATS credentials from the environment
+    tls             TLS towards NATS from the environment (JOBQ_NATS_CA)
     states          JobPhase, AttemptState, FailureReason, PodPhase, EventType
     resources       Resources, PROFILES
     tasks           BUILTIN_TASKS, the task catalogue
@@ -117,7 +118,10 @@ from broker.contract.names import (
     ENV_JOB_ID,
     ENV_LOG_FORMAT,
     ENV_NATS_AUTH_DIR,
+    ENV_NATS_CA,
+    ENV_NATS_CERT,
     ENV_NATS_CREDS,
+    ENV_NATS_KEY,
     ENV_NATS_PASSWORD,
     ENV_NATS_PASSWORD_FILE,
     ENV_NATS_TOKEN,
@@ -200,6 +204,13 @@ from broker.contract.tasks import (
     BUILTIN_TASKS,
     BuiltinTask,
 )
+from broker.contract.tls import (
+    POD_NATS_CA_PATH,
+    NatsTlsError,
+    client_tls_context,
+    describe_tls_failure,
+    nats_tls_options,
+)
 
 __all__ = [
     "ARGS_FROM_RECORD",
@@ -225,7 +236,10 @@ __all__ = [
     "ENV_JOB_ID",
     "ENV_LOG_FORMAT",
     "ENV_NATS_AUTH_DIR",
+    "ENV_NATS_CA",
+    "ENV_NATS_CERT",
     "ENV_NATS_CREDS",
+    "ENV_NATS_KEY",
     "ENV_NATS_PASSWORD",
     "ENV_NATS_PASSWORD_FILE",
     "ENV_NATS_TOKEN",
@@ -260,6 +274,7 @@ __all__ = [
     "NODE_STATUS_WILDCARD",
     "OBJECT_STORE_ARTIFACTS",
     "OBJECT_STORE_DEAD",
+    "POD_NATS_CA_PATH",
     "POD_NATS_CREDS_PATH",
     "POD_REASON_START_ERROR",
     "PROFILES",
@@ -290,6 +305,7 @@ __all__ = [
     "JobSpec",
     "LogChunk",
     "LogRequest",
+    "NatsTlsError",
     "NodeLogReply",
     "NodeLogRequest",
     "NodeReply",
@@ -305,9 +321,11 @@ __all__ = [
     "accepted_attempt",
     "artifact_digest",
     "artifact_key",
+    "client_tls_context",
     "clip",
     "dead_original_key",
     "dead_subject",
+    "describe_tls_failure",
     "event_subject",
     "guess_job_id",
     "heartbeat_subject",
@@ -316,6 +334,7 @@ __all__ = [
     "json_schema",
     "max_deliveries_subject",
     "nats_auth_options",
+    "nats_tls_options",
     "node_create_subject",
     "node_delete_subject",
     "node_log_subject",

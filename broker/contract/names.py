@@ -114,6 +114,11 @@ ENV_NATS_AUTH_DIR = "JOBQ_NATS_AUTH_DIR"
 the auth callout and gives each task pod a token for its attempt."""
 ENV_LOG_FORMAT = "JOBQ_LOG_FORMAT"
 """``json`` or ``console``: how a jobq process started by another one logs."""
+ENV_NATS_CA = "JOBQ_NATS_CA"
+"""A PEM CA bundle: verify NATS's TLS certificate against it (see ``tls.nats_tls_options``)."""
+ENV_NATS_CERT = "JOBQ_NATS_CERT"
+"""A PEM client certificate for a NATS server that asks for one (optional, with ENV_NATS_KEY)."""
+ENV_NATS_KEY = "JOBQ_NATS_KEY"
 
 
 def idempotency_digest(key: str) -> str:

@@ -28,6 +28,8 @@ class Limits:
     """Retry policy of jobs that bring none, per queue (else ``default_policy``)."""
     nats_url: str = ""
     """Given to pods so the worker can reach NATS (empty: none is given)."""
+    nats_ca: str = ""
+    """JOBQ_NATS_CA given to pods: the CA NATS's TLS certificate is verified against (empty: none)."""
     image: str | None = None
     """Default container image for task pods (Kubernetes; None: the backend's own)."""
     extra_env: tuple[tuple[str, str], ...] = ()
@@ -49,6 +51,7 @@ class Limits:
             heartbeat_timeout_s=d.heartbeat_timeout_s,
             startup_timeout_s=d.startup_timeout_s,
             nats_url=contract.public_url(config.nats.url),  # never the dispatcher's credentials
+            nats_ca=config.nats.ca_file,  # public: a CA certificate
             image=config.backend.image,
             reschedule_on_node_loss=d.reschedule_on_node_loss,
             queue_policies=dict(d.queue_policies),

@@ -43,6 +43,8 @@ def env(job: contract.JobRecord, attempt: contract.Attempt, limits: Limits) -> d
         values[contract.ENV_NATS_URL] = limits.nats_url
     if limits.pod_token_key is not None:  # the pod's NATS user: its attempt's subjects only
         values[contract.ENV_NATS_TOKEN] = tokens.pod_token(limits.pod_token_key, spec.id, attempt.number)
+    if limits.nats_ca:
+        values[contract.ENV_NATS_CA] = limits.nats_ca
     if spec.task is not None:
         values[contract.ENV_TASK] = spec.task
         args = json.dumps(spec.args, separators=(",", ":"), sort_keys=True)  # ASCII: 1 byte a char

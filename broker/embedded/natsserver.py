@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 
+from broker.embedded import nats_tls
 from workers import pod_runtime
 
 SYNC_ENV = "JOBQ_NATS_SYNC"
@@ -54,10 +55,14 @@ def sync_always_from_env(environ: Mapping[str, str] | None = None) -> bool:
                           "default) or 'default' (nats-server's own: fsync every 2 minutes)")
 
 
-def config_text(*, sync_always: bool, authorization: str = "") -> str:
-    """The config file our servers run with (flags on the command line override it);
+def config_text(*, sync_always: bool, tls: nats_tls.TlsFiles | None = None, authorization: str = "") -> str:
+    """The config file our servers run with (flags on the command line override it); ``tls``:
+    clients must speak TLS, verified against that server certificate (broker/embedded/nats_tls.py);
     ``authorization``: the users and auth callout block (broker/natsauth/server_config.py)."""
     lines = ["# Written by jobq (broker/embedded/natsserver.py); rewritten at every start."]
+    if tls is not None:
+        lines += ["# Clients must use TLS (JOBQ_NATS_TLS=on); routes between servers stay on 127.0.0.1.",
+                  nats_tls.tls_block(tls)]
     if sync_always:
         lines += ["# fsync every JetStream write before acknowledging it (JOBQ_NATS_SYNC=always).",
                   "jetstream {", "  sync_interval: always", "}"]
@@ -74,7 +79,7 @@ class NatsServer:
     def __init__(self, *, store_dir: Path, port: int = -1, host: str = "127.0.0.1",
                  name: str = "jobq", cluster: tuple[str, int, list[str]] | None = None,
                  monitor_port: int | None = None, sync_always: bool = True,
-                 authorization: str = "") -> None:
+                 tls: nats_tls.TlsFiles | None = None, authorization: str = "") -> None:
         self.store_dir = store_dir
         self.port = port
         self.host = host
@@ -83,6 +88,8 @@ class NatsServer:
         self.monitor_port = monitor_port
         """HTTP monitoring (``/varz``, ``/jsz``): -1 picks a free port; None: none."""
         self.sync_always = sync_always
+        self.tls = tls
+        """Serve clients TLS with these files (then ``url`` is ``tls://``); None: plain text."""
         self.authorization = authorization
         """The ``authorization`` block (empty: no authentication)."""
         self.process: asyncio.subprocess.Process | None = None
@@ -112,7 +119,7 @@ class NatsServer:
         self.config_path.touch(mode=0o600)  # it may hold passwords
         self.config_path.chmod(0o600)
         self.config_path.write_text(
-            config_text(sync_always=self.sync_always, authorization=self.authorization))
+            config_text(sync_always=self.sync_always, tls=self.tls, authorization=self.authorization))
         log_path = self.store_dir / "nats-server.log"
         self.process = await pod_runtime.spawn(self.command(), env={}, log_path=log_path)
         ports_file = self.store_dir / f"nats-server_{self.process.pid}.ports"
@@ -128,6 +135,8 @@ class NatsServer:
         await asyncio.sleep(0.05)
         ports = json.loads(ports_file.read_text())
         self.url = ports["nats"][0]
+        if self.tls is not None:
+            self.url = "tls://" + self.url.partition("://")[2]
         self.monitor_url = (ports.get("monitoring") or [""])[0]
         return self.url
 

@@ -38,7 +38,8 @@ async def run_up(config: StackConfig) -> None:
         raise click.ClickException(str(exc)) from None
     click.echo(f"jobq is up\n"
                f"  dashboard  {stack.dashboard_url}\n"
-               f"  nats       {stack.nats_url}\n"
+               f"  nats       {stack.nats_url}"
+               f"{f' (TLS, CA {stack.nats_ca})' if stack.nats_ca else ''}\n"
                f"  nodes      {', '.join(stack.nodes)}\n"
                f"  logs       {stack.logs}/\n"
                f"Submit with: jobq submit --task sklearn.train --args '{{\"dataset\": \"wine\"}}' --wait\n"

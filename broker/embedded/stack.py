@@ -15,6 +15,10 @@ The HTTP API is secure by default: unless JOBQ_HTTP_TOKEN (or JOBQ_HTTP_TOKEN_FI
 the stack keeps a random token in ``<data_dir>/http-token`` (mode 0600, reused by the next
 start), hands the dispatchers its path, and prints the dashboard address with the token in
 the URL fragment (``#token=``), which browsers never send to the server.
+
+NATS speaks TLS by default (JOBQ_NATS_TLS=off or ``StackConfig.nats_tls=False`` turns it off): a
+CA and a server certificate are kept in ``<data_dir>/tls/`` (``nats_tls``), every process the
+stack starts gets JOBQ_NATS_CA, and stack.json records the CA (``nats_ca``) for the other commands.
 """
 
 from __future__ import annotations
@@ -31,19 +35,20 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from broker import contract, natsutil, settings
-from broker.embedded import stack_auth
+from broker.embedded import nats_tls, stack_auth
 from broker.embedded.natsserver import NatsServer, sync_always_from_env
 from broker.embedded.stack_auth import CREDENTIAL_ENV, NODE, StackAuth, auth_from_env
+from broker.embedded.stack_state import STATE_FILE
 from broker.natsauth import callout, permissions
 from workers import pod_runtime
 
-STATE_FILE = "stack.json"
 TOKEN_FILE = "http-token"
 Progress = Callable[[str], None]
 
@@ -83,6 +88,8 @@ class StackConfig:
     nats_auth: bool = dataclasses.field(default_factory=auth_from_env)
     """A NATS user per role and the auth callout (default from JOBQ_NATS_AUTH); only for a NATS
     the stack starts itself."""
+    nats_tls: bool = dataclasses.field(default_factory=nats_tls.enabled_from_env)
+    """The nats-server we start requires TLS (generated CA in <data_dir>/tls); default from JOBQ_NATS_TLS."""
 
 
 def _cli(*args: str) -> list[str]:
@@ -110,14 +117,29 @@ class Stack:
         self.auth: StackAuth | None = None
         """The NATS users, when the stack runs its NATS with them (``nats_auth``)."""
         self._callout: callout.CalloutService | None = None
+        self.tls: nats_tls.TlsFiles | None = None
+        """The CA and certificate of the nats-server(s) we run, when they require TLS."""
 
     @property
     def logs(self) -> Path:
         return self.config.data_dir / "logs"
 
     @property
+    def nats_ca(self) -> str:
+        """Path of the CA that signed our nats-server's certificate ("" without TLS)."""
+        return str(self.tls.ca_cert.resolve()) if self.tls is not None else ""
+
+    def nats_options(self, role: str = permissions.ROLE_OPERATOR) -> dict[str, Any]:
+        """nats.connect() options of a client of this stack as ``role`` (operator, submitter,
+        dispatcher): its user and password when the stack runs NATS users, ``tls`` when it
+        requires TLS."""
+        auth = self.auth.options(role) if self.auth is not None else {}
+        return {**auth, **nats_tls.client_options(self.tls)}
+
+    @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_ports.get(0, self.config.http_port)}/"
+        scheme = "https" if {**os.environ, **self.config.env}.get("JOBQ_HTTP_TLS_CERT") else "http"
+        return f"{scheme}://127.0.0.1:{self.http_ports.get(0, self.config.http_port)}/"
 
     @property
     def dashboard_url(self) -> str:
@@ -147,17 +169,14 @@ class Stack:
             path.write_text(self.http_token + "\n")
         self._token_env = {"JOBQ_HTTP_TOKEN_FILE": str(path.resolve())}
 
-    def nats_options(self, role: str = permissions.ROLE_OPERATOR) -> dict[str, str]:
-        """nats.connect credentials of ``role`` (operator, submitter, dispatcher) on this stack's
-        NATS; empty when it runs without users."""
-        return self.auth.options(role) if self.auth is not None else {}
-
     def _env(self, role: str = permissions.ROLE_DISPATCHER, *, node: str = "") -> dict[str, str]:
         env = {**os.environ, **self.config.env, contract.ENV_NATS_URL: self.nats_url,
                contract.ENV_LOG_FORMAT: self.config.log_format}
         if self.auth is not None:  # each process gets its own role's credentials, no others
             env = {k: v for k, v in env.items() if k not in CREDENTIAL_ENV}
             env.update(self.auth.process_env(role, node=node))
+        if self.nats_ca:
+            env[contract.ENV_NATS_CA] = self.nats_ca
         if len(self.nats_cluster) > 1:
             env.setdefault("JOBQ_NATS_REPLICAS", "3")
         env.setdefault("PYTHONUNBUFFERED", "1")
@@ -171,19 +190,21 @@ class Stack:
         if not self.nats_url and self.config.nats_auth:
             self.auth = StackAuth(self.config.data_dir / stack_auth.AUTH_DIR)
             authorization = self.auth.authorization_block()
+        if not self.nats_url and self.config.nats_tls:
+            self.tls = nats_tls.ensure(self.config.data_dir)
         if not self.nats_url and self.config.nats_servers > 1:
             await self._start_nats_cluster(self.config.nats_servers, authorization)
         elif not self.nats_url:
             self.progress(f"starting nats-server (JetStream, {self._sync_words()})")
             self.nats = NatsServer(store_dir=self.config.data_dir / "nats", port=self.config.nats_port,
                                    monitor_port=-1, sync_always=self.config.nats_sync_always,
-                                   authorization=authorization)
+                                   tls=self.tls, authorization=authorization)
             self.nats_cluster = [self.nats]
             try:
                 self.nats_url = await self.nats.start()
             except Exception as exc:
                 raise StackError(f"nats-server failed to start: {exc}") from exc
-        self.nc = await natsutil.connect(self.nats_url, name="jobq-stack", auth=self.nats_options())
+        self.nc = await natsutil.connect(self.nats_url, name="jobq-stack", nats_options=self.nats_options())
         if self.auth is not None:  # node agents can connect while no dispatcher runs
             self._callout = await callout.CalloutService(self.nc, self.auth.callout_keys).start()
         self._node_sub = await self.nc.subscribe(contract.NODE_STATUS_WILDCARD, cb=self._on_node)
@@ -214,17 +235,19 @@ class Stack:
             self.nats_cluster.append(NatsServer(
                 store_dir=self.config.data_dir / f"nats-{i}", port=client_ports[i], name=f"jobq-{i}",
                 cluster=("jobq", cluster_ports[i], routes), monitor_port=-1,
-                sync_always=self.config.nats_sync_always, authorization=authorization))
+                sync_always=self.config.nats_sync_always, tls=self.tls, authorization=authorization))
         self.nats = self.nats_cluster[0]
         try:
             await asyncio.gather(*(server.start() for server in self.nats_cluster))
         except Exception as exc:
             raise StackError(f"nats cluster failed to start: {exc}") from exc
-        self.nats_url = ",".join(f"nats://127.0.0.1:{p}" for p in client_ports)
+        scheme = "tls" if self.tls is not None else "nats"
+        self.nats_url = ",".join(f"{scheme}://127.0.0.1:{p}" for p in client_ports)
 
     def _sync_words(self) -> str:
-        return ("fsync every write" if self.config.nats_sync_always
-                else "fsync every 2 min: JOBQ_NATS_SYNC=default")
+        words = ("fsync every write" if self.config.nats_sync_always
+                 else "fsync every 2 min: JOBQ_NATS_SYNC=default")
+        return words + (", TLS" if self.tls is not None else ", no TLS: JOBQ_NATS_TLS=off")
 
     def signal_nats(self, index: int, sig: signal.Signals = signal.SIGKILL) -> None:
         """Signal one nats-server of the cluster (SIGKILL = the broker machine dies)."""
@@ -325,7 +348,8 @@ class Stack:
 
     async def _dispatcher_ready(self, http: aiohttp.ClientSession) -> bool:
         try:
-            async with http.get(f"{self.http_url}readyz", timeout=aiohttp.ClientTimeout(total=1)) as r:
+            async with http.get(f"{self.http_url}readyz", timeout=aiohttp.ClientTimeout(total=1),
+                                ssl=False) as r:  # a probe of our own child on 127.0.0.1
                 return r.status == 200
         except (aiohttp.ClientError, TimeoutError):
             return False
@@ -347,6 +371,7 @@ class Stack:
                 "nats_servers": {s.name: s.process.pid if s.process else None for s in self.nats_cluster},
                 "nats_monitor": {s.name: s.monitor_url for s in self.nats_cluster},
                 "data_dir": str(self.config.data_dir.resolve()),
+                "nats_ca": self.nats_ca or None,
                 "http_token_file": (str((self.config.data_dir / TOKEN_FILE).resolve())
                                     if self._token_env else None),
                 "nats_auth": self.auth.state() if self.auth is not None else None}
@@ -372,20 +397,3 @@ class Stack:
         with contextlib.suppress(OSError):
             (self.config.data_dir / STATE_FILE).unlink()
 
-
-def read_state(data_dir: Path) -> dict[str, object] | None:
-    """The running stack's stack.json, if one is running from ``data_dir``."""
-    path = data_dir / STATE_FILE
-    try:
-        state: dict[str, object] = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    pid = state.get("pid")
-    if isinstance(pid, int):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass
-    return state

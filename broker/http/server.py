@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
@@ -165,16 +166,32 @@ def routes() -> list[tuple[str, str, Handler]]:
     ]
 
 
+def tls_context(config: settings.HttpSettings) -> ssl.SSLContext | None:
+    """The server's SSL context for JOBQ_HTTP_TLS_CERT/KEY (None: plain HTTP)."""
+    if not config.tls_cert_file:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(config.tls_cert_file, config.tls_key_file)
+    except OSError as exc:  # ssl.SSLError included
+        raise settings.SettingsError(
+            f"JOBQ_HTTP_TLS_CERT={config.tls_cert_file!r} / JOBQ_HTTP_TLS_KEY={config.tls_key_file!r}: "
+            f"cannot load them: {exc.strerror or exc}") from None
+    return context
+
+
 @contextlib.asynccontextmanager
 async def serve(dispatcher: Dispatcher, config: settings.HttpSettings) -> AsyncIterator[str]:
-    """Serve the app; yields the address as http://host:port/."""
+    """Serve the app (HTTPS when JOBQ_HTTP_TLS_CERT is set); yields the address as
+    http(s)://host:port/."""
     access.describe(config)
+    context = tls_context(config)
     runner = web.AppRunner(make_app(dispatcher, config), access_log=None, shutdown_timeout=3)
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port)
+    site = web.TCPSite(runner, config.host, config.port, ssl_context=context)
     await site.start()
     port = int(runner.addresses[0][1]) if runner.addresses else config.port
     try:
-        yield f"http://{config.host}:{port}/"
+        yield f"{'https' if context else 'http'}://{config.host}:{port}/"
     finally:
         await runner.cleanup()

@@ -48,6 +48,13 @@ OPTIONS: dict[str, dict[str, str]] = {
         "backend.podNatsSecret": "jobq-pod-nats",
         "backend.resourceProfiles.gpu.memory": "32Gi",
     },
+    "nats-tls-external": {"nats.tls.enabled": "true", "nats.url": "tls://nats.nats.svc:4222"},
+    "nats-tls-bundled-cert-manager": {
+        "nats.mode": "bundled",
+        "nats.tls.enabled": "true",
+        "nats.tls.certManager.enabled": "true",
+        "nats.tls.certManager.issuerRef.name": "jobq-ca",
+    },
     "existing-service-account": {"serviceAccount.create": "false", "serviceAccount.name": "jobq-sa"},
     "no-namespace": {"backend.createNamespace": "false"},
     "single-replica": {"dispatcher.replicas": "1"},

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -159,17 +160,19 @@ def storm(rng: random.Random) -> list[Outgoing]:
     return out
 
 
-async def raw_publish(
-    url: str, subject: str, header_block: bytes, payload: bytes, *, auth: dict[str, str]
-) -> dict[str, object]:
-    """HPUB over a bare TCP connection: a header block nats-py would refuse to build (as the
-    submitter user: ``auth`` holds its user and password; replies on an inbox it may read)."""
+async def raw_publish(url: str, subject: str, header_block: bytes, payload: bytes,
+                      options: dict[str, Any]) -> dict[str, object]:
+    """HPUB over a bare TCP connection (TLS after INFO when ``options`` has ``tls``, as a NATS
+    client does; as its ``user``, replies on an inbox a submitter may read): a header block
+    nats-py would refuse to build."""
     parts = urlsplit(url)
     reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
     try:
         await reader.readline()  # INFO
+        if options.get("tls") is not None:
+            await writer.start_tls(options["tls"], server_hostname=parts.hostname)
         connect = {"verbose": False, "pedantic": False, "headers": True, "no_responders": True, "protocol": 1,
-                   **({"user": auth["user"], "pass": auth["password"]} if auth else {})}
+                   **({"user": options["user"], "pass": options["password"]} if "user" in options else {})}
         size = len(header_block) + len(payload)
         writer.write(
             f"CONNECT {json.dumps(connect)}\r\nSUB _INBOX.raw.ack 1\r\n"
@@ -195,8 +198,8 @@ async def raw_publish(
         writer.close()
 
 
-async def publish_all(url: str, messages: list[Outgoing], **auth: str) -> list[Published]:
-    nc = await nats.connect(url, **auth)
+async def publish_all(url: str, messages: list[Outgoing], options: dict[str, Any]) -> list[Published]:
+    nc = await nats.connect(url, **options)
     js = nc.jetstream(timeout=30)
     results: list[Published] = []
     try:
@@ -204,8 +207,7 @@ async def publish_all(url: str, messages: list[Outgoing], **auth: str) -> list[P
             result = Published(message)
             try:
                 if message.raw_headers is not None:
-                    ack = await raw_publish(
-                        url, message.subject, message.raw_headers, message.data, auth=auth)
+                    ack = await raw_publish(url, message.subject, message.raw_headers, message.data, options)
                     if "error" in ack:
                         result.error = str(ack["error"])
                     else:
@@ -274,7 +276,7 @@ async def test_a_storm_of_hostile_submissions_ends_as_records_and_dead_letters(t
     async with running_stack(tmp_path, nodes=1, env={"JOBQ_QUEUE_LIMITS": f"{STORM_QUEUE}=0"}) as stack:
         messages = storm(random.Random(STORM_SEED))
         started = time.monotonic()
-        published = await publish_all(stack.nats_url, messages, **stack.nats_options("submitter"))
+        published = await publish_all(stack.nats_url, messages, stack.nats_options("submitter"))
         publish_s = time.monotonic() - started
         stored = [p for p in published if p.seq is not None and not p.duplicate]
         duplicates = [p for p in published if p.duplicate]

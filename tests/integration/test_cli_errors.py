@@ -43,6 +43,7 @@ NEEDS_HTTP = [["watch", "--once", "--url", "http://127.0.0.1:1/"]]
 NOT_CLIENTS = {
     "up", "demo", "dispatcher", "node-agent", "kubelet", "schema", "chaos list", "chaos run",
     "dev-cluster up", "dev-cluster down", "dev-cluster kubeconfig", "dev-cluster status", "dev-cluster build",
+    "nats-auth init", "nats-auth node-token",
 }
 """Servers, local tools and commands that reach no NATS given by the user: not in the tables."""
 

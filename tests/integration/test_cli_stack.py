@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,26 +25,31 @@ def env() -> dict[str, str]:
     return {**os.environ, "JOBQ_LOG_FORMAT": "json", "JOBQ_NODE_TIMEOUT_S": "3"}
 
 
-async def start_up(data_dir: Path) -> tuple[asyncio.subprocess.Process, str]:
+async def start_up(data_dir: Path) -> tuple[asyncio.subprocess.Process, str, dict[str, Any]]:
+    """``jobq up``: its process, its NATS URL and the SDK's options for it (its CA: TLS is on)."""
     process, banner, state = await start_jobq_up(data_dir, nodes=2, env=env())
     assert state["http_url"] in banner and "dashboard" in banner
-    return process, state["nats_url"]
+    assert state["nats_url"].startswith("tls://") and state["nats_ca"], "TLS is on by default"
+    return process, state["nats_url"], {"tls": contract.client_tls_context(ca_file=state["nats_ca"])}
 
 
 @pytest.mark.timeout(240)
 async def test_ctrl_c_with_jobs_in_flight_then_up_again_finishes_them(tmp_path: Path) -> None:
-    process, url = await start_up(tmp_path / "jobq")
+    process, url, options = await start_up(tmp_path / "jobq")
     # The SDK user's way to find the stack's submitter credentials: stack.json in the data dir.
-    async with JobqClient(url, auth=clibase.resolve_nats_auth(url, tmp_path / "jobq")) as client:
+    auth = clibase.resolve_nats_auth(url, tmp_path / "jobq")
+    assert auth is not None and auth["user"] == "jobq-submitter"
+    async with JobqClient(url, auth=auth, nats_options=options) as client:
         ids = [(await client.submit(task="demo.sleep", args={"seconds": 2})).id for _ in range(6)]
         await asyncio.sleep(1.5)
     process.send_signal(signal.SIGINT)
     assert await asyncio.wait_for(process.wait(), 60) == 0
     assert not (tmp_path / "jobq" / "stack.json").exists()
 
-    process, url = await start_up(tmp_path / "jobq")
+    process, url, options = await start_up(tmp_path / "jobq")
     try:
-        async with JobqClient(url, auth=clibase.resolve_nats_auth(url, tmp_path / "jobq")) as client:
+        async with JobqClient(url, auth=clibase.resolve_nats_auth(url, tmp_path / "jobq"),
+                              nats_options=options) as client:
             records = await client.wait(ids, timeout=90)
         assert {r.phase for r in records.values()} == {contract.JobPhase.SUCCEEDED}
     finally:

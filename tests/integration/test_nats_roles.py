@@ -60,6 +60,11 @@ async def connect(url: str, **options: Any) -> AsyncIterator[Role]:
         await nc.close()
 
 
+def tls(stack: Stack) -> dict[str, Any]:
+    """The stack's TLS options without any credentials."""
+    return {k: v for k, v in stack.nats_options().items() if k == "tls"}
+
+
 def token_key(stack: Stack) -> bytes:
     assert stack.auth is not None
     return stack.auth.callout_keys.token_key
@@ -114,7 +119,9 @@ async def test_each_role_is_refused_outside_its_rights(tmp_path: Any) -> None:
             {"user": "jobq-submitter", "password": "guess"},
         ):
             with pytest.raises(nats.errors.Error, match="Authorization Violation"):
-                await nats.connect(url, max_reconnect_attempts=0, allow_reconnect=False, **options)
+                await nats.connect(
+                    url, max_reconnect_attempts=0, allow_reconnect=False, **options, **tls(stack)
+                )
 
         # --- a submitting service ------------------------------------------------------------
         async with connect(url, **stack.nats_options("submitter")) as submitter:
@@ -152,7 +159,7 @@ async def test_each_role_is_refused_outside_its_rights(tmp_path: Any) -> None:
 
         # --- a node agent: its own node's subjects only ---------------------------------------
         key = token_key(stack)
-        async with connect(url, token=tokens.node_token(key, "node-2")) as node_2:
+        async with connect(url, token=tokens.node_token(key, "node-2"), **tls(stack)) as node_2:
             assert not await arrives(operator, node_2, status_1)
             assert not await arrives(operator, node_2, beat)
             assert await arrives(operator, node_2, contract.node_status_subject("node-2"))
@@ -171,6 +178,7 @@ async def test_each_role_is_refused_outside_its_rights(tmp_path: Any) -> None:
             url,
             token=tokens.pod_token(key, "pod-job", 1),
             inbox_prefix=contract.pod_inbox_prefix("pod-job", 1),
+            **tls(stack),
         ) as pod:
             own_beat = contract.heartbeat_subject("pod-job", 1)
             assert await arrives(operator, pod, own_beat)

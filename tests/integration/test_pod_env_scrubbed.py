@@ -92,6 +92,7 @@ POD_KEYS = {
     contract.ENV_ARGS,
     contract.ENV_NATS_URL,
     contract.ENV_NATS_TOKEN,  # the pod's own, for its attempt (checked in assert_scrubbed)
+    contract.ENV_NATS_CA,  # public: the CA NATS's certificate is verified against
     contract.ENV_NODE,
     contract.ENV_POD,
     contract.ENV_POD_UID,
@@ -135,6 +136,7 @@ async def test_task_and_command_pods_see_only_their_spec_the_base_and_the_pass_t
     assert set(environ) >= POD_KEYS and environ[contract.ENV_JOB_ID] == task.id
     assert environ[contract.ENV_POD] == contract.pod_name(task.id, 1) and environ[contract.ENV_NODE] == NODE
     assert environ[contract.ENV_NATS_URL] == stack.nats_url
+    assert environ[contract.ENV_NATS_CA] == stack.nats_ca != ""
     assert environ["HOME"] == str(stack.config.data_dir / "nodes" / NODE / "home" / environ[contract.ENV_POD])
     assert seen["home_writable"]
     assert seen["pgid"] == seen["pid"] and seen["sid"] == seen["pid"], "the pod leads its own session"

@@ -208,7 +208,8 @@ class PodManager:
             self._base_env, _env(container, obj, self._s.name),
             home=pod_env.make_home(self._s.node_dir / "home" / meta["uid"], None),
             node_keys={contract.ENV_NODE: self._s.name, contract.ENV_POD: meta["name"],
-                       contract.ENV_POD_UID: meta["uid"]}, default_nats_url=self._s.nats_url)
+                       contract.ENV_POD_UID: meta["uid"]}, default_nats_url=self._s.nats_url,
+            default_nats_ca=os.environ.get(contract.ENV_NATS_CA, ""))
         argv = pod_command(contract.PodSpec(name=meta["name"], job_id=job_id or meta["name"], attempt=attempt,
                                             queue="", command=command), python=self._s.python)
         if not argv:

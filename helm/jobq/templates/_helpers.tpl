@@ -71,6 +71,15 @@ app.kubernetes.io/component: nats
 {{- end -}}
 {{- end -}}
 
+{{/* The Secret with NATS's CA (and, bundled, its certificate), and the task pods' copy of the CA. */}}
+{{- define "jobq.natsTlsSecret" -}}
+{{- default (printf "%s-tls" (include "jobq.natsName" .)) .Values.nats.tls.secretName -}}
+{{- end -}}
+
+{{- define "jobq.natsPodCaSecret" -}}
+{{- default (printf "%s-ca" (include "jobq.natsName" .)) .Values.nats.tls.podCaSecret -}}
+{{- end -}}
+
 {{- define "jobq.natsReplicas" -}}
 {{- if eq .Values.nats.mode "bundled" -}}{{ .Values.nats.bundled.replicas }}{{- else -}}{{ .Values.nats.replicas }}{{- end -}}
 {{- end -}}
@@ -104,6 +113,13 @@ app.kubernetes.io/component: nats
 {{- end -}}
 {{- if and (eq .Values.nats.mode "bundled") $auth.credsSecret.name -}}
 {{- fail "nats.auth.credsSecret needs an external NATS in operator (JWT) mode; the bundled NATS supports userSecret or tokenSecret" -}}
+{{- end -}}
+{{- $cm := .Values.nats.tls.certManager -}}
+{{- if and .Values.nats.tls.enabled $cm.enabled (not $cm.issuerRef.name) -}}
+{{- fail "nats.tls.certManager.issuerRef.name is required when nats.tls.certManager.enabled" -}}
+{{- end -}}
+{{- if and .Values.nats.tls.enabled $cm.enabled (not .Values.nats.tls.podCaSecret) (ne $cm.issuerRef.kind "ClusterIssuer") -}}
+{{- fail "nats.tls: task pods need the CA in backend.namespace: use a ClusterIssuer, or set nats.tls.podCaSecret to a Secret there with key ca.crt" -}}
 {{- end -}}
 {{- if le (float64 .Values.dispatcher.terminationGracePeriodSeconds) (float64 .Values.dispatcher.shutdownGraceS) -}}
 {{- fail (printf "dispatcher.terminationGracePeriodSeconds (%v) must be greater than dispatcher.shutdownGraceS (%v), or the kubelet kills the dispatcher before it has drained" .Values.dispatcher.terminationGracePeriodSeconds .Values.dispatcher.shutdownGraceS) -}}

@@ -28,6 +28,16 @@ cluster {
     {{- end }}
   ]
 }
+{{- if .Values.nats.tls.enabled }}
+# Clients must speak TLS (nats.tls); the certificate is renewed in place (cert-manager), and
+# nats-server reads it again on reload. Routes between the servers stay plain.
+tls {
+  cert_file: /etc/nats-tls/tls.crt
+  key_file: /etc/nats-tls/tls.key
+  ca_file: /etc/nats-tls/ca.crt
+  timeout: 5
+}
+{{- end }}
 {{- if $auth.userSecret.name }}
 authorization {
   user: $JOBQ_NATS_USER
