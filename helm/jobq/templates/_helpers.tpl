@@ -108,8 +108,9 @@ app.kubernetes.io/component: nats
 {{- if $auth.credsSecret.name }}{{ $kinds = add1 $kinds }}{{ end -}}
 {{- if $auth.userSecret.name }}{{ $kinds = add1 $kinds }}{{ end -}}
 {{- if $auth.tokenSecret.name }}{{ $kinds = add1 $kinds }}{{ end -}}
+{{- if $auth.rolesSecret }}{{ $kinds = add1 $kinds }}{{ end -}}
 {{- if gt $kinds 1 -}}
-{{- fail "nats.auth: set only one of credsSecret, userSecret and tokenSecret" -}}
+{{- fail "nats.auth: set only one of credsSecret, userSecret, tokenSecret and rolesSecret" -}}
 {{- end -}}
 {{- if and (eq .Values.nats.mode "bundled") $auth.credsSecret.name -}}
 {{- fail "nats.auth.credsSecret needs an external NATS in operator (JWT) mode; the bundled NATS supports userSecret or tokenSecret" -}}

@@ -38,7 +38,10 @@ tls {
   timeout: 5
 }
 {{- end }}
-{{- if $auth.userSecret.name }}
+{{- if $auth.rolesSecret }}
+# A user per role and the auth callout (`jobq nats-auth init`), from Secret {{ $auth.rolesSecret }}.
+include "auth/authorization.conf"
+{{- else if $auth.userSecret.name }}
 authorization {
   user: $JOBQ_NATS_USER
   password: $JOBQ_NATS_PASSWORD
