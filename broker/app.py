@@ -42,8 +42,7 @@ async def run_dispatcher(config: settings.Settings, stop: asyncio.Event, *,
         observer = http_server.metrics_observer()
         dispatcher = service.Dispatcher(st=st, backend=backend, config=config, observer=observer)
         if config.nats.auth_dir:  # node agents and task pods connect through our auth callout
-            callout_service = await callout.CalloutService(
-                nc, keys.callout_keys(Path(config.nats.auth_dir))).start()
+            callout_service = await callout.server(nc, keys.callout_keys(Path(config.nats.auth_dir))).start()
             stack.push_async_callback(callout_service.stop)
         address = await stack.enter_async_context(http_server.serve(dispatcher, config.http))
         log.info("dispatcher_started", http=address, nats=config.nats.url, backend=backend.name)

@@ -6,17 +6,15 @@ leader then acts on like any other change."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
-from typing import Self
 
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from pydantic import ValidationError
 
 from broker import contract, store
+from broker.responder import Responder
 
 log = structlog.get_logger("jobq.dispatcher.requests")
 
@@ -62,49 +60,23 @@ async def apply(st: store.Store, job_id: str, change: Change, *, tries: int = 20
     return contract.JobRequestReply(error=f"could not change {job_id}: its record kept changing")
 
 
-class JobRequestServer:
-    """Serves ``contract.job_request_subject(op)`` for every op in CHANGES."""
+def server(nc: NATS, st: store.Store) -> Responder:
+    """Serves ``contract.job_request_subject(op)`` for every op in CHANGES (start it)."""
+    return Responder(nc, [contract.job_request_subject(op) for op in CHANGES], queue=QUEUE_GROUP,
+                     name="job-request", answer=lambda msg: _reply(st, msg))
 
-    def __init__(self, nc: NATS, st: store.Store) -> None:
-        self._nc = nc
-        self._store = st
-        self._subs: list[Subscription] = []
-        self._tasks: set[asyncio.Task[None]] = set()
 
-    async def start(self) -> Self:
-        for op in CHANGES:
-            self._subs.append(await self._nc.subscribe(
-                contract.job_request_subject(op), queue=QUEUE_GROUP, cb=self._on_request))
-        return self
-
-    async def stop(self) -> None:
-        for sub in self._subs:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-        self._subs.clear()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _on_request(self, msg: Msg) -> None:
-        if not msg.reply:
-            return
-        task = asyncio.create_task(self._serve(msg), name="job-request")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _serve(self, msg: Msg) -> None:
-        op = msg.subject.rpartition(".")[2]
+async def _reply(st: store.Store, msg: Msg) -> bytes:
+    op = msg.subject.rpartition(".")[2]
+    try:
+        request = contract.JobRequest.model_validate_json(msg.data)
+    except ValidationError as exc:
+        reply = contract.JobRequestReply(error=f"invalid {op} request: {exc.errors()[0]['msg']}")
+    else:
         try:
-            request = contract.JobRequest.model_validate_json(msg.data)
-        except ValidationError as exc:
-            reply = contract.JobRequestReply(error=f"invalid {op} request: {exc.errors()[0]['msg']}")
-        else:
-            try:
-                reply = await apply(self._store, request.job_id, CHANGES[op])
-            except Exception as exc:  # NATS trouble: say so, the caller may try again
-                reply = contract.JobRequestReply(
-                    error=f"the dispatcher could not {op} {request.job_id}: {exc}")
-            log.info("job_request", op=op, job_id=request.job_id, reason=reply.error or "done")
-        with contextlib.suppress(Exception):
-            await self._nc.publish(msg.reply, reply.model_dump_json().encode())
+            reply = await apply(st, request.job_id, CHANGES[op])
+        except Exception as exc:  # NATS trouble: say so, the caller may try again
+            reply = contract.JobRequestReply(
+                error=f"the dispatcher could not {op} {request.job_id}: {exc}")
+        log.info("job_request", op=op, job_id=request.job_id, reason=reply.error or "done")
+    return reply.model_dump_json().encode()

@@ -17,21 +17,18 @@ attempt's pod and node come from the job record; the bytes come from the backend
 
 from __future__ import annotations
 
-import asyncio
 import codecs
-import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Self
 
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from pydantic import ValidationError
 
 from broker import contract, store
 from broker.backends import base
 from broker.dispatcher.index import JobIndex
+from broker.responder import Responder
 
 log = structlog.get_logger("jobq.logs")
 
@@ -138,47 +135,23 @@ async def answer(request: contract.LogRequest, *, lookup: Lookup,
     return chunk_of_read(request, attempt, read)
 
 
-class LogServer:
-    """Serves ``answer`` on ``contract.LOGS_SUBJECT``; requests are answered concurrently."""
+def server(nc: NATS, *, lookup: Lookup, backend: base.ClusterBackend) -> Responder:
+    """Serves ``answer`` on ``contract.LOGS_SUBJECT`` (start it); requests are answered concurrently."""
+    return Responder(nc, [contract.LOGS_SUBJECT], queue=QUEUE_GROUP, name="log-request",
+                     answer=_Replies(nc, lookup=lookup, backend=backend).reply)
 
-    def __init__(self, nc: NATS, *, lookup: Lookup, backend: base.ClusterBackend,
-                 concurrency: int = 16) -> None:
+
+class _Replies:
+    def __init__(self, nc: NATS, *, lookup: Lookup, backend: base.ClusterBackend) -> None:
         self._nc = nc
         self._lookup = lookup
         self._backend = backend
-        self._slots = asyncio.Semaphore(concurrency)
-        self._sub: Subscription | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
 
-    async def start(self) -> Self:
-        self._sub = await self._nc.subscribe(contract.LOGS_SUBJECT, queue=QUEUE_GROUP, cb=self._on_request)
-        return self
-
-    async def stop(self) -> None:
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-            self._sub = None
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _on_request(self, msg: Msg) -> None:
-        if not msg.reply:
-            return
-        task = asyncio.create_task(self._serve(msg), name="log-request")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _serve(self, msg: Msg) -> None:
-        async with self._slots:
-            parsed = parse_request(msg.data)
-            if isinstance(parsed, contract.LogChunk):
-                payload = parsed.model_dump_json().encode()
-            else:
-                payload = await self._reply_for(parsed)
-            with contextlib.suppress(Exception):
-                await self._nc.publish(msg.reply, payload)
+    async def reply(self, msg: Msg) -> bytes:
+        parsed = parse_request(msg.data)
+        if isinstance(parsed, contract.LogChunk):
+            return parsed.model_dump_json().encode()
+        return await self._reply_for(parsed)
 
     async def _reply_for(self, request: contract.LogRequest) -> bytes:
         payload = b""

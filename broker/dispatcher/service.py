@@ -91,9 +91,9 @@ class Dispatcher:
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop``: follow the index always, do the work while we are leader."""
         heartbeat_sub = await self.store.nc.subscribe(contract.HEARTBEAT_WILDCARD, cb=self._on_heartbeat)
-        log_server = await logs.LogServer(self.store.nc, lookup=logs.record_lookup(self.index, self.store),
-                                          backend=self.backend).start()
-        request_server = await job_requests.JobRequestServer(self.store.nc, self.store).start()
+        log_server = await logs.server(self.store.nc, lookup=logs.record_lookup(self.index, self.store),
+                                       backend=self.backend).start()
+        request_server = await job_requests.server(self.store.nc, self.store).start()
         self.heartbeats.listening_since = contract.utcnow()
         watcher = asyncio.create_task(self.store.watch_jobs(self.index.put, self.index_ready),
                                       name="index-watch")

@@ -47,6 +47,7 @@ from broker.embedded.natsserver import NatsServer, sync_always_from_env
 from broker.embedded.stack_auth import CREDENTIAL_ENV, NODE, StackAuth, auth_from_env
 from broker.embedded.stack_state import STATE_FILE
 from broker.natsauth import callout, permissions
+from broker.responder import Responder
 from workers import pod_runtime
 
 TOKEN_FILE = "http-token"
@@ -116,7 +117,7 @@ class Stack:
         self._token_env: dict[str, str] = {}
         self.auth: StackAuth | None = None
         """The NATS users, when the stack runs its NATS with them (``nats_auth``)."""
-        self._callout: callout.CalloutService | None = None
+        self._callout: Responder | None = None
         self.tls: nats_tls.TlsFiles | None = None
         """The CA and certificate of the nats-server(s) we run, when they require TLS."""
 
@@ -206,7 +207,7 @@ class Stack:
                 raise StackError(f"nats-server failed to start: {exc}") from exc
         self.nc = await natsutil.connect(self.nats_url, name="jobq-stack", nats_options=self.nats_options())
         if self.auth is not None:  # node agents can connect while no dispatcher runs
-            self._callout = await callout.CalloutService(self.nc, self.auth.callout_keys).start()
+            self._callout = await callout.server(self.nc, self.auth.callout_keys).start()
         self._node_sub = await self.nc.subscribe(contract.NODE_STATUS_WILDCARD, cb=self._on_node)
         self._control_sub = await self.nc.subscribe(contract.CONTROL_SUBJECT, cb=self._on_control)
         self.progress(f"nats at {self.nats_url}; starting {self.config.dispatchers} dispatcher(s) "

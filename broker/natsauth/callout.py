@@ -9,16 +9,14 @@ the answer a JWT signed by the issuer account whose public key is in the server'
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from typing import Self
 
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
 from broker.natsauth import jwt, keys, nkeys, tokens
+from broker.responder import Responder
 
 log = structlog.get_logger("jobq.natsauth")
 
@@ -61,36 +59,20 @@ def answer(request_jwt: str, callout: keys.CalloutKeys) -> Decision:
                     identity=identity.name)
 
 
-class CalloutService:
-    """Answers authorization requests on ``nc`` until stopped. ``nc`` must be a configured
-    user listed in the callout's ``auth_users`` (the dispatcher's or the operator's)."""
+def server(nc: NATS, callout: keys.CalloutKeys) -> Responder:
+    """Answers authorization requests on ``nc`` (start it). ``nc`` must be a configured user
+    listed in the callout's ``auth_users`` (the dispatcher's or the operator's)."""
 
-    def __init__(self, nc: NATS, callout: keys.CalloutKeys) -> None:
-        self._nc = nc
-        self._callout = callout
-        self._sub: Subscription | None = None
-
-    async def start(self) -> Self:
-        self._sub = await self._nc.subscribe(CALLOUT_SUBJECT, queue=QUEUE_GROUP, cb=self._on_request)
-        return self
-
-    async def stop(self) -> None:
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-            self._sub = None
-
-    async def _on_request(self, msg: Msg) -> None:
-        if not msg.reply:
-            return
+    async def reply(msg: Msg) -> bytes | None:
         try:
-            decision = answer(msg.data.decode(errors="replace"), self._callout)
+            decision = answer(msg.data.decode(errors="replace"), callout)
         except jwt.JwtError as exc:  # not from a server: nothing to answer
             log.warning("nats_auth_request_invalid", reason=str(exc))
-            return
+            return None
         if decision.refusal:
             log.warning("nats_auth_refused", reason=decision.refusal)
         else:
             log.debug("nats_auth_granted", identity=decision.identity)
-        with contextlib.suppress(Exception):
-            await self._nc.publish(msg.reply, decision.response.encode())
+        return decision.response.encode()
+
+    return Responder(nc, [CALLOUT_SUBJECT], queue=QUEUE_GROUP, answer=reply, name="nats-auth")
