@@ -24,6 +24,7 @@ from nats.aio.client import Client as NATS
 from broker import contract
 from broker.embedded.stack import Stack
 from broker.natsauth import tokens
+from submitter.client import JobNotFound
 from tests.conftest import running_stack, submitter_client
 from tests.integration.helpers import wait_running
 
@@ -238,4 +239,13 @@ async def test_the_demo_job_mix_runs_with_every_process_on_its_own_user(tmp_path
         doomed = await client.submit(task="demo.exit", args={"code": 1}, retry={"max_attempts": 1})
         (dead,) = (await client.wait([doomed.id], timeout=90)).values()
         assert dead.phase == contract.JobPhase.DEAD
+        # Hostile bytes on the request subjects get an error reply; the dispatcher keeps serving.
+        for op in ("cancel", "retry"):
+            for body in (b"", b"\xff\xfe", b'{"job_id": "../../etc"}', b"[" * 10000, b'{"job_id": 1}'):
+                reply = await client.nc.request(contract.job_request_subject(op), body, timeout=10)
+                assert contract.JobRequestReply.model_validate_json(reply.data).error.startswith(
+                    f"invalid {op}"
+                )
         assert (await client.retry_dead(doomed.id)).phase != contract.JobPhase.DEAD
+        with pytest.raises(JobNotFound):
+            await client.cancel("no-such-job")
