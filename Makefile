@@ -42,6 +42,7 @@ bench: setup
 	$(BIN)/python -m bench.k8s_recovery
 	$(BIN)/python bench/recovery.py
 	$(BIN)/python -m bench.fsync
+	$(BIN)/python -m bench.nats_security
 	$(BIN)/python -m bench.intake
 	$(BIN)/python -m bench.backlog
 	$(BIN)/python -m bench.latency

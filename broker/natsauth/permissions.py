@@ -90,14 +90,15 @@ def dispatcher() -> Permissions:
 
 
 def submitter() -> Permissions:
-    """Publish submissions; read records, events, results, artifacts and dead letters; ask the
-    dispatcher for logs, cancellations and re-drives. No writes to any bucket or stream but
-    ``jobq.submit.>``, and no consumer on the submission stream."""
+    """Publish submissions; read records, events, heartbeats (progress), results, artifacts and
+    dead letters; ask the dispatcher for logs, cancellations and re-drives. No writes to any
+    bucket or stream but ``jobq.submit.>``, and no consumer on the submission stream."""
     return Permissions(
         publish=(contract.SUBMIT_WILDCARD, contract.LOGS_SUBJECT, contract.JOB_REQUEST_WILDCARD,
                  *_JS_READ, *_JS_WATCH),
         deny_publish=_NOT_THE_DISPATCHERS_QUEUE,
-        subscribe=("_INBOX.>", contract.EVENTS_WILDCARD, contract.DEAD_WILDCARD),
+        subscribe=("_INBOX.>", contract.EVENTS_WILDCARD, contract.DEAD_WILDCARD,
+                   contract.HEARTBEAT_WILDCARD),
     )
 
 
