@@ -5,11 +5,8 @@ dies with the supervisor (parent-death signal), and a node agent killed with SIG
 pods with it, as a machine would. ``<data_dir>/stack.json`` tells other commands (``jobq
 submit``, chaos actions) where everything is.
 
-NATS is secure by default: unless JOBQ_NATS_AUTH=off (or the stack is given a NATS URL), the
-server runs with a user per role and an auth callout (broker/natsauth): secrets in
-``<data_dir>/nats-auth`` (reused by the next start), the dispatchers as ``jobq-dispatcher``, each
-node agent with a token for its own node, each task pod with a token for its own attempt, and
-``stack.json`` pointing other commands at the submitter's and operator's passwords.
+NATS is secure by default (unless the stack is given a NATS URL): a user per role and an auth
+callout (``stack_auth``; JOBQ_NATS_AUTH=off turns it off), and TLS (below).
 
 The HTTP API is secure by default: unless JOBQ_HTTP_TOKEN (or JOBQ_HTTP_TOKEN_FILE) is given,
 the stack keeps a random token in ``<data_dir>/http-token`` (mode 0600, reused by the next
@@ -248,7 +245,8 @@ class Stack:
     def _sync_words(self) -> str:
         words = ("fsync every write" if self.config.nats_sync_always
                  else "fsync every 2 min: JOBQ_NATS_SYNC=default")
-        return words + (", TLS" if self.tls is not None else ", no TLS: JOBQ_NATS_TLS=off")
+        words += ", TLS" if self.tls is not None else ", no TLS: JOBQ_NATS_TLS=off"
+        return words + (", a user per role" if self.auth is not None else ", no users: JOBQ_NATS_AUTH=off")
 
     def signal_nats(self, index: int, sig: signal.Signals = signal.SIGKILL) -> None:
         """Signal one nats-server of the cluster (SIGKILL = the broker machine dies)."""
