@@ -90,9 +90,14 @@ async def connect(
     """Set when TLS refuses the first connect (a certificate that does not verify, an alert), after
     which nats-py hangs closing the transport (nats-io/nats.py#718): the connect gives up at once."""
 
+    refused: list[str] = []
+    """Why the server refused our credentials, if it did (nats-py then reports no servers)."""
+
     async def error_cb(exc: Exception) -> None:
         first = not failing
         failing[:] = [exc]
+        if "authorization violation" in str(exc).lower() or "authentication" in str(exc).lower():
+            refused[:] = [str(exc)]
         if isinstance(exc, ssl.SSLError) and not isinstance(exc, _TLS_CUT) and not connected:
             tls_failed.set()
         if not (connected or reconnect_forever):
@@ -147,6 +152,12 @@ async def connect(
         tls_problem = contract.describe_tls_failure(failing[-1] if failing else exc, url)
         if tls_problem is not None:
             raise ConnectionError(tls_problem) from exc
+        if refused:
+            raise ConnectionError(
+                f"NATS at {url} refused this client's credentials ({refused[-1]}): set "
+                f"{contract.ENV_NATS_USER} with {contract.ENV_NATS_PASSWORD_FILE} (a `jobq up` stack keeps "
+                f"the submitter's in <data dir>/nats-auth/submitter.password) or {contract.ENV_NATS_TOKEN}"
+            ) from exc
         if give_up_after_s is not None:
             raise ConnectionError(
                 f"cannot reach NATS at {', '.join(servers)} within {give_up_after_s:g} s "

@@ -94,6 +94,18 @@ async def test_every_client_command_says_once_that_nats_is_unreachable() -> None
     assert_one_line_error(explicit, cli.EXIT_UNREACHABLE, says="cannot reach NATS")
 
 
+async def test_refused_credentials_are_said_as_such(stack: Stack) -> None:
+    """The stack's NATS has users: no credentials, or a wrong password, is not "unreachable"."""
+    own = (contract.ENV_NATS_USER, contract.ENV_NATS_PASSWORD_FILE)
+    env = {k: v for k, v in cli_env(stack).items() if k not in own}
+    for extra in ({}, {contract.ENV_NATS_USER: "jobq-submitter", contract.ENV_NATS_PASSWORD: "wrong"}):
+        out = await jobq("status", "nope", env={**env, **extra})
+        says = "refused this client's credentials"
+        assert_one_line_error(out, cli.EXIT_UNREACHABLE, says=says, command=extra)
+    out = await jobq("status", "nope", env=cli_env(stack))
+    assert_one_line_error(out, cli.EXIT_NOT_FOUND, says="no job nope")
+
+
 async def test_watch_says_once_that_the_dispatcher_is_unreachable() -> None:
     for command in NEEDS_HTTP:
         out = await jobq(*command, env=no_nats_env())
