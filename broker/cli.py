@@ -56,14 +56,15 @@ def up(nodes: int, node_cpu: float, node_memory: str, data_dir: Path, nats_url: 
     """
     import dataclasses
 
-    from broker.embedded import runner, stack_auth
+    from broker import settings
+    from broker.embedded import runner
 
     try:
         config = runner.stack_config(data_dir=data_dir, nodes=nodes, node_cpu=node_cpu,
                                      node_memory=node_memory, nats_url=nats_url, nats_port=nats_port,
                                      http_port=http_port, dispatchers=dispatchers,
                                      nats_servers=int(nats_servers))
-    except stack_auth.AuthSettingError as exc:
+    except settings.SettingsError as exc:  # JOBQ_NATS_AUTH, JOBQ_NATS_TLS
         raise click.UsageError(str(exc)) from None
     if nats_auth is not None:
         config = dataclasses.replace(config, nats_auth=nats_auth == "on")

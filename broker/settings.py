@@ -28,6 +28,17 @@ class SettingsError(ValueError):
     """A setting has a value that cannot work; the message names the variable."""
 
 
+def switch(environ: Mapping[str, str], name: str, *, on_means: str) -> bool:
+    """An on/off setting that is on unless set off: ``on``/``off`` (also 1/0, true/false,
+    yes/no); anything else is a SettingsError saying what ``on`` (the default) means."""
+    value = environ.get(name, "").strip().lower()
+    if value in ("", "on", "1", "true", "yes"):
+        return True
+    if value in ("off", "0", "false", "no"):
+        return False
+    raise SettingsError(f"{name}={value!r}: use 'on' ({on_means}, the default) or 'off'")
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class NatsSettings:
     url: str = contract.DEFAULT_NATS_URL

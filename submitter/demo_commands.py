@@ -41,13 +41,17 @@ def demo(jobs: int, nodes: int, node_cpu: float, node_memory: str, kill_node: bo
     The workload trains, evaluates and sweeps scikit-learn classifiers on bundled data sets, then
     batch-predicts with the trained models. Exits non-zero if any job was lost or failed.
     """
+    from broker import settings
     from submitter import demo as demo_mod
 
     if jobs < 4:
         raise click.BadParameter("at least 4 jobs", param_hint="--jobs")
-    summary = clibase.run(demo_mod.run_demo(
-        jobs=jobs, nodes=nodes, node_cpu=node_cpu, node_memory=node_memory, kill_node=kill_node,
-        data_dir=data_dir, nats_url=nats_url, timeout_s=timeout, as_json=as_json, backend=backend,
-        kubeconfig=kubeconfig))
+    try:
+        summary = clibase.run(demo_mod.run_demo(
+            jobs=jobs, nodes=nodes, node_cpu=node_cpu, node_memory=node_memory, kill_node=kill_node,
+            data_dir=data_dir, nats_url=nats_url, timeout_s=timeout, as_json=as_json, backend=backend,
+            kubeconfig=kubeconfig))
+    except settings.SettingsError as exc:  # a JOBQ_* setting of the stack (JOBQ_NATS_AUTH, ...)
+        raise click.UsageError(str(exc)) from None
     if summary["lost"] or summary["succeeded"] != summary["submitted"] or summary["duplicate_results"]:
         sys.exit(1)

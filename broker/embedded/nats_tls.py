@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from broker import contract
+from broker import contract, settings
 
 TLS_DIR = "tls"
 CA_VALIDITY = dt.timedelta(days=3650)
@@ -231,15 +231,8 @@ ENV_TLS = "JOBQ_NATS_TLS"
 
 
 def enabled_from_env(environ: Mapping[str, str] | None = None) -> bool:
-    value = (os.environ if environ is None else environ).get(ENV_TLS, "").strip().lower()
-    if value in ("", "on", "1", "true", "yes"):
-        return True
-    if value in ("off", "0", "false", "no"):
-        return False
-    raise ValueError(
-        f"{ENV_TLS}={value!r}: use 'on' (the default: NATS requires TLS, with a CA "
-        "generated in <data dir>/tls) or 'off'"
-    )
+    return settings.switch(os.environ if environ is None else environ, ENV_TLS,
+                           on_means="NATS requires TLS, with a CA generated in <data dir>/tls")
 
 
 def client_options(files: TlsFiles | None) -> dict[str, Any]:

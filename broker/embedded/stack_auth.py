@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from broker import contract
+from broker import contract, settings
 from broker.natsauth import keys, permissions, server_config, tokens
 
 AUTH_DIR = "nats-auth"
@@ -27,17 +27,9 @@ STATE_ROLES = (permissions.ROLE_SUBMITTER, permissions.ROLE_OPERATOR)
 """Roles whose credentials stack.json points to (for the CLI, the SDK's users, chaos)."""
 
 
-class AuthSettingError(ValueError):
-    """JOBQ_NATS_AUTH has a value that is neither on nor off."""
-
-
 def auth_from_env(environ: Mapping[str, str] | None = None) -> bool:
-    value = (os.environ if environ is None else environ).get(AUTH_ENV, "").strip().lower()
-    if value in ("", "on"):
-        return True
-    if value == "off":
-        return False
-    raise AuthSettingError(f"{AUTH_ENV}={value!r}: use 'on' (a NATS user per role, the default) or 'off'")
+    return settings.switch(os.environ if environ is None else environ, AUTH_ENV,
+                           on_means="a NATS user per role")
 
 
 def nats_auth_of(state: Mapping[str, object], role: str) -> dict[str, str] | None:

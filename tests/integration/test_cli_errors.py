@@ -132,6 +132,14 @@ async def test_bad_command_lines_are_one_line_and_exit_2_without_touching_nats(
     assert_one_line_error(await jobq(*args, env=no_nats_env()), cli.EXIT_USAGE, says=says)
 
 
+@pytest.mark.parametrize("command", [["up"], ["demo", "--jobs", "4"]])
+@pytest.mark.parametrize("setting", ["JOBQ_NATS_AUTH", "JOBQ_NATS_TLS"])
+async def test_a_bad_stack_switch_is_a_usage_error(command: list[str], setting: str, tmp_path: Path) -> None:
+    env = {**no_nats_env(), setting: "maybe"}
+    out = await jobq(*command, "--data-dir", str(tmp_path), env=env)
+    assert_one_line_error(out, cli.EXIT_USAGE, says=f"{setting}='maybe': use 'on'", command=command)
+
+
 async def test_a_job_over_the_size_limit_is_refused_before_sending(tmp_path: Path) -> None:
     big = tmp_path / "args.json"
     big.write_text(json.dumps({"data": "x" * contract.MAX_SUBMISSION_BYTES}))
