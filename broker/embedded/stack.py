@@ -39,7 +39,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from broker import contract, natsutil, settings
-from broker.embedded import nats_tls, stack_auth
+from broker.embedded import nats_tls, readiness, stack_auth
 from broker.embedded.natsserver import NatsServer, sync_always_from_env
 from broker.embedded.stack_auth import CREDENTIAL_ENV, NODE, StackAuth, auth_from_env
 from broker.embedded.stack_state import STATE_FILE
@@ -336,22 +336,14 @@ class Stack:
         async with aiohttp.ClientSession() as http:
             while True:
                 self._check_alive()
-                ready = await self._dispatcher_ready(http)
+                ready = await readiness.dispatchers_ready(http, self.http_url, self.http_ports.values())
                 alive = [n for n, t in self._node_seen.items() if time.monotonic() - t < 3]
                 if ready and len(alive) >= len(self.nodes):
                     return
                 if time.monotonic() > deadline:
-                    raise StackError(f"stack not ready after {timeout_s}s (dispatcher ready: {ready}, "
+                    raise StackError(f"stack not ready after {timeout_s}s (a synced leader: {ready}, "
                                      f"nodes reporting: {sorted(alive)}); see logs in {self.logs}")
                 await asyncio.sleep(0.1)
-
-    async def _dispatcher_ready(self, http: aiohttp.ClientSession) -> bool:
-        try:
-            async with http.get(f"{self.http_url}readyz", timeout=aiohttp.ClientTimeout(total=1),
-                                ssl=False) as r:  # a probe of our own child on 127.0.0.1
-                return r.status == 200
-        except (aiohttp.ClientError, TimeoutError):
-            return False
 
     def _check_alive(self) -> None:
         for index, process in self.dispatchers.items():
