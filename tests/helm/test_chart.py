@@ -33,6 +33,7 @@ OPTIONS: dict[str, dict[str, str]] = {
     "http-token-metrics": {"http.tokenSecret.name": "jobq-http", "serviceMonitor.enabled": "true"},
     "service-monitor": {"serviceMonitor.enabled": "true"},
     "grafana-dashboard": {"grafanaDashboard.enabled": "true"},
+    "prometheus-rule": {"prometheusRule.enabled": "true", "prometheusRule.labels.release": "prom"},
     "network-policy": {"networkPolicy.enabled": "true"},
     "network-policy-bundled": {"networkPolicy.enabled": "true", "nats.mode": "bundled"},
     "queue-settings": {
@@ -324,6 +325,7 @@ BAD_VALUES = [
     ({"backend.resourceProfiles.huge.cpu": "64"}, "/backend/resourceProfiles"),
     ({"backend.gpuTolerations[0].operator": "Maybe"}, "/backend/gpuTolerations/0/operator"),
     ({"backend.podServiceAccount": "Bad_SA"}, "/backend/podServiceAccount"),
+    ({"prometheusRule.queueAge.for": "soon"}, "/prometheusRule/queueAge/for"),
 ]
 
 

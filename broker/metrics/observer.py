@@ -1,20 +1,12 @@
-"""Prometheus metrics of one dispatcher, in its own CollectorRegistry (no global registry).
+"""The dispatcher's reconcile ``Observer``: counters and histograms of committed transitions.
 
-Three sources feed them:
-
-* ``Metrics`` is the dispatcher's reconcile ``Observer``: the leader's committed transitions
-  (before -> after, written by compare-and-set, so each is seen once) drive the counters and
-  histograms, and ``pod_created`` drives dispatch latency.
-* The job index (every dispatcher follows it, leader or standby) counts new submissions and
-  gives the current state gauges at scrape time. The metrics read it, the dispatcher's status,
-  the backend's nodes and the JetStream backlog through the narrow ``Sources``.
-* ``watch_nodes`` polls the cluster backend and counts Ready -> NotReady transitions; it also
-  remembers the lost node's last heartbeat, from which recovery time is measured
-  (``broker.readmodel.recovery`` defines it, for the API, the demo and the chaos probes too).
-
-Names follow Prometheus conventions: one ``jobq_`` prefix, base units (seconds), ``_total``
-counters, and only low-cardinality labels (queue, outcome, reason, state; node only on node
-metrics). docs/observability.md lists them.
+The leader's committed transitions (before -> after, written by compare-and-set, so each is seen
+once) drive the counters and histograms, and ``pod_created`` drives dispatch latency; a standby
+runs no passes, so it counts nothing. Submissions are counted from the job index by the leader
+whose epoch wrote the new record. ``watch_nodes`` (every replica: the API lists nodes) polls the
+backend; the leader counts Ready -> NotReady transitions and every replica remembers the lost
+node's last heartbeat, from which recovery time is measured (``broker.readmodel.recovery``).
+What a scrape exports is in ``broker.metrics.scrape``.
 """
 
 from __future__ import annotations
@@ -24,58 +16,22 @@ import collections
 import contextlib
 import dataclasses
 import datetime as dt
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Protocol
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
 
 from broker import contract
 from broker.backends import base
 from broker.dispatcher import reconcile
 from broker.dispatcher.action import Action
+from broker.metrics import catalogue, scrape
+from broker.metrics.catalogue import LATENCY_BUCKETS, OUTCOMES, RECOVERY_BUCKETS, RETRY_REASONS, RUN_BUCKETS
+from broker.metrics.waiting import OldestWaiting
 from broker.readmodel import backlog, recovery
 
 log = structlog.get_logger("jobq.metrics")
-
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
-RUN_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
-RECOVERY_BUCKETS = (1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 120, 300, 600)
-
-OUTCOMES = (contract.JobPhase.SUCCEEDED, contract.JobPhase.DEAD, contract.JobPhase.CANCELLED)
-_NOT_RETRIED = {
-    contract.FailureReason(r)
-    for r in ("cancelled", "invalid", "undeliverable", "non_retryable", "start_error", "refused")
-}
-RETRY_REASONS = tuple(r for r in contract.FailureReason if r not in _NOT_RETRIED)
-
-METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "jobq_jobs_submitted_total": ("counter", ("queue",)),
-    "jobq_jobs_finished_total": ("counter", ("queue", "outcome")),
-    "jobq_retries_total": ("counter", ("queue", "reason")),
-    "jobq_attempts_total": ("counter", ("queue",)),
-    "jobq_unschedulable_total": ("counter", ("queue",)),
-    "jobq_node_failures_total": ("counter", ("node",)),
-    "jobq_reconciles_total": ("counter", ()),
-    "jobq_reconcile_errors_total": ("counter", ()),
-    "jobq_wait_seconds": ("histogram", ("queue",)),
-    "jobq_dispatch_latency_seconds": ("histogram", ("queue",)),
-    "jobq_run_seconds": ("histogram", ("queue", "outcome")),
-    "jobq_recovery_seconds": ("histogram", ()),
-    "jobq_jobs": ("gauge", ("queue", "state")),
-    "jobq_queue_depth": ("gauge", ("queue",)),
-    "jobq_running_attempts": ("gauge", ("queue",)),
-    "jobq_dead_letters": ("gauge", ()),
-    "jobq_leader": ("gauge", ()),
-    "jobq_nats_connected": ("gauge", ()),
-    "jobq_node_ready": ("gauge", ("node",)),
-    "jobq_node_pods": ("gauge", ("node",)),
-}
-"""Every metric this module exposes: name -> (type, labels). docs/observability.md explains each."""
 
 NodeListener = Callable[[base.NodeState], None]
 RecordListener = Callable[[contract.JobRecord | None, contract.JobRecord], None]
@@ -91,14 +47,6 @@ class JobIndex(Protocol):
     def count_by_phase(self) -> Mapping[str, collections.Counter[str]]: ...
 
 
-class Status(Protocol):
-    """The dispatcher's status counters."""
-
-    leader: bool
-    reconciles: int
-    errors: int
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class Sources:
     """What the metrics read, each through the narrowest interface that serves
@@ -107,7 +55,7 @@ class Sources:
     index: JobIndex
     index_ready: Callable[[], bool]
     """True once the index has loaded every record (earlier records are not new submissions)."""
-    status: Status
+    status: scrape.Status
     nats_connected: Callable[[], bool]
     list_nodes: Callable[[], Awaitable[Iterable[base.NodeState]]]
     read_backlog: Callable[[], Awaitable[backlog.Backlog]]
@@ -184,6 +132,9 @@ class Metrics(reconcile.Observer):
         """Submissions not yet acked by intake, per queue (JOBQ_SUBMIT work-queue stream)."""
         self.dead_letters = 0
         """Messages in the dead-letter stream."""
+        self.oldest = OldestWaiting()
+        ProcessCollector(registry=r)
+        self._queue(catalogue.DEFAULT_QUEUE)
 
     # --- wiring -------------------------------------------------------------------------------
 
@@ -192,14 +143,31 @@ class Metrics(reconcile.Observer):
             return
         self._sources = sources
         sources.index.subscribe(self._on_record)
-        self.registry.register(_StateCollector(self, sources))
+        sources.index.subscribe(self.oldest.on_record)
+        self.registry.register(
+            scrape.StateCollector(
+                index=sources.index,
+                status=sources.status,
+                nats_connected=sources.nats_connected,
+                oldest=self.oldest,
+                pending=lambda: self.pending,
+                dead_letters=lambda: self.dead_letters,
+                nodes=lambda: self._nodes,
+                queues=lambda: self._queues,
+                clock=self._clock,
+            )
+        )
 
     def on_node_change(self, listener: NodeListener) -> None:
         self._node_listeners.append(listener)
 
     def render(self) -> bytes:
-        """The text exposition format, without the ``_created`` series (of no use to PromQL)."""
-        return generate_latest(_WithoutCreated(self.registry))
+        """The text exposition format: a standby's without the job, queue and node series
+        (``scrape.LeaderFilter``), and without ``_created`` series."""
+        return generate_latest(scrape.LeaderFilter(self.registry, self._leading))
+
+    def _leading(self) -> bool:
+        return self._sources is not None and self._sources.status.leader
 
     def _queue(self, queue: str) -> None:
         """Initialise a queue's label sets, so that rate() and increase() see zeros, not gaps."""
@@ -212,13 +180,22 @@ class Metrics(reconcile.Observer):
         for reason in RETRY_REASONS:
             self.retries.labels(queue=queue, reason=reason.value)
         self.attempts.labels(queue=queue)
+        self.unschedulable_total.labels(queue=queue)
+        self.wait.labels(queue=queue)
+        self.dispatch.labels(queue=queue)
+        for state in (contract.AttemptState.SUCCEEDED, contract.AttemptState.FAILED):
+            self.run.labels(queue=queue, outcome=state.value)
 
     # --- index: submissions -----------------------------------------------------------------
 
     def _on_record(self, before: contract.JobRecord | None, after: contract.JobRecord) -> None:
         self._queue(after.spec.queue)
         src = self._sources
-        if before is None and src is not None and src.index_ready() and not after.attempts:
+        if before is not None or src is None or not src.index_ready() or after.attempts:
+            return
+        # Counted once, by the leader whose epoch wrote the new record: a standby (epoch 0) and a
+        # deposed leader that sees its last records late count none, so sum() over replicas holds.
+        if src.status.leader and after.epoch == src.status.epoch:
             self.submitted.labels(queue=after.spec.queue).inc()
 
     # --- observer hooks (leader) ------------------------------------------------------------
@@ -282,14 +259,17 @@ class Metrics(reconcile.Observer):
     # --- nodes --------------------------------------------------------------------------------
 
     def observe_nodes(self, nodes: Iterable[base.NodeState]) -> None:
-        """Record the backend's nodes; count Ready -> NotReady transitions."""
+        """Record the backend's nodes; count Ready -> NotReady transitions (the leader only: every
+        replica polls the same nodes)."""
+        leading = self._leading()
         for node in nodes:
             known = self._nodes.get(node.name)
             self._nodes[node.name] = node
             if known is None:
                 self.node_failures.labels(node=node.name)
             elif known.ready and not node.ready:
-                self.node_failures.labels(node=node.name).inc()
+                if leading:
+                    self.node_failures.labels(node=node.name).inc()
                 self.failures.append(
                     recovery.NodeFailure(
                         node=node.name,
@@ -329,69 +309,3 @@ class Metrics(reconcile.Observer):
             return
         self.pending = found.pending
         self.dead_letters = found.dead_letters
-
-
-class _WithoutCreated(Collector):
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self._registry = registry
-
-    def collect(self) -> Iterator[Metric]:
-        for family in self._registry.collect():
-            family.samples = [s for s in family.samples if not s.name.endswith("_created")]
-            yield family
-
-
-class _StateCollector(Collector):
-    """Gauges computed at scrape time from the index, the backend's nodes and the dispatcher."""
-
-    def __init__(self, metrics: Metrics, sources: Sources) -> None:
-        self._metrics = metrics
-        self._sources = sources
-
-    def describe(self) -> Iterable[Metric]:
-        return []
-
-    def collect(self) -> Iterator[Metric]:
-        src, m = self._sources, self._metrics
-        jobs = GaugeMetricFamily("jobq_jobs", "Job records by current state.", labels=["queue", "state"])
-        depth = GaugeMetricFamily(
-            "jobq_queue_depth",
-            "Jobs waiting to run: submissions not yet taken in plus queued job records.",
-            labels=["queue"],
-        )
-        running = GaugeMetricFamily(
-            "jobq_running_attempts", "Jobs with an attempt running (or starting).", labels=["queue"]
-        )
-        counts = src.index.count_by_phase()
-        for queue in sorted(set(counts) | set(m.pending)):
-            by_phase = counts.get(queue, collections.Counter())
-            for phase in contract.JobPhase:
-                jobs.add_metric([queue, phase.value], by_phase[phase.value])
-            depth.add_metric([queue], by_phase[contract.JobPhase.QUEUED.value] + m.pending.get(queue, 0))
-            running.add_metric([queue], by_phase[contract.JobPhase.RUNNING.value])
-        yield from (jobs, depth, running)
-        yield GaugeMetricFamily(
-            "jobq_dead_letters", "Records in the dead-letter stream.", value=m.dead_letters
-        )
-        yield GaugeMetricFamily(
-            "jobq_leader",
-            "1 while this dispatcher holds the leader lease.",
-            value=1 if src.status.leader else 0,
-        )
-        yield GaugeMetricFamily(
-            "jobq_nats_connected",
-            "1 while the dispatcher's NATS connection is up.",
-            value=1 if src.nats_connected() else 0,
-        )
-        ready = GaugeMetricFamily("jobq_node_ready", "1 if the node is Ready.", labels=["node"])
-        pods = GaugeMetricFamily("jobq_node_pods", "Active pods on the node.", labels=["node"])
-        for name, node in sorted(m.nodes.items()):
-            ready.add_metric([name], 1 if node.ready else 0)
-            pods.add_metric([name], node.pods)
-        yield from (ready, pods)
-        yield CounterMetricFamily(
-            "jobq_reconciles", "Reconcile passes completed.", value=src.status.reconciles
-        )
-        yield CounterMetricFamily(
-            "jobq_reconcile_errors", "Reconcile passes that raised.", value=src.status.errors
-        )
