@@ -1,10 +1,18 @@
-"""structlog configuration shared by every jobq process (JSON by default, console on request)."""
+"""structlog configuration shared by every jobq process (JSON by default, console on request).
+
+One log stream: jobq's own structlog events and every library's standard ``logging`` records
+(aiohttp, nats-py, kubernetes_asyncio, asyncio, chaostoolkit, warnings) are rendered by the same
+processors and written to stderr through the same writer, so with JSON each stderr line is one
+object with ``level``, ``event``, ``logger`` and ``timestamp`` (a library's traceback included,
+as ``exception``). The standard library's records reach structlog through
+``structlog.stdlib.ProcessorFormatter`` on a handler of the root logger.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal
+from typing import Any, Literal, TextIO
 
 import structlog
 
@@ -12,10 +20,44 @@ LogFormat = Literal["json", "console", "auto"]
 """``auto``: console on a terminal, JSON otherwise."""
 
 
+class NamedPrintLogger(structlog.PrintLogger):
+    """A PrintLogger that keeps the name given to ``structlog.get_logger(name)``, so that
+    ``add_logger_name`` can say which logger spoke, as it does for a library's records."""
+
+    def __init__(self, file: TextIO, name: str) -> None:
+        super().__init__(file)
+        self.name = name
+
+
+class _NamedPrintLoggerFactory:
+    def __init__(self, file: TextIO) -> None:
+        self._file = file
+
+    def __call__(self, *args: Any) -> NamedPrintLogger:
+        return NamedPrintLogger(self._file, str(args[0]) if args else "jobq")
+
+
+class _StdlibHandler(logging.Handler):
+    """Root handler: a library's record, rendered by the ProcessorFormatter, written by the same
+    PrintLogger (and so under the same lock) as structlog's own events: lines never interleave."""
+
+    def __init__(self, out: structlog.PrintLogger) -> None:
+        super().__init__()
+        self._out = out
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._out.msg(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+
 def configure(*, fmt: LogFormat = "json", level: str = "INFO", component: str | None = None,
-              cache: bool = False) -> None:
+              cache: bool = False, library_level: str | None = None) -> None:
     """Log to stderr; stdout stays free for command output (summaries, JSON). ``cache`` keeps
-    each logger's configuration from its first use (for a process that configures once)."""
+    each logger's configuration from its first use (for a process that configures once).
+    ``library_level``: the least level of the standard ``logging`` records shown (default:
+    ``level``)."""
     if fmt == "auto":
         fmt = "console" if sys.stderr.isatty() else "json"
     renderer: structlog.typing.Processor = (
@@ -23,19 +65,41 @@ def configure(*, fmt: LogFormat = "json", level: str = "INFO", component: str | 
         if fmt == "console"
         else structlog.processors.JSONRenderer()
     )
-    processors: list[structlog.typing.Processor] = [
+    shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
+        structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    if fmt == "json":
-        processors.append(structlog.processors.dict_tracebacks)
-    processors.append(renderer)
+    # A traceback as data, without each frame's locals: a library's frames hold credentials too.
+    tracebacks = structlog.processors.ExceptionRenderer(
+        structlog.tracebacks.ExceptionDictTransformer(show_locals=False))
+    tail: list[structlog.typing.Processor] = [tracebacks] if fmt == "json" else []
+    numeric_level = logging.getLevelName(level.upper())
     structlog.configure(
-        processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        processors=[*shared, *tail, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
+        logger_factory=_NamedPrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=cache,
     )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail, renderer],
+    )
+    _route_stdlib_logging(structlog.PrintLogger(sys.stderr),
+                          logging.getLevelName((library_level or level).upper()), formatter)
     if component:
         structlog.contextvars.bind_contextvars(component=component)
+
+
+def _route_stdlib_logging(out: structlog.PrintLogger, level: int, formatter: logging.Formatter) -> None:
+    """Every standard ``logging`` record at ``level`` or above goes to ``out`` through
+    ``formatter``; a second call replaces the first's handler. Python's warnings too."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _StdlibHandler)]:
+        root.removeHandler(handler)
+    handler = _StdlibHandler(out)
+    handler.setFormatter(formatter)
+    root.addHandler(handler)
+    root.setLevel(level)
+    logging.captureWarnings(True)

@@ -11,6 +11,8 @@ from typing import Any
 
 import click
 
+from submitter import output
+
 
 def _parse_vars(pairs: tuple[str, ...]) -> dict[str, Any]:
     found: dict[str, Any] = {}
@@ -35,12 +37,13 @@ def chaos() -> None:
     """Chaos experiments: kill nodes, dispatchers and brokers on purpose, prove the work recovers."""
 
 @chaos.command("list")
-def list_() -> None:
-    """The bundled experiments, one line each."""
+@output.output_option()
+def list_(output_format: str) -> None:
+    """The bundled experiments: name and title."""
     from chaos import runner
 
-    for name, title in runner.list_experiments():
-        click.echo(f"{name:<20} {title}")
+    rows = [{"name": name, "title": title} for name, title in runner.list_experiments()]
+    output.emit(rows, output_format, columns=["name", "title"])
 
 @chaos.command("run")
 @click.argument("experiment")

@@ -37,8 +37,9 @@ __all__ = ["EXIT_FAILED", "EXIT_NOT_FOUND", "EXIT_OK", "EXIT_REFUSED", "EXIT_TIM
            "EXIT_USAGE", "cli", "main"]
 
 
-@click.group(cls=clibase.JobqGroup,
+@click.group(cls=clibase.JobqGroup, epilog=clibase.exit_codes_help(),
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@clibase.version_option
 @click.option("--log-format", type=click.Choice(["console", "json"]), default=None,
               help="Log format on stderr (default: $JOBQ_LOG_FORMAT or console on a terminal, else json).")
 @click.option("--log-level", default="INFO", show_default=True, help="DEBUG, INFO, WARNING or ERROR.")
@@ -54,10 +55,7 @@ def cli(ctx: click.Context, log_format: str | None, log_level: str) -> None:
       jobq up                   run the embedded stack in the foreground (Ctrl-C stops it)
       jobq submit --task sklearn.train --args '{"dataset": "wine"}' --wait
 
-    \b
-    Exit codes (an error is one line on stderr):
-      0 success   1 the job ended dead/cancelled, or the command failed   2 bad command line
-      3 no such job   4 NATS or the dispatcher unreachable   5 --wait --timeout ran out (job goes on)
+    Commands that print data take -o table|json|yaml.
     """
     from broker import contract, logsetup
 

@@ -38,6 +38,46 @@ EXIT_TIMEOUT = 5
 EXIT_REFUSED = 6
 """The dispatcher refused the job (JOBQ_QUEUE_POLICY, or invalid): a dead letter, no record."""
 
+EXIT_CODES: tuple[tuple[int, str], ...] = (
+    (EXIT_OK, "success"),
+    (EXIT_FAILED, "the job ended dead or cancelled (submit --wait, result), or the command failed"),
+    (EXIT_USAGE, "bad command line, or an invalid job (nothing was sent)"),
+    (EXIT_NOT_FOUND, "no such job (or dead letter)"),
+    (EXIT_UNREACHABLE, "NATS, the dispatcher or its HTTP API unreachable, or refused the credentials"),
+    (EXIT_TIMEOUT, "--wait --timeout ran out first; the job goes on"),
+    (EXIT_REFUSED, "the dispatcher refused the job (JOBQ_QUEUE_POLICY, invalid): a dead letter"),
+)
+"""Every exit code of every ``jobq`` command: shown by ``jobq --help``, tabled in README.md. 1 to 4
+mean what a pod's own exit codes (``contract.EXIT_*``) mean: failed, bad input, not found, no NATS."""
+
+
+def exit_codes_help() -> str:
+    """The exit-code table of ``jobq --help`` (click keeps the lines of a ``\\b`` paragraph)."""
+    return "\b\nExit codes (an error is one line on stderr, `Error: ...`):\n" + "\n".join(
+        f"  {code}  {meaning}" for code, meaning in EXIT_CODES)
+
+
+def version_text() -> str:
+    """``jobq X.Y.Z (contract N)``: the installed package's version and the wire contract's."""
+    from importlib import metadata
+
+    try:
+        version = metadata.version("jobq")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        version = "unknown"
+    return f"jobq {version} (contract {contract.CONTRACT_VERSION})"
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(version_text())
+        ctx.exit()
+
+
+version_option = click.option(
+    "--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+    help="Print the jobq version and its wire contract version, and exit.")
+
 
 class CliError(click.ClickException):
     """A failed command: one line on stderr and an exit code (EXIT_*)."""

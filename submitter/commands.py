@@ -1,8 +1,10 @@
-"""Client-side subcommands: submit, status, list, result, cancel, schema, dlq."""
+"""Client-side subcommands: submit, status, logs, list, result, cancel, schema.
+
+Commands that print data take ``-o table|json|yaml`` (``submitter.output``); JSON and YAML give
+the records as the SDK reads them, the table a view for people."""
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
@@ -10,28 +12,47 @@ import click
 from pydantic import ValidationError
 
 from broker import contract
-from submitter import clibase
+from submitter import clibase, jobspec_input, output
 from submitter.client import JobNotFound, JobqClient, LogUnavailable
 
 STATUS_TAIL_LINES = 10
-"""`jobq status` shows this many of a failed attempt's kept lines (`--json` and `jobq logs` all)."""
+"""`jobq status` shows this many of a failed attempt's kept lines (`-o json` and `jobq logs` all)."""
 
 
-def _echo_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, default=str))
+def _attempt_cell(record: dict[str, Any]) -> str:
+    attempts = record.get("attempts") or []
+    return f"{attempts[-1].get('node') or '-'}#{attempts[-1]['number']}" if attempts else "-"
 
 
-def _record_line(record: contract.JobRecord) -> str:
-    current = record.current
-    where = f"{current.node or '-'}#{current.number}" if current else "-"
-    task = record.spec.task or " ".join(record.spec.command or ())
-    reason = f" ({record.reason})" if record.reason else ""
-    return f"{record.spec.id:<26} {record.phase.value:<10} {record.spec.queue:<10} {where:<12} {task}{reason}"
+def _what_cell(record: dict[str, Any]) -> str:
+    spec = record["spec"]
+    return str(spec.get("task") or " ".join(spec.get("command") or ()))
+
+
+RECORD_COLUMNS = (
+    output.Column("ID", "spec.id"),
+    output.Column("PHASE", "phase"),
+    output.Column("QUEUE", "spec.queue"),
+    output.Column("NODE#ATTEMPT", _attempt_cell),
+    output.Column("SUBMITTED", lambda r: str(r.get("submitted_at") or "")[:19].replace("T", " ")),
+    output.Column("TASK", _what_cell, max_width=60),
+    output.Column("REASON", "reason"),
+)
+"""`jobq list`'s table: one job a row (the whole record with -o json or yaml)."""
 
 
 async def _unknown(client: JobqClient, job_id: str, message: str) -> Exception:
     """What to raise for an id without a record: its refusal (exit 6) if a dead letter names it."""
     return await client.refusal(job_id) or JobNotFound(message)
+
+
+def status_lines(record: contract.JobRecord) -> list[str]:
+    """`jobq status`'s view: the job's phase (and why), why it waits, then its attempts."""
+    lines = [f"{record.spec.id}: {record.phase}"
+             + (f" ({record.reason}: {record.message})" if record.reason else "")]
+    if record.phase == contract.JobPhase.QUEUED and record.waiting_reason:
+        lines.append(f"  waiting: {record.waiting_reason}")
+    return lines + attempt_lines(record)
 
 
 def attempt_lines(record: contract.JobRecord) -> list[str]:
@@ -58,11 +79,17 @@ def attempt_lines(record: contract.JobRecord) -> list[str]:
 def register(cli: click.Group) -> None:
 
     @cli.command()
+    @click.argument("program", nargs=-1, type=click.UNPROCESSED, metavar="[-- PROGRAM [ARG]...]")
+    @click.option("-f", "--file", "spec_file", metavar="FILE",
+                  help="Submit the job in this JSON file (a JobSpec, see `jobq schema`; - reads stdin). "
+                       "Options given as well override its fields; without an id it gets one.")
     @click.option("--task", help="Built-in task (see `jobq schema`) or module:function.")
-    @click.option("--command", "command", multiple=True, help="Run a command instead (repeat per argument).")
-    @click.option("--args", "args_json", default="{}", show_default=True,
-                  help="Task arguments as JSON, or @FILE to read the JSON from a file (@- stdin).")
-    @click.option("--queue", default="default", show_default=True)
+    @click.option("--command", "command", multiple=True, hidden=True,
+                  help="Deprecated: one word of a command job a time; give it after -- instead.")
+    @click.option("--args", "args_json", default=None,
+                  help="Task arguments as JSON, or @FILE to read the JSON from a file (@- stdin). "
+                       "Default: {}.")
+    @click.option("--queue", default=None, help="Queue (default: 'default').")
     @click.option(
         "--profile",
         type=click.Choice(sorted(contract.PROFILES)),
@@ -75,85 +102,75 @@ def register(cli: click.Group) -> None:
     @click.option("--attempt-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
                   help="Seconds each attempt may run (the job's timeout_s).")
     @click.option("--max-attempts", type=int, default=None, help="Application failures allowed.")
-    @click.option("--priority", type=int, default=0, show_default=True)
+    @click.option("--priority", type=int, default=None, help="Higher runs first (default: 0).")
     @click.option("--id", "job_id", default=None, help="Job id (default: generated).")
     @click.option("--idempotency-key", default=None, help="Submissions with the same key run once.")
     @click.option("--wait", is_flag=True, help="Wait for the job and print its result.")
     @wait_timeout_option
+    @output.output_option(default=None, help="Print the id (with --wait, the result) as table, json or "
+                          "yaml. Default: the id alone, or the result as JSON.")
     @clibase.nats_option
     def submit(
+        program: tuple[str, ...],
+        spec_file: str | None,
         task: str | None,
         command: tuple[str, ...],
-        args_json: str,
-        queue: str,
+        args_json: str | None,
+        queue: str | None,
         profile: str | None,
         cpu: float | None,
         memory: str | None,
         gpu: int | None,
         attempt_timeout: float | None,
         max_attempts: int | None,
-        priority: int,
+        priority: int | None,
         job_id: str | None,
         idempotency_key: str | None,
         wait: bool,
         timeout: float | None,
+        output_format: str | None,
         nats_url: str | None,
     ) -> None:
-        """Submit one job; prints its id (or, with --wait, its result).
+        """Submit one job: a task (--task), a command (jobq submit [OPTIONS] -- PROGRAM ARGS...),
+        or the job in a file (-f job.json); prints its id (with --wait, its result as JSON).
 
-        With --wait it exits 1 if the job ends dead or cancelled, 6 as soon as the dispatcher
-        refuses it (JOBQ_QUEUE_POLICY, or invalid: no record, a dead letter saying why), and 5 if
-        --timeout runs out first (the job goes on; follow it with `jobq status ID`)."""
+        Exits 2 for an invalid job, naming each bad field (nothing is sent). With --wait it exits
+        1 if the job ends dead or cancelled, 6 as soon as the dispatcher refuses it
+        (JOBQ_QUEUE_POLICY, or invalid: no record, a dead letter saying why), and 5 if --timeout
+        runs out first (the job goes on; follow it with `jobq status ID`)."""
         _check_wait(wait, timeout, hint=" (each attempt's deadline is --attempt-timeout)")
-        args = _json_arg(args_json, option="--args")
-        fields: dict[str, Any] = {"queue": queue, "args": args, "priority": priority}
-        if task:
-            fields["task"] = task
-        if command:
-            fields["command"] = list(command)
-        if profile:
-            fields["profile"] = profile
-        if cpu is not None or memory is not None or gpu is not None:
-            defaults = contract.Resources()
-            fields["resources"] = {
-                "cpu": cpu or defaults.cpu,
-                "memory": memory or defaults.memory,
-                "gpu": gpu or 0,
-            }
-        if attempt_timeout is not None:
-            fields["timeout_s"] = attempt_timeout
-        if max_attempts is not None:
-            fields["retry"] = {"max_attempts": max_attempts}
-        if job_id:
-            fields["id"] = job_id
-        if idempotency_key:
-            fields["idempotency_key"] = idempotency_key
-
+        options = {"task": task, "queue": queue, "profile": profile, "priority": priority, "id": job_id,
+                   "idempotency_key": idempotency_key, "timeout_s": attempt_timeout,
+                   "args": None if args_json is None else jobspec_input.json_arg(args_json, option="--args")}
+        fields = jobspec_input.spec_fields(
+            jobspec_input.job_file(spec_file) if spec_file else {}, program=program, command=command,
+            options=options, cpu=cpu, memory=memory, gpu=gpu, max_attempts=max_attempts)
         url = clibase.resolve_nats(nats_url)
         try:  # before connecting: an invalid job is a usage error wherever NATS is
-            spec = JobqClient(url).build_spec(**fields)
+            spec = JobqClient(url).build_spec(fields)
         except ValidationError as exc:
-            raise click.UsageError(_problems(exc)) from None
+            raise click.UsageError(jobspec_input.problems(exc)) from None
 
         async def go() -> None:
             async with JobqClient(url, auth=clibase.resolve_nats_auth(url)) as client:
                 handle = await client.submit(spec)
                 if not wait:
-                    click.echo(handle.id)
+                    output.emit({"id": handle.id}, output_format or "table", text=lambda: [handle.id])
                     return
                 if sys.stderr.isatty():  # chatter for people; scripts get one line, and only on error
                     click.echo(f"submitted {handle.id}; waiting", err=True)
                 result = await handle.result(timeout=timeout)  # JobFailed, JobRefused, WaitTimeout: clibase
-                _echo_json(result.model_dump(mode="json"))
+                output.emit(result.model_dump(mode="json"), output_format or "json")
 
         clibase.run(go())
 
     @cli.command()
     @click.argument("job_id")
-    @click.option("--json", "as_json", is_flag=True, help="Print the whole record as JSON.")
+    @output.output_option(json_alias=True)
     @clibase.nats_option
-    def status(job_id: str, as_json: bool, nats_url: str | None) -> None:
-        """Show a job: phase, attempts with node, state and failure reason.
+    def status(job_id: str, output_format: str, nats_url: str | None) -> None:
+        """Show a job: phase, attempts with node, state and failure reason (-o json or yaml: the
+        whole record).
 
         Exits 3 if there is no such job, 6 if the dispatcher refused it (it has no record; the
         error names its dead letter)."""
@@ -164,17 +181,7 @@ def register(cli: click.Group) -> None:
                 if record is None:
                     why = f"no job {job_id} (not submitted, or not accepted yet)"
                     raise await _unknown(client, job_id, why)
-            if as_json:
-                _echo_json(record.model_dump(mode="json"))
-                return
-            click.echo(
-                f"{record.spec.id}: {record.phase}"
-                + (f" ({record.reason}: {record.message})" if record.reason else "")
-            )
-            if record.phase == contract.JobPhase.QUEUED and record.waiting_reason:
-                click.echo(f"  waiting: {record.waiting_reason}")
-            for line in attempt_lines(record):
-                click.echo(line)
+            output.emit(record.model_dump(mode="json"), output_format, text=lambda: status_lines(record))
 
         clibase.run(go())
 
@@ -216,18 +223,25 @@ def register(cli: click.Group) -> None:
         clibase.run(go())
 
     @cli.command("list")
-    @click.option("--state", type=click.Choice([p.value for p in contract.JobPhase]), default=None)
-    @click.option("--queue", default=None)
+    @click.option("--state", type=click.Choice([p.value for p in contract.JobPhase]), default=None,
+                  help="Only jobs in this phase.")
+    @click.option("--queue", default=None, help="Only jobs of this queue.")
+    @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many (the newest).")
+    @output.output_option()
     @clibase.nats_option
-    def list_(state: str | None, queue: str | None, nats_url: str | None) -> None:
-        """List jobs, oldest first."""
+    def list_(state: str | None, queue: str | None, limit: int | None, output_format: str,
+              nats_url: str | None) -> None:
+        """List jobs, newest first (as GET /api/jobs): a table with a header, or with -o json or
+        yaml the whole records."""
 
         async def go() -> None:
             async with clibase.client(nats_url) as client:
                 records = await client.list()
-            for record in records:
-                if (state is None or record.phase == state) and (queue is None or record.spec.queue == queue):
-                    click.echo(_record_line(record))
+            chosen = [r for r in records
+                      if (state is None or r.phase == state) and (queue is None or r.spec.queue == queue)]
+            chosen.sort(key=lambda r: (r.submitted_at, r.spec.id), reverse=True)
+            rows = [r.model_dump(mode="json") for r in chosen[:limit]]
+            output.emit(rows, output_format, columns=RECORD_COLUMNS)
 
         clibase.run(go())
 
@@ -235,9 +249,11 @@ def register(cli: click.Group) -> None:
     @click.argument("job_id")
     @click.option("--wait", is_flag=True, help="Wait for the job to finish.")
     @wait_timeout_option
+    @output.output_option(default="json")
     @clibase.nats_option
-    def result(job_id: str, wait: bool, timeout: float | None, nats_url: str | None) -> None:
-        """Print a finished job's accepted result as JSON.
+    def result(job_id: str, wait: bool, timeout: float | None, output_format: str, nats_url: str | None
+               ) -> None:
+        """Print a finished job's accepted result (JSON by default; -o table: field and value).
 
         Exits 1 if the job ended dead or cancelled, 3 if there is no such job, 6 if the dispatcher
         refused it, and with --wait 5 if --timeout runs out first (the job goes on)."""
@@ -252,7 +268,7 @@ def register(cli: click.Group) -> None:
                     if not wait:
                         raise click.ClickException(f"job {job_id} is {record.phase}; use --wait")
                     record = (await client.wait([job_id], timeout=timeout))[job_id]
-                _echo_json((await client.result_of(record)).model_dump(mode="json"))
+                output.emit((await client.result_of(record)).model_dump(mode="json"), output_format)
 
         clibase.run(go())
 
@@ -260,7 +276,7 @@ def register(cli: click.Group) -> None:
     @click.argument("job_id")
     @clibase.nats_option
     def cancel(job_id: str, nats_url: str | None) -> None:
-        """Stop a queued or running job; it ends `cancelled`."""
+        """Stop a queued or running job; it ends `cancelled`. Exits 3 if there is no such job."""
 
         async def go() -> None:
             async with clibase.client(nats_url) as client:
@@ -279,9 +295,10 @@ def register(cli: click.Group) -> None:
         default="job",
         show_default=True,
     )
-    def schema(kind: str) -> None:
+    @output.output_option(default="json", formats=("json", "yaml"))
+    def schema(kind: str, output_format: str) -> None:
         """Print the JSON Schema of a message (default: the job submission)."""
-        _echo_json(contract.json_schema(kind))  # type: ignore[arg-type]
+        output.emit(contract.json_schema(kind), output_format)  # type: ignore[arg-type]
 
 
 wait_timeout_option = click.option(
@@ -289,26 +306,6 @@ wait_timeout_option = click.option(
     help="With --wait: give up waiting after this long (exit code 5); the job goes on.")
 
 
-def _json_arg(value: str, *, option: str) -> Any:
-    """JSON given inline, or as @FILE (@- for stdin): one argument string is at most 128 KiB."""
-    if value.startswith("@"):
-        try:
-            with click.open_file(value[1:], "r", encoding="utf-8") as handle:
-                value = handle.read()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise click.BadParameter(f"cannot read {value[1:]}: {exc}", param_hint=option) from None
-    try:
-        return json.loads(value)
-    except ValueError as exc:
-        raise click.BadParameter(f"not JSON: {exc}", param_hint=option) from None
-
-
 def _check_wait(wait: bool, timeout: float | None, *, hint: str = "") -> None:
     if timeout is not None and not wait:
         raise click.UsageError(f"--timeout is how long --wait waits: give --wait too{hint}")
-
-
-def _problems(exc: ValidationError) -> str:
-    return "invalid job: " + "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'job'}: {err['msg']}" for err in exc.errors()
-    )

@@ -311,7 +311,8 @@ def _hard_exit(code: int) -> None:
 
 
 def configure_logging() -> None:
-    logsetup.configure(fmt="auto", level="DEBUG", cache=True)
+    # A library's debug records (asyncio's "Using selector") would crowd the pod's log.
+    logsetup.configure(fmt="auto", level="DEBUG", cache=True, library_level="INFO")
 
 
 def main() -> None:

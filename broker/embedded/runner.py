@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import click
+import structlog
 
 from broker import contract
 from broker.embedded.stack import Stack, StackConfig, StackError
@@ -24,7 +25,14 @@ def stack_config(*, data_dir: Path, nodes: int, node_cpu: float, node_memory: st
 
 
 def say(message: str) -> None:
-    click.echo(f"jobq: {message}", err=True)
+    """What `jobq up` is doing: a line for people on a console, else a log event (with
+    --log-format json every stderr line is a JSON object)."""
+    import os
+
+    if os.environ.get(contract.ENV_LOG_FORMAT, "json") == "console":
+        click.echo(f"jobq: {message}", err=True)
+    else:
+        structlog.get_logger("jobq.up").info("stack_progress", message=message)
 
 
 async def run_up(config: StackConfig) -> None:

@@ -34,6 +34,7 @@ NEEDS_NATS: list[list[str]] = [
     ["dlq", "list"],
     ["dlq", "retry", "nope"],
     ["dlq", "original", "999999"],
+    ["dlq", "show", "999999"],
     ["submit", "--task", "demo.sleep"],
     ["submit", "--task", "demo.sleep", "--wait", "--timeout", "1"],
 ]

@@ -92,7 +92,7 @@ async def test_sdk_plain_nats_and_cli_jobs_all_succeed(stack: Stack, client: Job
         timeout=60,
         check=True,
     )
-    assert len(listing.stdout.splitlines()) == 45
+    assert len(listing.stdout.splitlines()) == 1 + 45  # the header, then a job a line
 
 
 async def test_same_idempotency_key_runs_once(stack: Stack, client: JobqClient) -> None:
