@@ -14,12 +14,15 @@ RUN python -m venv /opt/jobq
 WORKDIR /src
 # Dependencies first, so source edits do not invalidate this layer.
 COPY pyproject.toml README.md ./
-RUN mkdir -p broker workers submitter chaos \
- && touch broker/__init__.py workers/__init__.py submitter/__init__.py chaos/__init__.py \
- && /opt/jobq/bin/pip install . 'kubernetes_asyncio>=33' \
+# The server extra (dispatcher, task runner, ML tasks; README "Install"), and of the kubernetes
+# extra only its client: the dev cluster's binaries stay out.
+RUN mkdir -p jobq broker workers submitter chaos \
+ && touch jobq/__init__.py broker/__init__.py workers/__init__.py submitter/__init__.py chaos/__init__.py \
+ && /opt/jobq/bin/pip install '.[server]' 'kubernetes_asyncio>=33' \
  && /opt/jobq/bin/pip uninstall -y jobq
 # Not copied: devcluster/ (the dev cluster's Go-build and PKI tooling; `jobq dev-cluster` is then
 # absent) and _chaosjobq/ (Chaos Toolkit's name for the extension; chaostoolkit is not installed).
+COPY jobq ./jobq
 COPY broker ./broker
 COPY workers ./workers
 COPY submitter ./submitter

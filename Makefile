@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "jobq needs Python >= 3.11; run make with PYTHON=python3.11 (or newer)")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,chaos,kubernetes]'
+	$(BIN)/python -m pip install --quiet -e '.[all,dev]'  # the server side too: base jobq is the light client
 	@rm -f $(VENV)/.installed-* && touch $@
 
 demo: setup

@@ -1,55 +1,81 @@
-"""structlog configuration shared by every jobq process (JSON by default, console on request).
+"""Logging shared by every jobq process (JSON by default, console on request): one stream.
 
-One log stream: jobq's own structlog events and every library's standard ``logging`` records
-(aiohttp, nats-py, kubernetes_asyncio, asyncio, chaostoolkit, warnings) are rendered by the same
-processors and written to stderr through the same writer, so with JSON each stderr line is one
-object with ``level``, ``event``, ``logger`` and ``timestamp`` (a library's traceback included,
-as ``exception``). The standard library's records reach structlog through
-``structlog.stdlib.ProcessorFormatter`` on a handler of the root logger.
+Through structlog (``broker/structlog_setup.py``) when it is installed: it comes with the
+``server`` extra. The light client (``pip install jobq``: the SDK and the client commands) runs
+without it: there ``get_logger`` hands out a stdlib logger that takes the same
+``log.info("event", key=value)`` calls, and ``configure`` sends every logger to stderr as text or
+JSON lines.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import importlib.util
+import json
 import logging
 import sys
-from typing import Any, Literal, TextIO
-
-import structlog
+from typing import Any, Literal, Protocol
 
 LogFormat = Literal["json", "console", "auto"]
 """``auto``: console on a terminal, JSON otherwise."""
 
-
-class NamedPrintLogger(structlog.PrintLogger):
-    """A PrintLogger that keeps the name given to ``structlog.get_logger(name)``, so that
-    ``add_logger_name`` can say which logger spoke, as it does for a library's records."""
-
-    def __init__(self, file: TextIO, name: str) -> None:
-        super().__init__(file)
-        self.name = name
+HAVE_STRUCTLOG = importlib.util.find_spec("structlog") is not None
+"""Whether structlog is installed (the ``server`` extra); without it logs go through stdlib logging."""
 
 
-class _NamedPrintLoggerFactory:
-    def __init__(self, file: TextIO) -> None:
-        self._file = file
+class KeyValueLogger(Protocol):
+    """What jobq's modules call on a logger: a constant event name, the variable data as keys."""
 
-    def __call__(self, *args: Any) -> NamedPrintLogger:
-        return NamedPrintLogger(self._file, str(args[0]) if args else "jobq")
+    def debug(self, event: str, **kw: Any) -> Any: ...
+    def info(self, event: str, **kw: Any) -> Any: ...
+    def warning(self, event: str, **kw: Any) -> Any: ...
+    def error(self, event: str, **kw: Any) -> Any: ...
 
 
-class _StdlibHandler(logging.Handler):
-    """Root handler: a library's record, rendered by the ProcessorFormatter, written by the same
-    PrintLogger (and so under the same lock) as structlog's own events: lines never interleave."""
+class _StdlibLogger:
+    """A structlog-style logger over stdlib logging, for modules the light client imports."""
 
-    def __init__(self, out: structlog.PrintLogger) -> None:
-        super().__init__()
-        self._out = out
+    def __init__(self, name: str) -> None:
+        self._logger = logging.getLogger(name)
 
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self._out.msg(self.format(record))
-        except Exception:
-            self.handleError(record)
+    def _log(self, level: int, event: str, kw: dict[str, Any]) -> None:
+        if self._logger.isEnabledFor(level):
+            keys = " ".join(f"{k}={v}" for k, v in kw.items())
+            self._logger.log(level, f"{event} {keys}".rstrip(), extra={"jobq_event": event, "jobq_keys": kw})
+
+    def debug(self, event: str, **kw: Any) -> None:
+        self._log(logging.DEBUG, event, kw)
+
+    def info(self, event: str, **kw: Any) -> None:
+        self._log(logging.INFO, event, kw)
+
+    def warning(self, event: str, **kw: Any) -> None:
+        self._log(logging.WARNING, event, kw)
+
+    def error(self, event: str, **kw: Any) -> None:
+        self._log(logging.ERROR, event, kw)
+
+
+def get_logger(name: str) -> KeyValueLogger:
+    """structlog's logger ``name`` when structlog is installed, else a stdlib one taking the same calls."""
+    if HAVE_STRUCTLOG:
+        import structlog
+
+        logger: KeyValueLogger = structlog.get_logger(name)
+        return logger
+    return _StdlibLogger(name)
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "event": getattr(record, "jobq_event", record.getMessage()),
+            "level": record.levelname.lower(),
+            "timestamp": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(),
+            "logger": record.name,
+            **getattr(record, "jobq_keys", {}),
+        }
+        return json.dumps(line, default=str)
 
 
 def configure(*, fmt: LogFormat = "json", level: str = "INFO", component: str | None = None,
@@ -57,49 +83,30 @@ def configure(*, fmt: LogFormat = "json", level: str = "INFO", component: str | 
     """Log to stderr; stdout stays free for command output (summaries, JSON). ``cache`` keeps
     each logger's configuration from its first use (for a process that configures once).
     ``library_level``: the least level of the standard ``logging`` records shown (default:
-    ``level``)."""
+    ``level``). Every library's ``logging`` records go to the same stream, in the same format."""
     if fmt == "auto":
         fmt = "console" if sys.stderr.isatty() else "json"
-    renderer: structlog.typing.Processor = (
-        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-        if fmt == "console"
-        else structlog.processors.JSONRenderer()
-    )
-    shared: list[structlog.typing.Processor] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
-        structlog.stdlib.add_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-    ]
-    # A traceback as data, without each frame's locals: a library's frames hold credentials too.
-    tracebacks = structlog.processors.ExceptionRenderer(
-        structlog.tracebacks.ExceptionDictTransformer(show_locals=False))
-    tail: list[structlog.typing.Processor] = [tracebacks] if fmt == "json" else []
-    numeric_level = logging.getLevelName(level.upper())
-    structlog.configure(
-        processors=[*shared, *tail, renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
-        logger_factory=_NamedPrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=cache,
-    )
-    formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail, renderer],
-    )
-    _route_stdlib_logging(structlog.PrintLogger(sys.stderr),
-                          logging.getLevelName((library_level or level).upper()), formatter)
-    if component:
-        structlog.contextvars.bind_contextvars(component=component)
+    if not HAVE_STRUCTLOG:
+        _configure_stdlib(fmt=fmt, level=level, library_level=library_level)
+        return
+    from broker import structlog_setup
+
+    structlog_setup.configure(fmt=fmt, level=level, component=component, cache=cache,
+                              library_level=library_level)
 
 
-def _route_stdlib_logging(out: structlog.PrintLogger, level: int, formatter: logging.Formatter) -> None:
-    """Every standard ``logging`` record at ``level`` or above goes to ``out`` through
-    ``formatter``; a second call replaces the first's handler. Python's warnings too."""
+def _configure_stdlib(*, fmt: str, level: str, library_level: str | None) -> None:
+    """The light client's logging: jobq's records at ``level`` and every library's at
+    ``library_level`` (default ``level``), on stderr, as text or JSON lines."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        _JsonFormatter() if fmt == "json" else logging.Formatter("%(asctime)s [%(levelname)-7s] %(message)s")
+    )
     root = logging.getLogger()
-    for handler in [h for h in root.handlers if isinstance(h, _StdlibHandler)]:
-        root.removeHandler(handler)
-    handler = _StdlibHandler(out)
-    handler.setFormatter(formatter)
+    for old in list(root.handlers):
+        root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(level)
+    root.setLevel((library_level or level).upper())
+    for name in ("jobq", "broker", "workers", "submitter", "chaos", "devcluster"):
+        logging.getLogger(name).setLevel(level.upper())
     logging.captureWarnings(True)

@@ -1,6 +1,6 @@
 """The thin NATS layer every jobq process shares: connecting, and retrying through failovers.
 
-A leaf module (it imports only nats and the wire contract), so the submitter and the workers can
+A leaf module (it imports only nats, the wire contract and logsetup), so the submitter and the workers can
 use it without depending on the broker's internals.
 """
 
@@ -17,12 +17,11 @@ from typing import Any, TypeVar
 import nats
 import nats.errors
 import nats.js.errors
-import structlog
 from nats.aio.client import Client as NATS
 
-from broker import contract
+from broker import contract, logsetup
 
-log = structlog.get_logger("jobq.nats")
+log = logsetup.get_logger("jobq.nats")  # structlog's, or stdlib's in the light client (no structlog)
 
 
 class _TlsCloseNoise(logging.Filter):

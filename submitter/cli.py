@@ -4,7 +4,8 @@ Each package registers its own subcommands on this group (``register``): the bro
 ``demo`` and ``dispatcher``; the workers ``node-agent`` and ``kubelet``; ``chaos``;
 ``dev-cluster``; and this package the client commands (``submit``, ``status``, ``logs``, ``list``,
 ``result``, ``cancel``, ``schema``, ``dlq``, ``watch``). Subcommands import what they need when
-they run, so ``jobq submit`` stays quick to start.
+they run, so ``jobq submit`` stays quick to start, and the light client (``pip install jobq``, no
+extras) lists every subcommand: one whose extra is missing says which to install (``extras``).
 
 Errors: every command fails the same way, in one place (``clibase.JobqGroup``): one line on
 stderr, ``Error: <what went wrong>``, and an exit code (``clibase.EXIT_*``); never a traceback
@@ -21,7 +22,7 @@ import click
 
 from broker import cli as broker_cli
 from chaos import cli as chaos_cli
-from submitter import clibase, commands, demo_commands, dlq_commands, watch_commands
+from submitter import clibase, commands, demo_commands, dlq_commands, extras
 from submitter.clibase import (
     EXIT_FAILED,
     EXIT_NOT_FOUND,
@@ -66,14 +67,26 @@ def cli(ctx: click.Context, log_format: str | None, log_level: str) -> None:
                        component=ctx.invoked_subcommand)
 
 
+def _register_watch(group: click.Group) -> None:
+    """``jobq watch`` imports aiohttp and rich (the ``watch`` extra) as it loads: listed without them."""
+    if extras.missing("watch"):
+        group.add_command(extras.placeholder(
+            "watch", "Live view of queues, retries, nodes, node failures and dead letters (Ctrl-C ends)."))
+        return
+    from submitter import watch_commands
+
+    watch_commands.register(group)
+
+
 for register in (broker_cli.register, workers_cli.register, commands.register, demo_commands.register,
                  dlq_commands.register,
-                 watch_commands.register, chaos_cli.register):
+                 _register_watch, chaos_cli.register):
     register(cli)
 if importlib.util.find_spec("devcluster") is not None:  # the production image leaves it out (Dockerfile)
     from devcluster import cli as devcluster_cli
 
     devcluster_cli.register(cli)
+extras.guard(cli)  # the light client (no extras): a server-side command says which extra to install, exit 2
 
 
 def main() -> None:

