@@ -173,6 +173,11 @@ class Store:
                 bucket=contract.BUCKET_LEADER, history=1, ttl=lease_ttl_s, replicas=replicas, storage=storage
             ),
         )
+        age = contract.PROGRESS_MAX_AGE_S  # task pods' progress, history 1 (docs/design/progress.md)
+        await _ensure_kv(
+            js,
+            api.KeyValueConfig(bucket=contract.BUCKET_PROGRESS, ttl=age, replicas=replicas, storage=storage),
+        )
         with contextlib.suppress(nats.js.errors.BadRequestError):
             await js.create_object_store(
                 contract.OBJECT_STORE_ARTIFACTS,

@@ -34,6 +34,7 @@ from submitter.errors import (
     WaitTimeout,
 )
 from submitter.handles import JobHandle
+from submitter.reading import ArtifactInfo, JobStatus, Progress
 from submitter.specs import new_job_id
 from submitter.sync_client import ClientClosed, SyncJobHandle, SyncJobqClient
 
@@ -52,6 +53,7 @@ def __getattr__(name: str) -> str:
 
 
 __all__ = [
+    "ArtifactInfo",
     "ArtifactNotFound",
     "Attempt",
     "AttemptState",
@@ -68,11 +70,13 @@ __all__ = [
     "JobRecord",
     "JobRefused",
     "JobSpec",
+    "JobStatus",
     "JobqClient",
     "JobqError",
     "LogChunk",
     "LogUnavailable",
     "OutputRejected",
+    "Progress",
     "SyncJobHandle",
     "SyncJobqClient",
     "TaskResult",

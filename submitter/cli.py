@@ -3,7 +3,7 @@
 Each package registers its own subcommands on this group (``register``): the broker ``up``,
 ``demo`` and ``dispatcher``; the workers ``node-agent`` and ``kubelet``; ``chaos``;
 ``dev-cluster``; and this package the client commands (``submit``, ``status``, ``logs``, ``list``,
-``result``, ``cancel``, ``schema``, ``dlq``, ``watch``). Subcommands import what they need when
+``result``, ``cancel``, ``schema``, ``dlq``, ``artifacts``, ``watch``). Subcommands import what they need when
 they run, so ``jobq submit`` stays quick to start, and the light client (``pip install jobq``, no
 extras) lists every subcommand: one whose extra is missing says which to install (``extras``).
 
@@ -22,7 +22,7 @@ import click
 
 from broker import cli as broker_cli
 from chaos import cli as chaos_cli
-from submitter import clibase, commands, demo_commands, dlq_commands, extras
+from submitter import artifact_commands, clibase, commands, demo_commands, dlq_commands, extras
 from submitter.clibase import (
     EXIT_FAILED,
     EXIT_NOT_FOUND,
@@ -79,7 +79,7 @@ def _register_watch(group: click.Group) -> None:
 
 
 for register in (broker_cli.register, workers_cli.register, commands.register, demo_commands.register,
-                 dlq_commands.register,
+                 dlq_commands.register, artifact_commands.register,
                  _register_watch, chaos_cli.register):
     register(cli)
 if importlib.util.find_spec("devcluster") is not None:  # the production image leaves it out (Dockerfile)

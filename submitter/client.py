@@ -9,14 +9,15 @@ Submissions are JetStream publishes with ``Nats-Msg-Id`` set to the idempotency 
 id), retried through leader elections; the dispatcher runs a key once however often it is sent.
 
 A job's outputs are read from its accepted attempt only (the record's ``result_attempt``): its
-result (``result``, ``result_of``) and its artifacts (``artifact``), each checked against the
-writer the dispatcher accepted, so what a superseded attempt stored is never handed out.
+result (``result``, ``result_of``) and its artifacts (``artifacts``, ``artifact``), each checked
+against the writer the dispatcher accepted, so what a superseded attempt stored is never handed
+out; its progress (``progress``, ``status``) is its current attempt's only. Those reads are in
+``submitter/reading.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import builtins
 import contextlib
 import re
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -28,10 +29,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from broker import contract, natsutil
-from broker.readmodel import deadletters
-from broker.readmodel import events as event_log
-from broker.readmodel import records as records_read
-from submitter import refusals, specs
+from submitter import reading, refusals, specs
 from submitter.errors import (
     ArtifactNotFound,
     DispatcherUnavailable,
@@ -46,9 +44,11 @@ from submitter.errors import (
 )
 from submitter.handles import JobHandle
 from submitter.logtail import unseen_tail
+from submitter.reading import ArtifactInfo, JobStatus, Progress
 from submitter.specs import new_job_id
 
 __all__ = [
+    "ArtifactInfo",
     "ArtifactNotFound",
     "DispatcherUnavailable",
     "InvalidJob",
@@ -56,21 +56,19 @@ __all__ = [
     "JobHandle",
     "JobNotFound",
     "JobRefused",
+    "JobStatus",
     "JobqClient",
     "JobqError",
     "LogUnavailable",
     "OutputRejected",
+    "Progress",
     "WaitTimeout",
     "new_job_id",
     "unseen_tail",
 ]
 
 
-_FINAL_EVENTS = frozenset({contract.EventType.SUCCEEDED, contract.EventType.DEAD,
-                           contract.EventType.CANCELLED})
-
-
-class JobqClient:
+class JobqClient(reading.Reading):
     def __init__(self, url: str = contract.DEFAULT_NATS_URL, *, name: str = "jobq-client",
                  auth: Mapping[str, Any] | None = None,
                  nats_options: Mapping[str, Any] | None = None) -> None:
@@ -126,24 +124,6 @@ class JobqClient:
         return [await self.submit(spec) for spec in specs]
 
     # --- reading --------------------------------------------------------------------------
-
-    async def _jobs(self) -> Any:
-        return await self.js.key_value(contract.BUCKET_JOBS)
-
-    async def get(self, job_id: str) -> contract.JobRecord | None:
-        try:
-            entry = await (await self._jobs()).get(job_id)
-        except (nats.js.errors.KeyNotFoundError, nats.js.errors.BucketNotFoundError):
-            return None
-        return contract.JobRecord.model_validate_json(entry.value or b"{}")
-
-    async def list(self) -> builtins.list[contract.JobRecord]:
-        try:
-            keys = await records_read.job_ids(self.js)
-        except nats.js.errors.NotFoundError:  # no bucket yet: nothing was ever submitted
-            return []
-        records = [await self.get(key) for key in keys]
-        return sorted((r for r in records if r is not None), key=lambda r: r.submitted_at)
 
     async def wait(
         self,
@@ -216,68 +196,9 @@ class JobqClient:
             return None
         return JobRefused(found.letter, seq=found.seq)
 
-    async def result_of(self, record: contract.JobRecord) -> contract.TaskResult:
-        """The accepted result of a finished job: the one its record's ``result_attempt`` names,
-        written by that attempt's pod. Raises JobFailed (no accepted result) or OutputRejected."""
-        attempt = contract.accepted_attempt(record)
-        if record.phase != contract.JobPhase.SUCCEEDED or attempt is None:
-            raise JobFailed(record)
-        if record.spec.task is None:
-            return contract.TaskResult(
-                job_id=record.spec.id,
-                attempt=attempt.number,
-                node=attempt.node,
-                started_at=attempt.started_at or attempt.created_at,
-                finished_at=attempt.finished_at or attempt.created_at,
-            )
-        key = contract.result_key(record.spec.id, attempt.number)
-        try:
-            entry = await (await self.js.key_value(contract.BUCKET_RESULTS)).get(key)
-        except (nats.js.errors.KeyNotFoundError, nats.js.errors.BucketNotFoundError):
-            raise OutputRejected(
-                f"job {record.spec.id} succeeded but its accepted result {key} is missing") from None
-        result = contract.TaskResult.model_validate_json(entry.value or b"{}")
-        problem = result.acceptance_problem(attempt)
-        if problem:
-            raise OutputRejected(f"the stored result {key} of job {record.spec.id} is not its accepted "
-                                 f"attempt's: {problem}")
-        return result
-
     async def result(self, job_id: str, *, timeout: float | None = None) -> contract.TaskResult:
         """Wait for the job to finish and return its accepted result (see ``result_of``)."""
         return await JobHandle(self, job_id).result(timeout=timeout)
-
-    async def artifact(self, job_id: str, name: str) -> bytes:
-        """Artifact ``name`` of the job's accepted attempt (``contract.artifact_key(job_id,
-        result_attempt, name)``), written by the same pod as its accepted result. Does not wait:
-        raises JobNotFound, ArtifactNotFound (no accepted result yet or at all, or no such
-        artifact) or OutputRejected (the stored object was written by another pod)."""
-        record = await self.get(job_id)
-        if record is None:
-            raise JobNotFound(f"no job {job_id}")
-        attempt = contract.accepted_attempt(record)
-        if attempt is None:
-            raise ArtifactNotFound(f"job {job_id} has no accepted result (it is {record.phase}): "
-                                   "only the artifacts of a job's accepted attempt are handed out")
-        result = await self.result_of(record)
-        writer = attempt.writer or result.writer
-        key = contract.artifact_key(job_id, attempt.number, name)
-        try:
-            store = await self.js.object_store(contract.OBJECT_STORE_ARTIFACTS)
-            got = await store.get(key)
-        except nats.js.errors.NotFoundError:  # the bucket, the object, or a deleted object
-            raise ArtifactNotFound(f"job {job_id}'s accepted attempt {attempt.number} stored no "
-                                   f"artifact {name!r} ({key})") from None
-        stamped = contract.Writer.from_object_headers(got.info.headers)
-        if writer is None or stamped != writer:
-            by = stamped.model_dump() if stamped is not None else "no stamped writer"
-            raise OutputRejected(f"artifact {key} was written by {by}, not by the pod of job {job_id}'s "
-                                 f"accepted attempt {attempt.number}")
-        data = bytes(got.data or b"")
-        problem = result.artifact_problem(name, data)
-        if problem:
-            raise OutputRejected(f"artifact {key}: {problem}")
-        return data
 
     # --- output -----------------------------------------------------------------------------
 
@@ -352,39 +273,6 @@ class JobqClient:
         if reply.error or reply.record is None:
             raise JobqError(reply.error or f"the dispatcher did not {op} {job_id}")
         return reply.record
-
-    async def events(
-        self, job_id: str, *, settled: bool = False, timeout: float = 10.0
-    ) -> builtins.list[contract.JobEvent]:
-        """Every event recorded for the job, oldest first.
-
-        The dispatcher writes a job's record before it publishes the events of that transition,
-        so right after ``wait()`` the last event may still be on its way: ``settled=True`` waits
-        (up to ``timeout`` seconds) until the events include the job's final one.
-        """
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            events = await event_log.job_events(self.js, job_id, limit=None)
-            if not settled or any(e.type in _FINAL_EVENTS for e in events):
-                return events
-            if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError(f"job {job_id} has no final event after {timeout}s")
-            await asyncio.sleep(0.1)
-
-    async def dead_letters(self, *, limit: int = 100) -> builtins.list[tuple[int, contract.DeadLetter]]:
-        """Newest dead-letter records first, with their stream sequence."""
-        found, _ = await deadletters.newest(self.js, limit=limit)
-        return [(item.seq, item.letter) for item in found]
-
-    async def dead_letter(self, seq: int) -> contract.DeadLetter | None:
-        """The dead letter stored under ``seq`` in stream JOBQ_DEAD, if any."""
-        return await deadletters.get(self.js, seq)
-
-    async def dead_letter_original(self, letter: contract.DeadLetter) -> bytes | None:
-        """The whole original message a dead letter is about: its inline ``payload`` when it has
-        one, else the copy in object store ``jobq_dead``; None when the letter names none or the
-        copy expired (with the letter's stream, after 30 days)."""
-        return await deadletters.original(self.js, letter)
 
     async def retry_dead(self, job_id: str) -> contract.JobRecord:
         """Re-drive a dead job: fresh budgets, same id, attempt history kept."""

@@ -46,13 +46,23 @@ async def _unknown(client: JobqClient, job_id: str, message: str) -> Exception:
     return await client.refusal(job_id) or JobNotFound(message)
 
 
-def status_lines(record: contract.JobRecord) -> list[str]:
-    """`jobq status`'s view: the job's phase (and why), why it waits, then its attempts."""
+def status_lines(record: contract.JobRecord, progress: contract.AttemptProgress | None = None) -> list[str]:
+    """`jobq status`'s view: the job's phase (and why), its current attempt's progress, why it
+    waits, then its attempts."""
     lines = [f"{record.spec.id}: {record.phase}"
              + (f" ({record.reason}: {record.message})" if record.reason else "")]
+    if progress is not None:
+        lines.append(progress_line(progress))
     if record.phase == contract.JobPhase.QUEUED and record.waiting_reason:
         lines.append(f"  waiting: {record.waiting_reason}")
     return lines + attempt_lines(record)
+
+
+def progress_line(progress: contract.AttemptProgress) -> str:
+    """`jobq status`'s line for what the current attempt last reported."""
+    at = progress.at.astimezone().strftime("%H:%M:%S")
+    message = f" {progress.message}" if progress.message else ""
+    return f"  progress: {progress.fraction:.0%}{message} (attempt {progress.attempt}, at {at})"
 
 
 def attempt_lines(record: contract.JobRecord) -> list[str]:
@@ -169,19 +179,22 @@ def register(cli: click.Group) -> None:
     @output.output_option(json_alias=True)
     @clibase.nats_option
     def status(job_id: str, output_format: str, nats_url: str | None) -> None:
-        """Show a job: phase, attempts with node, state and failure reason (-o json or yaml: the
-        whole record).
+        """Show a job: phase, its current attempt's progress, attempts with node, state and
+        failure reason (-o json or yaml: the whole record, with the progress as ``progress``).
 
         Exits 3 if there is no such job, 6 if the dispatcher refused it (it has no record; the
         error names its dead letter)."""
 
         async def go() -> None:
             async with clibase.client(nats_url) as client:
-                record = await client.get(job_id)
-                if record is None:
+                status = await client.status(job_id)
+                if status is None:
                     why = f"no job {job_id} (not submitted, or not accepted yet)"
                     raise await _unknown(client, job_id, why)
-            output.emit(record.model_dump(mode="json"), output_format, text=lambda: status_lines(record))
+            record = status.record
+            whole = {**record.model_dump(mode="json"),
+                     "progress": status.progress.model_dump(mode="json") if status.progress else None}
+            output.emit(whole, output_format, text=lambda: status_lines(record, status.progress))
 
         clibase.run(go())
 

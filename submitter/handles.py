@@ -1,4 +1,4 @@
-"""A submitted job's handle: its status, waiting for it, its accepted result."""
+"""A submitted job's handle: its status and progress, waiting for it, its accepted result."""
 
 from __future__ import annotations
 
@@ -20,6 +20,10 @@ class JobHandle:
 
     async def status(self) -> contract.JobRecord | None:
         return await self.client.get(self.id)
+
+    async def progress(self) -> contract.AttemptProgress | None:
+        """What the job's current attempt last reported (``JobqClient.progress``)."""
+        return await self.client.progress(self.id)
 
     async def wait(self, *, timeout: float | None = None) -> contract.JobRecord:
         records = await self.client.wait([self.id], timeout=timeout)

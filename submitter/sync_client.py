@@ -27,6 +27,7 @@ from broker import contract
 from submitter.client import JobqClient
 from submitter.errors import JobRefused
 from submitter.loop_thread import ClientClosed, LoopThread
+from submitter.reading import ArtifactInfo, JobStatus
 
 __all__ = ["ClientClosed", "SyncJobHandle", "SyncJobqClient"]
 
@@ -101,6 +102,15 @@ class SyncJobqClient:
     def result(self, job_id: str, *, timeout: float | None = None) -> contract.TaskResult:
         return self._loop.run(self._client.result(job_id, timeout=timeout))
 
+    def status(self, job_id: str) -> JobStatus | None:
+        return self._loop.run(self._client.status(job_id))
+
+    def progress(self, job_id: str) -> contract.AttemptProgress | None:
+        return self._loop.run(self._client.progress(job_id))
+
+    def artifacts(self, job_id: str) -> builtins.list[ArtifactInfo]:
+        return self._loop.run(self._client.artifacts(job_id))
+
     def artifact(self, job_id: str, name: str) -> bytes:
         return self._loop.run(self._client.artifact(job_id, name))
 
@@ -155,6 +165,9 @@ class SyncJobHandle:
 
     def status(self) -> contract.JobRecord | None:
         return self.client.get(self.id)
+
+    def progress(self) -> contract.AttemptProgress | None:
+        return self.client.progress(self.id)
 
     def wait(self, *, timeout: float | None = None) -> contract.JobRecord:
         return self.client.wait([self.id], timeout=timeout)[self.id]

@@ -1,4 +1,5 @@
-"""`jobq watch`: a live terminal view of queues, nodes, node failures and dead letters.
+"""`jobq watch`: a live terminal view of queues, nodes, running jobs with their progress, node
+failures and dead letters.
 
 It reads the dispatcher's HTTP API (the same numbers as the dashboard and /metrics), so it
 works from any machine that can reach the dispatcher, with no NATS credentials.
@@ -22,6 +23,8 @@ from submitter import clibase
 
 DEFAULT_URL = "http://127.0.0.1:8222/"
 PHASES = ("queued", "running", "succeeded", "dead", "cancelled")
+RUNNING_SHOWN = 10
+"""Running jobs listed with their progress (the newest first)."""
 
 
 def resolve_token(base: str, data_dir: Path) -> str:
@@ -66,10 +69,28 @@ async def snapshot(http: aiohttp.ClientSession, base: str) -> dict[str, Any]:
                 )
             return await response.json()
 
-    ready, queues, nodes, letters = await asyncio.gather(
-        get("readyz"), get("api/queues"), get("api/nodes"), get("api/dead-letters?limit=5")
+    ready, queues, nodes, letters, running = await asyncio.gather(
+        get("readyz"),
+        get("api/queues"),
+        get("api/nodes"),
+        get("api/dead-letters?limit=5"),
+        get(f"api/jobs?state=running&limit={RUNNING_SHOWN}"),
     )
-    return {"ready": ready, "queues": queues, "nodes": nodes, "letters": letters}
+    return {"ready": ready, "queues": queues, "nodes": nodes, "letters": letters, "running": running}
+
+
+def progress_cell(progress: dict[str, Any] | None, *, width: int = 20) -> Text:
+    """A job's progress as a bar, percent and message ("-" before its first report)."""
+    if not progress:
+        return Text("-")
+    fraction = float(progress["fraction"])
+    done = round(fraction * width)
+    return Text.assemble(
+        ("█" * done, "cyan"),
+        ("░" * (width - done), "dim"),
+        f" {fraction:4.0%} ",
+        str(progress.get("message", ""))[:60],
+    )
 
 
 def render(snap: dict[str, Any], *, base: str) -> Group:
@@ -118,6 +139,21 @@ def render(snap: dict[str, Any], *, base: str) -> Group:
         )
 
     parts: list[Any] = [header, qt, nt]
+    running = snap.get("running") or {"jobs": [], "total": 0}
+    if running["jobs"]:
+        rt = Table(title=f"Running jobs ({len(running['jobs'])} of {running['total']})", expand=True)
+        for column in ("job", "queue", "task", "node", "attempt", "progress"):
+            rt.add_column(column)
+        for job in running["jobs"]:
+            rt.add_row(
+                job["id"],
+                job["queue"],
+                job["task"],
+                job["node"] or "-",
+                str(job["attempts"]),
+                progress_cell(job.get("progress")),
+            )
+        parts.append(rt)
     if nodes["failures"]:
         ft = Table(title="Recent node failures", expand=True)
         for column in ("node", "detected", "jobs moved", "recovered", "recovery p50 s", "max s"):
@@ -187,7 +223,8 @@ def register(cli: click.Group) -> None:
     @click.option("--interval", default=1.0, show_default=True, help="Seconds between refreshes.")
     @click.option("--once", is_flag=True, help="Print one snapshot and exit.")
     def watch_cmd(url: str | None, data_dir: Path, interval: float, once: bool) -> None:
-        """Live view of queues, retries, nodes, node failures and dead letters (Ctrl-C ends)."""
+        """Live view of queues, retries, nodes, running jobs with their progress, node failures
+        and dead letters (Ctrl-C ends)."""
         base = resolve_url(url, data_dir)
         token = resolve_token(base, data_dir)
         try:

@@ -1,4 +1,5 @@
-"""Attempt heartbeats: ``contract.AttemptHeartbeat`` on core NATS, carrying the latest progress.
+"""Attempt heartbeats: ``contract.AttemptHeartbeat`` on core NATS, carrying the latest progress
+(which ``workers.progress`` also stores, for readers: heartbeats are not kept).
 
 The dispatcher treats an attempt whose heartbeats stop (while its node stays healthy) as lost,
 so heartbeats run on the event loop, independent of the task, which runs in a thread.
@@ -7,6 +8,7 @@ so heartbeats run on the event loop, independent of the task, which runs in a th
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import math
 import threading
 import time
@@ -29,6 +31,7 @@ class ProgressReporter:
         self._lock = threading.Lock()
         self._fraction: float | None = None
         self._message = ""
+        self._at: dt.datetime | None = None
 
     def report(self, fraction: float, message: str = "") -> None:
         """Record ``fraction`` done (clamped to 0..1) and a short human-readable message."""
@@ -38,10 +41,18 @@ class ProgressReporter:
         with self._lock:
             self._fraction = min(1.0, max(0.0, fraction))
             self._message = str(message)[:MAX_MESSAGE_CHARS]
+            self._at = contract.utcnow()
 
     def snapshot(self) -> tuple[float | None, str]:
         with self._lock:
             return self._fraction, self._message
+
+    def latest(self) -> tuple[float, str, dt.datetime] | None:
+        """The latest report and when it was made (None before the first one)."""
+        with self._lock:
+            if self._fraction is None or self._at is None:
+                return None
+            return self._fraction, self._message, self._at
 
 
 class Heartbeat:

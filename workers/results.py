@@ -32,7 +32,7 @@ log = structlog.get_logger("workers.results")
 
 _TRANSIENT = natsutil.TRANSIENT_OR_RECONNECTING
 """Errors worth retrying: a reconnect or a JetStream leader election in progress."""
-_ARTIFACT_NAME = re.compile(r"^[-_=.a-zA-Z0-9]+(/[-_=.a-zA-Z0-9]+)*$")
+_ARTIFACT_NAME = re.compile(contract.ARTIFACT_NAME_PATTERN)
 
 
 class ResultNotWritten(RuntimeError):

@@ -3,6 +3,7 @@
 The environment it reads is described in ``workers.runner_settings``; the TaskContext a task
 gets is ``workers.runner_context.RunnerContext``. It connects to NATS first (and reads the
 arguments from the job record if told to), starts heart-beating on ``contract.heartbeat_subject``,
+keeps the task's progress in ``jobq_progress`` (``workers.progress``),
 resolves and runs the task, creates ``contract.TaskResult`` in ``jobq_results`` once and exits.
 Every result and artifact is stamped with its writer (``contract.Writer``: pod, pod uid, node and
 the machine's boot id, from /proc/sys/kernel/random/boot_id); a result key that holds another
@@ -33,7 +34,7 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from broker import contract, logsetup, natsutil
-from workers import heartbeat, results, runner_context, runner_settings, tasks
+from workers import heartbeat, progress, results, runner_context, runner_settings, tasks
 from workers.tasks import registry
 
 EXIT_OK = 0
@@ -158,26 +159,31 @@ async def run(environ: Mapping[str, str]) -> int:
 
 async def _run_connected(nc: NATS, settings: runner_settings.RunnerSettings) -> _Outcome:
     loop = asyncio.get_running_loop()
-    progress = heartbeat.ProgressReporter()
+    reporter = heartbeat.ProgressReporter()
     beat = heartbeat.Heartbeat(nc, job_id=settings.job_id, attempt=settings.attempt,
-                               node=settings.node, progress=progress, interval_s=settings.heartbeat_s)
+                               node=settings.node, progress=reporter, interval_s=settings.heartbeat_s)
     beating = asyncio.create_task(beat.run(), name="heartbeat")
+    kept = progress.ProgressWriter(nc.jetstream(), job_id=settings.job_id, attempt=settings.attempt,
+                                   progress=reporter)
+    keeping = asyncio.create_task(kept.run(), name="progress")
     stop = _Stop(loop)
     try:
         ctx = runner_context.RunnerContext(
             job_id=settings.job_id, attempt=settings.attempt, node=settings.node,
-            writer=settings.writer(boot_id=runner_settings.read_boot_id()), progress=progress,
+            writer=settings.writer(boot_id=runner_settings.read_boot_id()), progress=reporter,
             artifacts=results.ArtifactStore(nc.jetstream()), loop=loop)
         outcome = await _execute(nc, settings, ctx=ctx, stop=stop)
         if outcome.code == EXIT_OK:
-            progress.report(1.0, "done")
+            reporter.report(1.0, "done")
         return outcome
     finally:
         stop.remove()
-        beating.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await beating
+        for task in (beating, keeping):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await beat.beat()
+        await kept.flush(timeout_s=progress.FINAL_TIMEOUT_S)
         with contextlib.suppress(Exception):
             await nc.flush(timeout=2)
 

@@ -17,11 +17,13 @@ Subjects (``<x>`` is a placeholder)::
     jobq.node.<node>.pods.create        request/reply: run a pod on that node
     jobq.node.<node>.pods.delete        request/reply: kill and forget a pod
     jobq.node.<node>.pods.log           request/reply: bytes of a pod's log (NodeLogRequest)
+    $KV.jobq_progress.<job_id>.<n>      an attempt's latest progress (AttemptProgress; KV, written by its pod)
     jobq.logs                           request/reply: a job attempt's output (LogRequest)
     jobq.stack.control                  request/reply: the embedded stack's supervisor (CONTROL_SUBJECT)
 
 Buckets: ``jobq_jobs`` (job records, CAS-updated), ``jobq_results`` (one entry per attempt,
-key ``<job_id>.<n>``), ``jobq_idempotency`` (idempotency key digest -> job id), ``jobq_leader``
+key ``<job_id>.<n>``), ``jobq_progress`` (each attempt's latest progress, key ``<job_id>.<n>``,
+expiring after PROGRESS_MAX_AGE_S), ``jobq_idempotency`` (idempotency key digest -> job id), ``jobq_leader``
 (dispatcher leader lease, TTL) and the object stores
 ``jobq_artifacts`` (trained models and other task outputs) and ``jobq_dead`` (the whole original
 of every dead letter, key ``dead_original_key(sha256)``).
@@ -40,7 +42,7 @@ Modules (import the package and qualify, ``contract.JobSpec``; the modules are w
     resources       Resources, PROFILES
     tasks           BUILTIN_TASKS, the task catalogue
     jobs            JobSpec, RetryPolicy, JobRecord, Attempt, Writer
-    messages        JobEvent, TaskResult, AttemptHeartbeat, LogRequest, LogChunk
+    messages        JobEvent, TaskResult, AttemptHeartbeat, AttemptProgress, LogRequest, LogChunk
     node_protocol   the node subjects, PodSpec, PodStatus, NodeStatus, node replies
     dead_letters    DeadLetter
     submissions     parse_submission, SubmissionError, json_schema
@@ -92,6 +94,7 @@ from broker.contract.limits import (
 )
 from broker.contract.messages import (
     AttemptHeartbeat,
+    AttemptProgress,
     JobEvent,
     JobRequest,
     JobRequestReply,
@@ -102,10 +105,12 @@ from broker.contract.messages import (
 )
 from broker.contract.names import (
     ARGS_FROM_RECORD,
+    ARTIFACT_NAME_PATTERN,
     ARTIFACT_WRITER_HEADER,
     BUCKET_IDEMPOTENCY,
     BUCKET_JOBS,
     BUCKET_LEADER,
+    BUCKET_PROGRESS,
     BUCKET_RESULTS,
     CONSUMER_DISPATCHER,
     CONTRACT_VERSION,
@@ -146,9 +151,11 @@ from broker.contract.names import (
     JOB_REQUEST_WILDCARD,
     LEADER_LEASE_KEY,
     LOGS_SUBJECT,
+    MAX_ARTIFACT_NAME_CHARS,
     OBJECT_STORE_ARTIFACTS,
     OBJECT_STORE_DEAD,
     POD_REASON_START_ERROR,
+    PROGRESS_MAX_AGE_S,
     STREAM_ADVISORIES,
     STREAM_DEAD,
     STREAM_EVENTS,
@@ -165,6 +172,7 @@ from broker.contract.names import (
     max_deliveries_subject,
     pod_inbox_prefix,
     pod_name,
+    progress_key,
     result_key,
     submit_subject,
 )
@@ -214,10 +222,12 @@ from broker.contract.tls import (
 
 __all__ = [
     "ARGS_FROM_RECORD",
+    "ARTIFACT_NAME_PATTERN",
     "ARTIFACT_WRITER_HEADER",
     "BUCKET_IDEMPOTENCY",
     "BUCKET_JOBS",
     "BUCKET_LEADER",
+    "BUCKET_PROGRESS",
     "BUCKET_RESULTS",
     "BUILTIN_TASKS",
     "CONSUMER_DISPATCHER",
@@ -267,6 +277,7 @@ __all__ = [
     "LOGS_SUBJECT",
     "LOG_TAIL_BYTES",
     "LOG_TAIL_LINES",
+    "MAX_ARTIFACT_NAME_CHARS",
     "MAX_INLINE_ARGS_BYTES",
     "MAX_RECORD_BYTES",
     "MAX_SUBMISSION_BYTES",
@@ -278,6 +289,7 @@ __all__ = [
     "POD_NATS_CREDS_PATH",
     "POD_REASON_START_ERROR",
     "PROFILES",
+    "PROGRESS_MAX_AGE_S",
     "QUEUE_PATTERN",
     "STREAM_ADVISORIES",
     "STREAM_DEAD",
@@ -291,6 +303,7 @@ __all__ = [
     "TASK_PATTERN",
     "Attempt",
     "AttemptHeartbeat",
+    "AttemptProgress",
     "AttemptState",
     "BuiltinTask",
     "CredentialsError",
@@ -343,6 +356,7 @@ __all__ = [
     "parse_submission",
     "pod_inbox_prefix",
     "pod_name",
+    "progress_key",
     "public_url",
     "read_secret_file",
     "result_key",

@@ -84,6 +84,18 @@ class AttemptHeartbeat(Model):
     at: dt.datetime = Field(default_factory=utcnow)
 
 
+class AttemptProgress(Model):
+    """The latest progress of one attempt, in KV ``jobq_progress`` under ``progress_key(job_id,
+    attempt)``: written by the attempt's pod when the task reports a change (at most every few
+    seconds, and once more at the end). Readers show only the job's current attempt's."""
+
+    job_id: str
+    attempt: int = Field(ge=1)
+    fraction: float = Field(ge=0, le=1, description="Done, from 0 to 1")
+    message: str = ""
+    at: dt.datetime = Field(default_factory=utcnow, description="When the task reported it")
+
+
 class LogRequest(Model):
     """Request on ``LOGS_SUBJECT``: the output of one attempt of a job, from a byte offset."""
 

@@ -21,6 +21,12 @@ BUCKET_LEADER = "jobq_leader"
 LEADER_LEASE_KEY = "dispatcher"
 """The key in BUCKET_LEADER holding the leading dispatcher's identity, ``<host>-<pid>``."""
 BUCKET_IDEMPOTENCY = "jobq_idempotency"
+BUCKET_PROGRESS = "jobq_progress"
+"""Each attempt's latest progress (``AttemptProgress``) under ``progress_key(job, attempt)``,
+written by the attempt's own pod when it changes (docs/design/progress.md)."""
+PROGRESS_MAX_AGE_S = 7 * 86400
+"""How long a progress value is kept after its last write (the bucket's ``max_age``, as long as
+the events of stream JOBQ_EVENTS): a task silent for longer shows no progress."""
 OBJECT_STORE_ARTIFACTS = "jobq_artifacts"
 OBJECT_STORE_DEAD = "jobq_dead"
 """The whole original of each dead letter (the letter itself carries a bounded excerpt)."""
@@ -165,6 +171,16 @@ def job_request_subject(op: str) -> str:
 
 def result_key(job_id: str, attempt: int) -> str:
     return f"{job_id}.{attempt}"
+
+
+def progress_key(job_id: str, attempt: int) -> str:
+    """Key in BUCKET_PROGRESS of an attempt's progress; only that attempt's pod may write it."""
+    return f"{job_id}.{attempt}"
+
+
+ARTIFACT_NAME_PATTERN = r"^[-_=.a-zA-Z0-9]+(/[-_=.a-zA-Z0-9]+)*$"
+"""An artifact name: path segments of letters, digits and ``-_=.`` (no segment ``..``)."""
+MAX_ARTIFACT_NAME_CHARS = 255
 
 
 def artifact_key(job_id: str, attempt: int, name: str) -> str:

@@ -1,4 +1,5 @@
-"""The JSON API: jobs, nodes, queues, dead letters, live events, and two guarded mutations.
+"""The JSON API: jobs (with their progress), nodes, queues, dead letters, live events, and two
+guarded mutations; a job's artifacts are served by ``artifacts.py``.
 
 Reads come from the dispatcher's in-memory job index (every dispatcher, leader or standby, keeps
 one), the backend's node list and JetStream, through the read model (``broker.readmodel``);
@@ -25,7 +26,7 @@ from broker.dispatcher import logs
 from broker.http import access, responses, streams
 from broker.http.keys import DISPATCHER, HUB, METRICS
 from broker.http.params import JOB_ID, QUEUE, bad_param, error, int_param, job_id_of, query
-from broker.readmodel import deadletters, recovery, retries
+from broker.readmodel import deadletters, progress, recovery, retries
 from broker.readmodel import events as event_log
 
 # --- answers ----------------------------------------------------------------------------------
@@ -93,9 +94,10 @@ async def list_jobs(request: web.Request) -> web.Response:
         records = records[offset:]
     page = records[:limit]
     more = len(records) > limit
+    running = await progress.of_running(request.app[DISPATCHER].store.js, page)
     return answer(
         responses.JobPage(
-            jobs=[responses.JobSummary.of(r) for r in page],
+            jobs=[responses.JobSummary.of(r, progress=running.get(r.spec.id)) for r in page],
             total=total,
             limit=limit,
             offset=None if "cursor" in params else offset,
@@ -110,10 +112,11 @@ async def get_job(request: web.Request) -> web.Response:
     record = _record(request, job_id) or await _fresh(request, job_id)
     if record is None:
         raise error(404, "not_found", f"no job {job_id}")
-    found = await event_log.job_events(request.app[DISPATCHER].store.js, job_id)
+    js = request.app[DISPATCHER].store.js
+    found = await event_log.job_events(js, job_id)
     return answer(
         responses.JobDetail(
-            job=responses.JobSummary.of(record),
+            job=responses.JobSummary.of(record, progress=await progress.current(js, record)),
             record=record,
             attempts=[responses.AttemptView.of(a) for a in record.attempts],
             events=found,

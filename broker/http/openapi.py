@@ -47,6 +47,17 @@ MUTATION_ERRORS = {
     "403": _json(_ref("Error"), "A cross-origin request from an origin not in JOBQ_HTTP_CORS_ORIGINS."),
     "409": _json(_ref("Error"), "The job is not in a state that allows this."),
 }
+ARTIFACT_NAME = {
+    "type": "string",
+    "pattern": contract.ARTIFACT_NAME_PATTERN,
+    "maxLength": contract.MAX_ARTIFACT_NAME_CHARS,
+}
+ARTIFACT_NAME_PARAM = {"name": "name", "in": "path", "required": True, "schema": ARTIFACT_NAME}
+BYTES = {"description": "The bytes", "content": {"application/octet-stream": {"schema": {"type": "string"}}}}
+ARTIFACT_ERRORS = {
+    "404": _json(_ref("Error"), "No such job; the job has no accepted result (yet); no such artifact."),
+    "409": _json(_ref("Error"), "What is stored is not what the accepted attempt wrote."),
+}
 OPEN = ("/", "/static/{name}", "/healthz", "/readyz")
 """Paths served without the token (``access.OPEN_ROUTES``); /metrics only with JOBQ_HTTP_METRICS_OPEN."""
 SECURED: list[Json] = [{"bearer": []}, {}]
@@ -207,6 +218,26 @@ def document() -> Json:
                     **ERRORS,
                     "404": _json(_ref("Error"), "No such job, or no such attempt."),
                 },
+            }
+        },
+        "/api/jobs/{job_id}/artifacts": {
+            "get": {
+                "operationId": "listJobArtifacts",
+                "summary": "The artifacts of the job's accepted attempt (name, attempt, sha256, size; "
+                "`problem` says why one would not be handed out)",
+                "tags": ["jobs"],
+                "parameters": [JOB_ID_PARAM],
+                "responses": {"200": _json(_ref("Artifacts"), "The artifacts"), **ERRORS, **ARTIFACT_ERRORS},
+            }
+        },
+        "/api/jobs/{job_id}/artifacts/{name}": {
+            "get": {
+                "operationId": "getJobArtifact",
+                "summary": "One artifact's bytes, from the accepted attempt only and once checked against "
+                "its writer and the SHA-256 its result lists (header `Repr-Digest`)",
+                "tags": ["jobs"],
+                "parameters": [JOB_ID_PARAM, ARTIFACT_NAME_PARAM],
+                "responses": {"200": BYTES, **ERRORS, **ARTIFACT_ERRORS},
             }
         },
         "/api/jobs/{job_id}/cancel": {

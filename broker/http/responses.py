@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from broker import contract
-from broker.readmodel import recovery, retries
+from broker.readmodel import outputs, recovery, retries
 from broker.readmodel.times import OptionalTime
 
 Counts = dict[str, int]
@@ -44,9 +44,14 @@ class JobSummary(_Response):
     submitted_at: OptionalTime
     updated_at: OptionalTime
     finished_at: OptionalTime
+    progress: contract.AttemptProgress | None = Field(
+        default=None, description="What the current attempt last reported (lists: running jobs only)"
+    )
 
     @classmethod
-    def of(cls, record: contract.JobRecord) -> JobSummary:
+    def of(
+        cls, record: contract.JobRecord, *, progress: contract.AttemptProgress | None = None
+    ) -> JobSummary:
         current = record.current
         return cls(
             id=record.spec.id,
@@ -64,6 +69,7 @@ class JobSummary(_Response):
             submitted_at=record.submitted_at,
             updated_at=record.updated_at,
             finished_at=record.finished_at,
+            progress=progress,
         )
 
 
@@ -95,6 +101,12 @@ class JobDetail(_Response):
     record: contract.JobRecord
     attempts: list[AttemptView]
     events: list[contract.JobEvent]
+
+
+class Artifacts(_Response):
+    job_id: str
+    attempt: int = Field(description="The accepted attempt, whose artifacts these are")
+    artifacts: list[outputs.ArtifactInfo]
 
 
 class JobAccepted(_Response):
@@ -174,7 +186,7 @@ class Health(_Response):
 
 
 MODELS: tuple[type[BaseModel], ...] = (
-    Error, JobPage, JobDetail, JobAccepted, Nodes, Queues, DeadLetters, Health,
+    Error, JobPage, JobDetail, JobAccepted, Artifacts, Nodes, Queues, DeadLetters, Health,
     contract.LogChunk,
 )  # fmt: skip
 """Every model a response carries at its top level (the rest are reached from these)."""

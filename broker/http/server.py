@@ -10,6 +10,8 @@ Routes (documented in ``/api/openapi.json``, see broker/http/openapi.py)::
     GET  /api/jobs                                     GET  /api/events (server-sent events)
     GET  /api/jobs/{job_id}                            GET  /api/openapi.json
     GET  /api/jobs/{job_id}/log
+    GET  /api/jobs/{job_id}/artifacts
+    GET  /api/jobs/{job_id}/artifacts/{name}
     POST /api/jobs/{job_id}/cancel
 
 Who may call what (bearer token, cross-origin rules): broker/http/access.py.
@@ -29,7 +31,7 @@ from aiohttp import web
 from broker import metrics, settings
 from broker.dispatcher import reconcile
 from broker.dispatcher.service import Dispatcher
-from broker.http import access, api, dashboard, openapi, responses, streams
+from broker.http import access, api, artifacts, dashboard, openapi, responses, streams
 from broker.http.keys import DISPATCHER, HUB, METRICS, SETTINGS
 from broker.http.params import query
 from broker.readmodel import backlog
@@ -155,6 +157,8 @@ def routes() -> list[tuple[str, str, Handler]]:
         ("GET", "/api/jobs", api.list_jobs),
         ("GET", "/api/jobs/{job_id}", api.get_job),
         ("GET", "/api/jobs/{job_id}/log", api.job_log),
+        ("GET", "/api/jobs/{job_id}/artifacts", artifacts.list_artifacts),
+        ("GET", "/api/jobs/{job_id}/artifacts/{name:.+}", artifacts.get_artifact),
         ("POST", "/api/jobs/{job_id}/cancel", api.cancel_job),
         ("GET", "/api/nodes", api.list_nodes),
         ("GET", "/api/queues", api.list_queues),

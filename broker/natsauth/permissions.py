@@ -90,8 +90,8 @@ def dispatcher() -> Permissions:
 
 
 def submitter() -> Permissions:
-    """Publish submissions; read records, events, heartbeats (progress), results, artifacts and
-    dead letters; ask the dispatcher for logs, cancellations and re-drives. No writes to any
+    """Publish submissions; read records, events, heartbeats and stored progress, results,
+    artifacts and dead letters; ask the dispatcher for logs, cancellations and re-drives. No writes to any
     bucket or stream but ``jobq.submit.>``, and no consumer on the submission stream."""
     return Permissions(
         publish=(contract.SUBMIT_WILDCARD, contract.LOGS_SUBJECT, contract.JOB_REQUEST_WILDCARD,
@@ -117,14 +117,15 @@ def node(name: str) -> Permissions:
 
 
 def pod(job_id: str, attempt: int) -> Permissions:
-    """A task pod: writes only its attempt's heartbeat and result, and artifacts (object names
-    cannot be scoped by subject: its result lists the digest of each artifact it saved, and
+    """A task pod: writes only its attempt's heartbeat, progress and result, and artifacts (object
+    names cannot be scoped by subject: its result lists the digest of each artifact it saved, and
     readers check it); reads what a submitter reads (a task may load another job's model); gets
     replies only on its own inbox, so it never sees what others are sent."""
     results, artifacts = contract.BUCKET_RESULTS, contract.OBJECT_STORE_ARTIFACTS
     return Permissions(
         publish=(
             contract.heartbeat_subject(job_id, attempt),
+            f"$KV.{contract.BUCKET_PROGRESS}.{contract.progress_key(job_id, attempt)}",
             f"$KV.{results}.{contract.result_key(job_id, attempt)}",
             f"$O.{artifacts}.C.>", f"$O.{artifacts}.M.*",
             *_JS_READ, *_JS_WATCH,

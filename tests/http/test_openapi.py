@@ -9,7 +9,7 @@ from broker.http import openapi, server
 
 
 def _routes() -> set[tuple[str, str]]:
-    return {(method.lower(), path) for method, path, _ in server.routes()}
+    return {(method.lower(), re.sub(r"{(\w+):[^}]+}", r"{\1}", path)) for method, path, _ in server.routes()}
 
 
 def _documented() -> set[tuple[str, str]]:

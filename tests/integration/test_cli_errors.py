@@ -35,6 +35,8 @@ NEEDS_NATS: list[list[str]] = [
     ["dlq", "retry", "nope"],
     ["dlq", "original", "999999"],
     ["dlq", "show", "999999"],
+    ["artifacts", "list", "nope"],
+    ["artifacts", "get", "nope", "model.pkl"],
     ["submit", "--task", "demo.sleep"],
     ["submit", "--task", "demo.sleep", "--wait", "--timeout", "1"],
 ]
@@ -58,7 +60,7 @@ def _leaves(group: click.Group, prefix: str = "") -> list[str]:
 
 
 def test_the_tables_cover_every_command() -> None:
-    covered = {" ".join(c[: 2 if c[0] == "dlq" else 1]) for c in NEEDS_NATS + NEEDS_HTTP}
+    covered = {" ".join(c[: 2 if c[0] in ("dlq", "artifacts") else 1]) for c in NEEDS_NATS + NEEDS_HTTP}
     assert set(_leaves(cli.cli)) == covered | NOT_CLIENTS
 
 

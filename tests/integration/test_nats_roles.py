@@ -138,6 +138,19 @@ async def test_each_role_is_refused_outside_its_rights(tmp_path: Any) -> None:
                 await kv_write(
                     submitter.nc, contract.BUCKET_RESULTS, contract.result_key(job.id, number), b"{}"
                 )
+            with pytest.raises(nats.errors.TimeoutError):
+                await kv_write(
+                    submitter.nc, contract.BUCKET_PROGRESS, contract.progress_key(job.id, number), b"{}"
+                )
+            # It reads progress (the SDK's `progress`), as stored by the job's own pod.
+            watched = await (await submitter.nc.jetstream().key_value(contract.BUCKET_PROGRESS)).watch(
+                contract.progress_key(job.id, number)
+            )
+            reported = await watched.updates(timeout=ARRIVES_S)
+            while reported is None:  # the watch's end-of-initial-values marker, before any report
+                reported = await watched.updates(timeout=ARRIVES_S)
+            assert contract.AttemptProgress.model_validate_json(reported.value or b"").attempt == number
+            await watched.stop()
             assert not await arrives(operator, submitter, status_1)
             assert not await arrives(operator, submitter, beat)
             assert submitter.refused(status_1) and submitter.refused(beat)
@@ -189,6 +202,11 @@ async def test_each_role_is_refused_outside_its_rights(tmp_path: Any) -> None:
             assert not await arrives(operator, pod, other)
             assert not await arrives(operator, pod, status_1)
             await kv_write(pod.nc, contract.BUCKET_RESULTS, own_result, b"{}")
+            await kv_write(pod.nc, contract.BUCKET_PROGRESS, contract.progress_key("pod-job", 1), b"{}")
+            with pytest.raises(nats.errors.TimeoutError):  # another attempt's progress, of its own job
+                await kv_write(pod.nc, contract.BUCKET_PROGRESS, contract.progress_key("pod-job", 2), b"{}")
+            with pytest.raises(nats.errors.TimeoutError):  # the running job's current attempt's
+                await kv_write(pod.nc, contract.BUCKET_PROGRESS, contract.progress_key(job.id, number), b"{}")
             with pytest.raises(nats.errors.TimeoutError):
                 await kv_write(
                     pod.nc, contract.BUCKET_RESULTS, contract.result_key(job.id, number + 1), b"{}"
@@ -203,6 +221,11 @@ async def test_each_role_is_refused_outside_its_rights(tmp_path: Any) -> None:
             await snoop.unsubscribe()
         results = await operator.jetstream().key_value(contract.BUCKET_RESULTS)
         assert (await results.get(own_result)).value == b"{}"
+        kept = await operator.jetstream().key_value(contract.BUCKET_PROGRESS)
+        assert (await kept.get(contract.progress_key("pod-job", 1))).value == b"{}"
+        with pytest.raises(nats.js.errors.KeyNotFoundError):
+            await kept.get(contract.progress_key("pod-job", 2))
+        assert (await kept.get(contract.progress_key(job.id, number))).value != b"{}"
         with pytest.raises(nats.js.errors.KeyNotFoundError):
             await results.get(contract.result_key(job.id, number + 1))
 

@@ -40,7 +40,8 @@ class TaskContext(Protocol):
     def node(self) -> str | None: ...
 
     def progress(self, fraction: float, message: str = "") -> None:
-        """Record progress (clamped to 0..1); the next heartbeat carries it."""
+        """Record progress (clamped to 0..1); the next heartbeat carries it, and readers (SDK,
+        CLI, API, dashboard) see it within about 2 s (docs/design/progress.md)."""
 
     def save_artifact(self, name: str, data: bytes) -> str:
         """Store ``data`` as artifact ``name`` of this attempt, under

@@ -17,6 +17,7 @@ const $ = (id) => document.getElementById(id);
 const reasonColor = {};
 const view = { jobId: null, refreshing: false, again: false, timer: null, logAttempt: null, stream: null };
 const TOKEN_KEY = "jobq-token";
+const PROGRESS_POLL_MS = 2000;  // pods store progress at most every 2 s (docs/design/progress.md)
 
 // --- helpers -----------------------------------------------------------------------------
 
@@ -253,15 +254,51 @@ function renderDead(data) {
   fill($("dead").tBodies[0], rows, 5, "no dead letters");
 }
 
+// What the job's current attempt last reported (ctx.progress): a bar, the percent, its message.
+function progressOf(p) {
+  if (!p) return "-";
+  return el("span", { class: "progress", "data-fraction": p.fraction, title: `attempt ${p.attempt}, ${time(p.at)}` },
+    el("progress", { max: "1", value: String(p.fraction) }), `${Math.round(p.fraction * 100)}%`,
+    p.message ? el("span", { class: "pmsg" }, p.message) : null);
+}
+
 function renderJobs(data) {
   $("jobs-total").textContent = `${data.jobs.length} of ${data.total}`;
   const rows = data.jobs.map((j) => el("tr", { "data-job": j.id, class: "clickable",
                                                onclick: () => { location.hash = `#/jobs/${j.id}`; } },
     el("td", {}, j.id), el("td", {}, j.queue), el("td", {}, j.task),
-    el("td", { class: `state ${j.phase}` }, j.phase), el("td", {}, j.attempts), el("td", {}, j.node || "-"),
+    el("td", { class: `state ${j.phase}` }, j.phase), el("td", { "data-progress": j.id }, progressOf(j.progress)),
+    el("td", {}, j.attempts), el("td", {}, j.node || "-"),
     el("td", {}, Object.entries(j.retries).map(([k, v]) => `${k}=${v}`).join(", ") || "-"),
     el("td", {}, time(j.submitted_at))));
-  fill($("jobs").tBodies[0], rows, 8, "no jobs");
+  fill($("jobs").tBodies[0], rows, 9, "no jobs");
+}
+
+function size(n) {
+  if (n === null || n === undefined) return "-";
+  const units = ["B", "KiB", "MiB", "GiB"];
+  let i = 0;
+  while (n >= 1024 ** (i + 1) && i < units.length - 1) i += 1;
+  return i ? `${(n / 1024 ** i).toFixed(1)} ${units[i]}` : `${n} B`;
+}
+
+async function renderArtifacts(jobId, phase) {
+  const panel = $("artifacts-panel");
+  panel.hidden = phase !== "succeeded";
+  if (panel.hidden) return;
+  let listed;
+  try { listed = await api(`/api/jobs/${encodeURIComponent(jobId)}/artifacts`); }
+  catch (error) { fill($("artifacts").tBodies[0], [], 5, error.message); return; }
+  if (view.jobId !== jobId) return;
+  const rows = listed.artifacts.map((a) => el("tr", { "data-artifact": a.name },
+    el("td", {}, a.name), el("td", {}, size(a.size)), el("td", { class: "sha", title: a.sha256 }, a.sha256.slice(0, 16)),
+    el("td", {}, a.attempt),
+    el("td", {}, a.problem ? el("span", { class: "error", title: a.problem }, "not served")
+      : el("button", { type: "button", onclick: () => download(
+          `/api/jobs/${encodeURIComponent(jobId)}/artifacts/${a.name.split("/").map(encodeURIComponent).join("/")}`,
+          a.name.split("/").pop()).catch((error) => { $("detail-msg").textContent = error.message; }) },
+        "download"))));
+  fill($("artifacts").tBodies[0], rows, 5, "no artifacts");
 }
 
 function renderTimeline(detail) {
@@ -311,7 +348,8 @@ async function showDetail(jobId) {
   if (view.jobId !== jobId) return;
   const j = detail.job;
   const summary = clear($("detail-summary"));
-  const fields = [["state", j.phase], ["queue", j.queue], ["task", j.task], ["attempts", j.attempts],
+  const fields = [["state", j.phase], ["progress", progressOf(j.progress)], ["queue", j.queue], ["task", j.task],
+    ["attempts", j.attempts],
     ["node", j.node || "-"], ["reason", j.reason || "-"], ["submitted", time(j.submitted_at)],
     ["finished", time(j.finished_at)], ["retries", Object.entries(j.retries).map(([k, v]) => `${k}=${v}`).join(", ") || "-"]];
   for (const [k, v] of fields) summary.append(el("div", {}, el("span", {}, k), v));
@@ -338,6 +376,7 @@ async function showDetail(jobId) {
     }
   });
   fill($("attempts").tBodies[0], rows, 9, "no attempt yet");
+  await renderArtifacts(jobId, j.phase);
   const events = clear($("events"));
   for (const e of detail.events) {
     events.append(el("li", {}, `${time(e.at)} ${e.type}`, e.attempt ? ` #${e.attempt}` : "",
@@ -386,6 +425,8 @@ async function refresh() {
     renderDead(dead);
     renderJobs(jobs);
     if (view.jobId) await showDetail(view.jobId);
+    // Progress changes publish no event: while jobs run, look again every PROGRESS_POLL_MS.
+    if (jobs.jobs.some((j) => j.phase === "running")) schedule(PROGRESS_POLL_MS);
   } catch (error) {
     $("updated").textContent = `update failed: ${error.message}`;
   } finally {
