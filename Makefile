@@ -31,7 +31,9 @@ test: setup lint typecheck
 
 # Measurements, not tests (not part of `make test`): node-death recovery on a real control plane,
 # Job vs jobq (~10 min, docs/kubernetes.md), then recovery over many jobs on the embedded stack,
-# then what fsyncing every JetStream write costs (~2 min, docs/configuration.md#nats-fsync), then
+# then what fsyncing every JetStream write costs (~2 min, docs/configuration.md#nats-fsync), what
+# NATS TLS and users cost, what the retention sweeper costs with 0 vs 20,000 kept jobs (~2 min,
+# docs/design/retention.md), then
 # issue 14's figures (docs/performance.md): intake against a bare loop (~2 min), dispatcher CPU
 # with a backlog (<= 5 min), submit -> running latency idle and behind a backlog (~2 min), pod
 # start through the fork server against plain subprocesses (~1 min), then
@@ -43,6 +45,7 @@ bench: setup
 	$(BIN)/python bench/recovery.py
 	$(BIN)/python -m bench.fsync
 	$(BIN)/python -m bench.nats_security
+	$(BIN)/python -m bench.retention
 	$(BIN)/python -m bench.intake
 	$(BIN)/python -m bench.backlog
 	$(BIN)/python -m bench.latency

@@ -37,7 +37,8 @@ async def run_dispatcher(config: settings.Settings, stop: asyncio.Event, *,
         nc = await natsutil.connect(config.nats.url, name="jobq-dispatcher")
         stack.push_async_callback(_drain, nc)
         st = await store.Store.open(nc, replicas=config.nats.replicas,
-                                    lease_ttl_s=config.dispatcher.lease_ttl_s)
+                                    lease_ttl_s=config.dispatcher.lease_ttl_s,
+                                    idempotency_window_s=config.dispatcher.idempotency_window_s)
         backend = await stack.enter_async_context(make_backend(config, nc))
         observer = http_server.metrics_observer()
         dispatcher = service.Dispatcher(st=st, backend=backend, config=config, observer=observer)

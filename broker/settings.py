@@ -14,18 +14,14 @@ from typing import Literal
 from pydantic import ValidationError
 
 from broker import contract, policy
+from broker.pod_settings import check_toleration, parse_resource_profiles, parse_tolerations
+from broker.settings_error import SettingsError as SettingsError
 
 DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 LABEL_KEY = re.compile(
     r"([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
 LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
-TOLERATION_KEYS = frozenset({"key", "operator", "value", "effect", "tolerationSeconds"})
-TOLERATION_EFFECTS = frozenset({"", "NoSchedule", "PreferNoSchedule", "NoExecute"})
 CORS_ORIGIN = re.compile(r"https?://[^/\s*,]+")
-
-
-class SettingsError(ValueError):
-    """A setting has a value that cannot work; the message names the variable."""
 
 
 def switch(environ: Mapping[str, str], name: str, *, on_means: str) -> bool:
@@ -86,6 +82,14 @@ class DispatcherSettings:
     """pending_timeout_s per queue for jobs that bring none, e.g. JOBQ_QUEUE_PENDING_TIMEOUTS="gpu=3600"."""
     shutdown_grace_s: float = 5.0
     """On SIGTERM, reconciles in flight get this long to finish."""
+    retention_s: float = 7 * 86400.0
+    """A finished job (record, results, artifacts) is deleted this long after it ended, unless the
+    job (``JobSpec.retention_s``) or its queue (``queue_retention``) says otherwise (JOBQ_RETENTION_S)."""
+    queue_retention: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    """retention_s per queue for jobs that bring none, e.g. JOBQ_QUEUE_RETENTION="scratch=3600"."""
+    idempotency_window_s: float = 7 * 86400.0
+    """An idempotency key keeps binding its job this long after it was claimed, or until the job
+    is deleted, whichever comes first (JOBQ_IDEMPOTENCY_WINDOW_S; docs/design/retention.md)."""
     queue_policies: Mapping[str, contract.RetryPolicy] = dataclasses.field(default_factory=dict)
     """Default retry policy per queue for jobs that bring none, as JSON:
     JOBQ_QUEUE_POLICIES='{"gpu": {"max_attempts": 5, "backoff_cap_s": 300}}'."""
@@ -100,6 +104,12 @@ class DispatcherSettings:
         if self.node_timeout_s <= 0 or self.heartbeat_timeout_s <= 0 or self.node_silence_s <= 0:
             raise SettingsError(
                 "JOBQ_NODE_TIMEOUT_S, JOBQ_NODE_SILENCE_S and JOBQ_HEARTBEAT_TIMEOUT_S must be positive")
+        for name, value in (("JOBQ_RETENTION_S", self.retention_s),
+                            *((f"JOBQ_QUEUE_RETENTION ({q})", v) for q, v in self.queue_retention.items())):
+            if not 1 <= value <= contract.MAX_RETENTION_S:
+                raise SettingsError(f"{name}={value:g}: a retention is 1 to {contract.MAX_RETENTION_S} s")
+        if not 60 <= self.idempotency_window_s <= contract.MAX_RETENTION_S:
+            raise SettingsError(f"JOBQ_IDEMPOTENCY_WINDOW_S must be 60 to {contract.MAX_RETENTION_S} s")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -233,6 +243,9 @@ class Settings:
                 queue_limits=parse_queue_limits(get("QUEUE_LIMITS", "")),
                 queue_pending_timeouts=parse_queue_pending_timeouts(get("QUEUE_PENDING_TIMEOUTS", "")),
                 shutdown_grace_s=number("SHUTDOWN_GRACE_S", d.shutdown_grace_s),
+                retention_s=number("RETENTION_S", d.retention_s),
+                queue_retention=parse_queue_retention(get("QUEUE_RETENTION", "")),
+                idempotency_window_s=number("IDEMPOTENCY_WINDOW_S", d.idempotency_window_s),
                 queue_policies=parse_queue_policies(get("QUEUE_POLICIES", "")),
                 queue_policy=parse_queue_policy(get("QUEUE_POLICY", "")),
             ),
@@ -313,6 +326,10 @@ def parse_queue_pending_timeouts(raw: str) -> dict[str, float]:
     return _queue_numbers(raw, "JOBQ_QUEUE_PENDING_TIMEOUTS", whole=False)
 
 
+def parse_queue_retention(raw: str) -> dict[str, float]:
+    return _queue_numbers(raw, "JOBQ_QUEUE_RETENTION", whole=False)
+
+
 def _queue_numbers(raw: str, name: str, *, whole: bool) -> dict[str, float]:
     """``queue=number,queue=number`` (positive; whole numbers only if ``whole``)."""
     numbers: dict[str, float] = {}
@@ -336,65 +353,3 @@ def parse_node_selector(raw: str) -> dict[str, str]:
             raise SettingsError(f"JOBQ_GPU_NODE_SELECTOR entry {part!r} is not label=value")
         selector[key.strip()] = value.strip()
     return selector
-
-
-def check_toleration(toleration: Mapping[str, object]) -> None:
-    """A Kubernetes toleration, checked as far as the API server would (SettingsError if not)."""
-    def bad(why: str) -> SettingsError:
-        return SettingsError(f"JOBQ_GPU_TOLERATIONS: {dict(toleration)!r} {why}")
-
-    unknown = sorted(set(toleration) - TOLERATION_KEYS)
-    if unknown:
-        raise bad(f"has unknown keys {unknown}; allowed: {sorted(TOLERATION_KEYS)}")
-    if any(not isinstance(toleration.get(k, ""), str) for k in ("key", "operator", "value", "effect")):
-        raise bad("has a non-string key, operator, value or effect")
-    operator = toleration.get("operator", "Equal")
-    if operator not in ("Equal", "Exists"):
-        raise bad("has an operator other than Equal or Exists")
-    if operator == "Exists" and toleration.get("value"):
-        raise bad("has a value with operator Exists")
-    if not toleration.get("key") and operator != "Exists":
-        raise bad("has no key, which needs operator Exists")
-    if toleration.get("effect", "") not in TOLERATION_EFFECTS:
-        raise bad(f"has an effect not in {sorted(TOLERATION_EFFECTS - {''})}")
-    seconds = toleration.get("tolerationSeconds")
-    if seconds is not None and (not isinstance(seconds, int) or isinstance(seconds, bool)
-                                or toleration.get("effect") != "NoExecute"):
-        raise bad("has tolerationSeconds that is not an integer with effect NoExecute")
-
-
-def parse_tolerations(raw: str) -> tuple[dict[str, object], ...]:
-    if not raw.strip():
-        return ()
-    try:
-        value = json.loads(raw)
-    except ValueError as exc:
-        raise SettingsError(f"JOBQ_GPU_TOLERATIONS is not JSON: {exc}") from None
-    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
-        raise SettingsError("JOBQ_GPU_TOLERATIONS must be a JSON list of toleration objects")
-    return tuple(value)
-
-
-def parse_resource_profiles(raw: str) -> dict[str, contract.Resources]:
-    """Overrides of built-in profiles; fields an override leaves out keep the built-in value."""
-    if not raw.strip():
-        return {}
-    try:
-        value = json.loads(raw)
-        if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
-            raise ValueError("not a JSON object of profile name -> {cpu, memory, gpu}")
-        unknown = sorted(set(value) - set(contract.PROFILES))
-        if unknown:
-            raise ValueError(f"only the built-in profiles {sorted(contract.PROFILES)} may be "
-                             f"overridden, not {unknown}")
-    except ValueError as exc:
-        raise SettingsError(f"JOBQ_RESOURCE_PROFILES: {exc}") from None
-    profiles: dict[str, contract.Resources] = {}
-    for name, res in value.items():
-        try:
-            merged = {**contract.PROFILES[name].model_dump(), **res}
-            profiles[name] = contract.Resources.model_validate(merged)
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise SettingsError(f"JOBQ_RESOURCE_PROFILES: profile {name!r}: {problems}") from None
-    return profiles

@@ -77,7 +77,8 @@ class Store:
         self._dead_store: ObjectStore | None = None
 
     @classmethod
-    async def open(cls, nc: NATS, *, replicas: int = 1, lease_ttl_s: float = 5.0) -> Store:
+    async def open(cls, nc: NATS, *, replicas: int = 1, lease_ttl_s: float = 5.0,
+                   idempotency_window_s: float = 7 * 86400.0) -> Store:
         js = nc.jetstream(timeout=10)
         storage = api.StorageType.FILE
         version = nc.connected_server_version
@@ -164,7 +165,8 @@ class Store:
         idempotency = await _ensure_kv(
             js,
             api.KeyValueConfig(
-                bucket=contract.BUCKET_IDEMPOTENCY, history=1, replicas=replicas, storage=storage
+                bucket=contract.BUCKET_IDEMPOTENCY, history=1, replicas=replicas, storage=storage,
+                ttl=idempotency_window_s,  # docs/design/retention.md; an older bucket is updated at start
             ),
         )
         leader = await _ensure_kv(
@@ -176,7 +178,8 @@ class Store:
         age = contract.PROGRESS_MAX_AGE_S  # task pods' progress, history 1 (docs/design/progress.md)
         await _ensure_kv(
             js,
-            api.KeyValueConfig(bucket=contract.BUCKET_PROGRESS, ttl=age, replicas=replicas, storage=storage),
+            api.KeyValueConfig(bucket=contract.BUCKET_PROGRESS, ttl=age, replicas=replicas, storage=storage,
+                               max_value_size=contract.PROGRESS_MAX_VALUE_BYTES),
         )
         with contextlib.suppress(nats.js.errors.BadRequestError):
             await js.create_object_store(
@@ -196,7 +199,7 @@ class Store:
             contract.STREAM_EVENTS,
             *(f"KV_{b}" for b in (contract.BUCKET_JOBS, contract.BUCKET_IDEMPOTENCY)),
         ):
-            atomic = atomic and await _allow_atomic(nc, stream)
+            atomic = atomic and await allow_stream_option(nc, stream, "allow_atomic")
         return cls(nc, js, jobs=jobs, results=results, leader=leader, idempotency=idempotency, atomic=atomic)
 
     # --- job records ---------------------------------------------------------------------
@@ -276,9 +279,11 @@ class Store:
         return True
 
     async def watch_jobs(
-        self, on_record: Callable[[contract.JobRecord, int], None], ready: asyncio.Event
+        self, on_record: Callable[[contract.JobRecord, int], None], ready: asyncio.Event,
+        on_removed: Callable[[str], None] | None = None,
     ) -> None:
-        """Call ``on_record`` for every record now and for every later change (forever)."""
+        """Call ``on_record`` for every record now and for every later change, and ``on_removed``
+        for every record deleted or purged (forever)."""
         watcher = await self.jobs.watchall()
         try:
             async for entry in watcher:
@@ -287,6 +292,8 @@ class Store:
                     continue
                 if entry.value and entry.revision is not None:
                     on_record(contract.JobRecord.model_validate_json(entry.value), entry.revision)
+                elif entry.operation in ("DEL", "PURGE") and on_removed is not None:
+                    on_removed(entry.key)
         finally:
             with contextlib.suppress(Exception):
                 await watcher.stop()  # type: ignore[no-untyped-call]
@@ -369,21 +376,22 @@ async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None
         await js.update_stream(config)
 
 
-async def _allow_atomic(nc: NATS, stream: str) -> bool:
-    """Let ``stream`` take atomic batches; False when the server cannot (older than 2.12)."""
+async def allow_stream_option(nc: NATS, stream: str, option: str) -> bool:
+    """Turn on the boolean stream setting ``option`` (e.g. ``allow_atomic``, nats-server 2.12+;
+    ``allow_msg_ttl``, 2.11+) unless it is on; False when the server cannot."""
     try:
         info = json.loads((await nc.request(f"$JS.API.STREAM.INFO.{stream}", b"", timeout=10)).data)
         config = info["config"]
-        if config.get("allow_atomic") is not True:
-            config["allow_atomic"] = True
+        if config.get(option) is not True:
+            config[option] = True
             update = f"$JS.API.STREAM.UPDATE.{stream}"
             config = json.loads((await nc.request(update, json.dumps(config).encode(), timeout=10)).data)[
                 "config"
             ]
     except (nats.errors.Error, KeyError, ValueError) as exc:
-        log.warning("atomic_batches_unavailable", stream=stream, error=repr(exc))
+        log.warning("stream_option_unavailable", stream=stream, option=option, error=repr(exc))
         return False
-    return config.get("allow_atomic") is True
+    return config.get(option) is True
 
 
 async def _ensure_kv(js: JetStreamContext, config: api.KeyValueConfig) -> KeyValue:

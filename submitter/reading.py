@@ -60,15 +60,14 @@ class Reading:
             entry = await (await self._jobs()).get(job_id)
         except (nats.js.errors.KeyNotFoundError, nats.js.errors.BucketNotFoundError):
             return None
-        return contract.JobRecord.model_validate_json(entry.value or b"{}")
+        record = contract.JobRecord.model_validate_json(entry.value or b"{}")
+        return None if record.expired else record  # its retention ran out: being deleted
 
     async def list(self) -> builtins.list[contract.JobRecord]:
         try:
-            keys = await records_read.job_ids(self.js)
+            return await records_read.kept_records(self.js)
         except nats.js.errors.NotFoundError:  # no bucket yet: nothing was ever submitted
             return []
-        records = [await self.get(key) for key in keys]
-        return sorted((r for r in records if r is not None), key=lambda r: r.submitted_at)
 
     async def status(self, job_id: str) -> JobStatus | None:
         """The job's record with its current attempt's progress; None when there is no record."""
@@ -93,6 +92,8 @@ class Reading:
             return await outputs.accepted_result(self.js, record)
         except outputs.NotAccepted:
             raise JobFailed(record) from None
+        except outputs.Expired as exc:
+            raise JobNotFound(str(exc)) from None
         except outputs.OutputRejected as exc:
             raise OutputRejected(str(exc)) from None
 
@@ -105,6 +106,8 @@ class Reading:
             return await outputs.artifacts(self.js, record)
         except outputs.NotAccepted as exc:
             raise ArtifactNotFound(str(exc)) from None
+        except outputs.Expired as exc:
+            raise JobNotFound(str(exc)) from None
         except outputs.OutputRejected as exc:
             raise OutputRejected(str(exc)) from None
 
@@ -118,6 +121,8 @@ class Reading:
             return await outputs.artifact(self.js, record, name)
         except (outputs.NotAccepted, outputs.OutputMissing) as exc:
             raise ArtifactNotFound(str(exc)) from None
+        except outputs.Expired as exc:
+            raise JobNotFound(str(exc)) from None
         except outputs.OutputRejected as exc:
             raise OutputRejected(str(exc)) from None
 

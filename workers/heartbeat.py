@@ -20,7 +20,7 @@ from broker import contract
 
 log = structlog.get_logger("workers.heartbeat")
 
-MAX_MESSAGE_CHARS = 512
+MAX_MESSAGE_CHARS = contract.MAX_PROGRESS_MESSAGE_CHARS
 """Progress messages are cut to this length to keep heartbeats small."""
 
 

@@ -18,6 +18,8 @@ from broker.contract.tasks import BUILTIN_TASKS
 
 JOB_ID_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$"
 QUEUE_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$"
+MAX_RETENTION_S = 366 * 86400
+"""The longest retention a job may ask for (``JobSpec.retention_s``): a year and a day."""
 TASK_PATTERN = r"^([A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*)(:[A-Za-z_]\w*)?$"
 
 
@@ -63,6 +65,13 @@ class JobSpec(Model):
         default=None, gt=0, le=7 * 86400, description="Deadline for each attempt, s"
     )
     priority: int = Field(default=0, ge=-1000, le=1000, description="Higher runs first")
+    retention_s: float | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_RETENTION_S,
+        description="Keep the finished job (record, results, artifacts) this long after it ended, "
+        "then delete it; default: the queue's (JOBQ_QUEUE_RETENTION), else JOBQ_RETENTION_S (7 days)",
+    )
     labels: dict[str, str] = Field(default_factory=dict)
     contract: int = Field(default=CONTRACT_VERSION, description="Contract version")
 
@@ -174,10 +183,19 @@ class JobRecord(Model):
     epoch: int = 0
     """Leader epoch of the dispatcher that last wrote the record (0: none yet). A dispatcher never
     writes a record whose epoch is higher than its own (docs/design/dispatcher.md, Leadership)."""
+    expired_at: dt.datetime | None = None
+    """When the leader began deleting this finished job because its retention ran out (its results
+    and artifacts go next, then the record): every reader treats it as gone from then on
+    (docs/design/retention.md)."""
 
     @property
     def current(self) -> Attempt | None:
         return self.attempts[-1] if self.attempts else None
+
+    @property
+    def expired(self) -> bool:
+        """Its retention ran out and the leader is deleting it: readers treat it as gone."""
+        return self.expired_at is not None
 
     def cancelling(self, *, now: dt.datetime) -> JobRecord:
         """This job with a cancellation requested; the dispatcher carries it out."""

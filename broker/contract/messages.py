@@ -10,6 +10,7 @@ from pydantic import Field
 
 from broker.contract.base import Model, utcnow
 from broker.contract.jobs import JOB_ID_PATTERN, Attempt, JobRecord, Writer
+from broker.contract.names import MAX_PROGRESS_MESSAGE_CHARS
 from broker.contract.states import EventType, FailureReason, JobPhase
 
 
@@ -92,7 +93,7 @@ class AttemptProgress(Model):
     job_id: str
     attempt: int = Field(ge=1)
     fraction: float = Field(ge=0, le=1, description="Done, from 0 to 1")
-    message: str = ""
+    message: str = Field(default="", max_length=MAX_PROGRESS_MESSAGE_CHARS)
     at: dt.datetime = Field(default_factory=utcnow, description="When the task reported it")
 
 

@@ -27,6 +27,11 @@ written by the attempt's own pod when it changes (docs/design/progress.md)."""
 PROGRESS_MAX_AGE_S = 7 * 86400
 """How long a progress value is kept after its last write (the bucket's ``max_age``, as long as
 the events of stream JOBQ_EVENTS): a task silent for longer shows no progress."""
+MAX_PROGRESS_MESSAGE_CHARS = 512
+"""A progress message longer than this is cut by the runner, and refused by every reader."""
+PROGRESS_MAX_VALUE_BYTES = 4096
+"""The largest value nats-server accepts in bucket ``jobq_progress`` (a pod that bypasses the
+runner cannot fill it with more)."""
 OBJECT_STORE_ARTIFACTS = "jobq_artifacts"
 OBJECT_STORE_DEAD = "jobq_dead"
 """The whole original of each dead letter (the letter itself carries a bounded excerpt)."""

@@ -17,6 +17,7 @@ class JobIndex:
     def __init__(self) -> None:
         self._records: dict[str, tuple[contract.JobRecord, int]] = {}
         self._listeners: list[Callable[[contract.JobRecord | None, contract.JobRecord], None]] = []
+        self._removal_listeners: list[Callable[[str], None]] = []
         self._active: set[str] = set()
         self._running: collections.Counter[str] = collections.Counter()
 
@@ -37,6 +38,20 @@ class JobIndex:
         self._count(record, +1)
         for listener in self._listeners:
             listener(before, record)
+
+    def subscribe_removed(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(job_id)`` when a record is deleted (expired, docs/design/retention.md)."""
+        self._removal_listeners.append(listener)
+
+    def remove(self, job_id: str) -> None:
+        """Forget a record that was deleted from the bucket (the KV watch saw its marker)."""
+        known = self._records.pop(job_id, None)
+        if known is None:
+            return
+        self._count(known[0], -1)
+        self._active.discard(job_id)
+        for listener in self._removal_listeners:
+            listener(job_id)
 
     def get(self, job_id: str) -> contract.JobRecord | None:
         known = self._records.get(job_id)

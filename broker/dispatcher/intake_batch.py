@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 from nats.aio.msg import Msg
 
-from broker import contract, store
+from broker import contract, store, store_expiry
 from broker.readmodel import events as event_log
 
 
@@ -134,6 +134,9 @@ async def _record_wave(st: store.Store, wave: list[Submission], *, fence: Callab
                 )
             )
             for sub, owner in zip(keyed, owners, strict=True):
+                if owner != sub.spec.id:  # unless that job was deleted (docs/design/retention.md)
+                    owner = await store_expiry.claim_key_of_gone_job(
+                        st, sub.spec.idempotency_key or "", owner=owner, job_id=sub.spec.id)
                 if owner != sub.spec.id:
                     sub.duplicate(f"idempotency key already used by job {owner}")
     todo = [sub for sub in wave if sub.event is None]

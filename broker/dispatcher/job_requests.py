@@ -43,7 +43,7 @@ async def apply(st: store.Store, job_id: str, change: Change, *, tries: int = 20
     """``change`` applied to the stored record, retried while the record keeps changing."""
     for _ in range(tries):
         got = await st.get(job_id)
-        if got is None:
+        if got is None or got[0].expired:  # expiring: gone (docs/design/retention.md)
             return contract.JobRequestReply(error=f"no job {job_id}", not_found=True)
         record, revision = got
         changed = change(record)

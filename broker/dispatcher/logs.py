@@ -108,7 +108,7 @@ def record_lookup(index: JobIndex, st: store.Store) -> Lookup:
         if record is None:
             got = await st.get(job_id)
             record = got[0] if got else None
-        return record
+        return None if record is None or record.expired else record
 
     return lookup
 

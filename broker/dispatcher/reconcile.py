@@ -88,6 +88,9 @@ class Observer:
     def pod_created(self, record: contract.JobRecord, spec: contract.PodSpec) -> None:
         """The backend accepted the pod of ``spec.attempt`` (may repeat for the same attempt)."""
 
+    def expired(self, record: contract.JobRecord) -> None:
+        """The retention sweeper deleted this finished job (its outputs, then its record)."""
+
 
 class Fence(Protocol):
     """What lets a pass act: the leader's lease (``broker.dispatcher.lease.Lease``)."""

@@ -25,8 +25,10 @@ from pydantic import ValidationError
 from broker import contract, settings, store
 from broker.backends import base
 from broker.dispatcher import intake, job_requests, lease, logs, reconcile, undeliverable, waiting_room
+from broker.dispatcher.expiry import Sweeper
 from broker.dispatcher.index import JobIndex
 from broker.dispatcher.limits import Limits
+from broker.dispatcher.retention import RetentionPolicy
 from broker.dispatcher.workqueue import WorkQueue
 
 log = structlog.get_logger("jobq.dispatcher")
@@ -63,6 +65,10 @@ class Dispatcher:
         self.intake = intake.Intake(st, on_job=self.queue.add, fence=self.lease.check,
                                     queue_policy=d.queue_policy)
         self.undeliverable = undeliverable.Undeliverable(st)
+        self.sweeper = Sweeper(
+            st, index=self.index, policy=RetentionPolicy(d.retention_s, dict(d.queue_retention)),
+            fence=self.lease.check, idempotency_window_s=d.idempotency_window_s,
+            on_expired=self.observer.expired)
         self.index_ready = asyncio.Event()
         self.index.subscribe(self._on_external_change)
         self.index.subscribe(self._forget_ended_attempts)
@@ -95,8 +101,8 @@ class Dispatcher:
                                        backend=self.backend).start()
         request_server = await job_requests.server(self.store.nc, self.store).start()
         self.heartbeats.listening_since = contract.utcnow()
-        watcher = asyncio.create_task(self.store.watch_jobs(self.index.put, self.index_ready),
-                                      name="index-watch")
+        watcher = asyncio.create_task(self.store.watch_jobs(self.index.put, self.index_ready,
+                                                            self.index.remove), name="index-watch")
         try:
             await self.index_ready.wait()
             self._seed_node_heartbeats()
@@ -172,6 +178,7 @@ class Dispatcher:
                            name="undeliverable"),
             tg.create_task(self._supervised("backend-watch", self._watch_backend), name="backend-watch"),
             tg.create_task(self._supervised("resync", lambda: self._resync(work_stop)), name="resync"),
+            tg.create_task(self._supervised("expiry", lambda: self.sweeper.run(work_stop)), name="expiry"),
             tg.create_task(self._supervised("node-silence", lambda: self._watch_silence(work_stop)),
                            name="node-silence"),
             tg.create_task(self._supervised("capacity", lambda: self._watch_capacity(work_stop)),

@@ -38,12 +38,13 @@ def answer(body: BaseModel, *, status: int = 200) -> web.Response:
 
 
 def _record(request: web.Request, job_id: str) -> contract.JobRecord | None:
-    return request.app[DISPATCHER].index.get(job_id)
+    record = request.app[DISPATCHER].index.get(job_id)
+    return None if record is None or record.expired else record  # expiring: gone for readers
 
 
 async def _fresh(request: web.Request, job_id: str) -> contract.JobRecord | None:
     got = await request.app[DISPATCHER].store.get(job_id)
-    return got[0] if got else None
+    return got[0] if got and not got[0].expired else None
 
 
 # --- jobs -----------------------------------------------------------------------------------
@@ -84,6 +85,7 @@ async def list_jobs(request: web.Request) -> web.Response:
         r
         for r in request.app[DISPATCHER].index.records()
         if (not states or r.phase.value in states) and (queue is None or r.spec.queue == queue)
+        and not r.expired  # being deleted: gone for readers (docs/design/retention.md)
     ]
     records.sort(key=lambda r: (r.submitted_at, r.spec.id), reverse=True)
     total = len(records)
@@ -307,7 +309,7 @@ async def _update(request: web.Request, job_id: str, change: Any) -> contract.Jo
     st = request.app[DISPATCHER].store
     for _ in range(20):
         got = await st.get(job_id)
-        if got is None:
+        if got is None or got[0].expired:
             raise error(404, "not_found", f"no job {job_id}")
         record, revision = got
         updated: contract.JobRecord | None = change(record)

@@ -31,6 +31,7 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "jobq_retries_total": ("counter", ("queue", "reason")),
     "jobq_attempts_total": ("counter", ("queue",)),
     "jobq_unschedulable_total": ("counter", ("queue",)),
+    "jobq_jobs_expired_total": ("counter", ("queue",)),
     "jobq_node_failures_total": ("counter", ("node",)),
     "jobq_reconciles_total": ("counter", ()),
     "jobq_reconcile_errors_total": ("counter", ()),

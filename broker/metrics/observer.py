@@ -92,6 +92,12 @@ class Metrics(reconcile.Observer):
             ["queue"],
             registry=r,
         )
+        self.expired_total = Counter(
+            "jobq_jobs_expired",
+            "Finished jobs deleted when their retention ran out (record, results, artifacts).",
+            ["queue"],
+            registry=r,
+        )
         self.node_failures = Counter(
             "jobq_node_failures", "Nodes that went from Ready to NotReady.", ["node"], registry=r
         )
@@ -181,6 +187,7 @@ class Metrics(reconcile.Observer):
             self.retries.labels(queue=queue, reason=reason.value)
         self.attempts.labels(queue=queue)
         self.unschedulable_total.labels(queue=queue)
+        self.expired_total.labels(queue=queue)
         self.wait.labels(queue=queue)
         self.dispatch.labels(queue=queue)
         for state in (contract.AttemptState.SUCCEEDED, contract.AttemptState.FAILED):
@@ -236,6 +243,9 @@ class Metrics(reconcile.Observer):
         """When the node of an attempt lost with node_lost was last heard from."""
         heartbeats = {name: node.last_heartbeat for name, node in self._nodes.items()}
         return recovery.lost_at(attempt, failures=self.failures, heartbeats=heartbeats)
+
+    def expired(self, record: contract.JobRecord) -> None:
+        self.expired_total.labels(queue=record.spec.queue).inc()
 
     def unschedulable(self, job_id: str) -> None:
         record = self._sources.index.get(job_id) if self._sources else None

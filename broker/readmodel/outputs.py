@@ -12,6 +12,7 @@ Errors (all ``OutputError``)::
 
     OutputError
     ├── NotAccepted       the job has no accepted result (not succeeded, or not yet)
+    ├── Expired           the job's retention ran out: its record and outputs are (being) deleted
     ├── OutputMissing     the accepted attempt stored no such artifact
     └── OutputRejected    what is stored is not what the accepted attempt wrote
 """
@@ -42,6 +43,10 @@ class NotAccepted(OutputError):
     def __init__(self, message: str, *, record: contract.JobRecord) -> None:
         super().__init__(message)
         self.record = record
+
+
+class Expired(OutputError):
+    """The job's retention ran out: the sweeper deletes its outputs, then its record."""
 
 
 class OutputMissing(OutputError):
@@ -75,8 +80,11 @@ def valid_name(name: str) -> bool:
 
 async def accepted_result(js: JetStreamContext, record: contract.JobRecord) -> contract.TaskResult:
     """The result of the record's accepted attempt, written by that attempt's pod. A command job
-    stores none: its result is made from the attempt. NotAccepted or OutputRejected otherwise."""
+    stores none: its result is made from the attempt. NotAccepted, Expired or OutputRejected
+    otherwise."""
     job_id = record.spec.id
+    if record.expired:
+        raise Expired(f"job {job_id} expired (its retention ran out)")
     attempt = contract.accepted_attempt(record)
     if record.phase != contract.JobPhase.SUCCEEDED or attempt is None:
         raise NotAccepted(
@@ -96,6 +104,8 @@ async def accepted_result(js: JetStreamContext, record: contract.JobRecord) -> c
     try:
         entry = await (await js.key_value(contract.BUCKET_RESULTS)).get(key)
     except (nats.js.errors.KeyNotFoundError, nats.js.errors.BucketNotFoundError):
+        if await _expired_since(js, job_id):  # ``record`` was read before the sweeper marked it
+            raise Expired(f"job {job_id} expired (its retention ran out)") from None
         raise OutputRejected(f"job {job_id} succeeded but its accepted result {key} is missing") from None
     result = contract.TaskResult.model_validate_json(entry.value or b"{}")
     problem = result.acceptance_problem(attempt)
@@ -104,6 +114,15 @@ async def accepted_result(js: JetStreamContext, record: contract.JobRecord) -> c
             f"the stored result {key} of job {job_id} is not its accepted attempt's: {problem}"
         )
     return result
+
+
+async def _expired_since(js: JetStreamContext, job_id: str) -> bool:
+    """Whether the job's record is now gone or marked expired (retention deletes outputs first)."""
+    try:
+        entry = await (await js.key_value(contract.BUCKET_JOBS)).get(job_id)
+    except (nats.js.errors.KeyNotFoundError, nats.js.errors.BucketNotFoundError):
+        return True
+    return contract.JobRecord.model_validate_json(entry.value or b"{}").expired
 
 
 def _writer(record: contract.JobRecord, result: contract.TaskResult) -> contract.Writer | None:

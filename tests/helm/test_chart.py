@@ -40,6 +40,7 @@ OPTIONS: dict[str, dict[str, str]] = {
         "dispatcher.queueLimits.gpu": "2",
         "dispatcher.queueLimits.default": "50",
         "dispatcher.queuePolicies.gpu.max_attempts": "5",
+        "dispatcher.queueRetention.scratch": "3600",
     },
     "task-pod-defaults": {
         "backend.podServiceAccount": "jobq-task",
@@ -285,6 +286,8 @@ def test_queue_settings_reach_the_dispatcher(helm: Path) -> None:
     config = settings.Settings.from_env({k: v for k, v in env.items() if isinstance(v, str)})
     assert dict(config.dispatcher.queue_limits) == {"gpu": 2, "default": 50}
     assert config.dispatcher.queue_policies["gpu"].max_attempts == 5
+    assert dict(config.dispatcher.queue_retention) == {"scratch": 3600}
+    assert config.dispatcher.retention_s == config.dispatcher.idempotency_window_s == 7 * 86400
 
 
 def test_task_pod_defaults_reach_the_dispatcher(helm: Path) -> None:

@@ -72,7 +72,8 @@ async def test_artifacts_of_the_accepted_attempt_via_sdk_cli_and_api(
     assert cli_list.returncode == 0, cli_list.stderr
     assert json.loads(cli_list.stdout) == [a.model_dump(mode="json") for a in listed]
     plain = await jobq(env, "artifacts", "list", trained.id)
-    assert b"model.pkl" in plain.stdout and contract.artifact_digest(stored).encode() in plain.stdout
+    hex_digest = contract.artifact_digest(stored).removeprefix("sha256:").encode()
+    assert plain.stdout.startswith(b"NAME ") and b"model.pkl" in plain.stdout and hex_digest in plain.stdout
     status, kind, body = await http_get(stack, f"api/jobs/{trained.id}/artifacts")
     assert status == 200 and kind == "application/json"
     assert json.loads(body) == {

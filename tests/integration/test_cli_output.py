@@ -75,10 +75,17 @@ async def test_every_format_says_what_nats_holds(stack: Stack, client: JobqClien
 
     # status: the human view, the whole record in json (also with the old --json) and yaml.
     record = json.loads(await ok("status", "from-file", "-o", "json", env=env))
-    assert record == (await client.get("from-file")).model_dump(mode="json")  # type: ignore[union-attr]
+    progress = await client.progress("from-file")  # the record, with its current attempt's progress
+    assert progress is not None and progress.fraction == 1.0
+    assert record == {
+        **(await client.get("from-file")).model_dump(mode="json"),  # type: ignore[union-attr]
+        "progress": progress.model_dump(mode="json"),
+    }
     assert json.loads(await ok("status", "from-file", "--json", env=env)) == record
     assert yaml.safe_load(await ok("status", "from-file", "-o", "yaml", env=env)) == record
-    assert (await ok("status", "from-file", env=env)).startswith("from-file: succeeded\n  attempt 1: ")
+    shown = await ok("status", "from-file", env=env)
+    assert shown.startswith("from-file: succeeded\n  progress: 100% done (attempt 1, at "), shown
+    assert "\n  attempt 1: " in shown, shown
 
     # result: JSON by default (as before), yaml, and a FIELD/VALUE table.
     result = json.loads(await ok("result", "from-file", env=env))

@@ -182,6 +182,24 @@ async def test_only_the_current_attempts_progress_shows(stack: Stack, client: Jo
     assert await client.progress(handle.id) is None
     assert (await api_job(stack, handle.id))["progress"] is None
 
+    # Hostile bytes under the current key (a pod that bypasses the runner may write its own key):
+    # every reader shows no progress, and keeps serving.
+    kv = await stack.nc.jetstream().key_value(contract.BUCKET_PROGRESS)
+    key = contract.progress_key(handle.id, 2)
+    too_long = stale.model_copy(
+        update={"attempt": 2, "message": "x" * (contract.MAX_PROGRESS_MESSAGE_CHARS + 1)}
+    )
+    for hostile in (b"", b"\xff\xfe not json", b"[" * 4000, b'{"fraction": NaN}',
+                    too_long.model_dump_json().encode()):
+        await kv.put(key, hostile)
+        assert await client.progress(handle.id) is None, hostile[:40]
+        assert (await api_job(stack, handle.id))["progress"] is None, hostile[:40]
+        shown = await jobq(cli_env(stack), "status", handle.id)
+        assert shown.returncode == 0 and "progress:" not in shown.stdout, (hostile[:40], shown.stderr)
+    # ... and the server refuses a value bigger than the bucket allows: nothing of it is stored.
+    with pytest.raises(nats.js.errors.APIError):
+        await kv.put(key, b" " * (contract.PROGRESS_MAX_VALUE_BYTES + 1))
+
 
 async def test_the_writer_stores_only_changes(nats_server: NatsServer, nc: NATS) -> None:
     js = nc.jetstream()

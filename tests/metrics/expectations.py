@@ -137,6 +137,12 @@ CHECKS: dict[str, Check] = {
         _by("state", dict(e.phases), PHASES),
     ),
     f'sum(rate(jobq_attempts_total{{queue=~"{Q}"}}[5m]))': lambda e: (RATE, _one(e.attempts)),
+    # Every job of this run is kept (7 days' retention): none expired. The count of a real expiry
+    # against what NATS deleted is checked in tests/integration/test_retention.py.
+    f'sum(rate(jobq_jobs_expired_total{{queue=~"{Q}"}}[5m]))': lambda e: (
+        RATE,
+        _one(e.submitted - sum(e.phases.values())),  # submitted, and no record left in NATS
+    ),
     # Backend refusals to place a pod: every attempt in the records started, and the job no node
     # fits was never given an attempt (decide() keeps it waiting), so nothing was refused.
     f'sum(rate(jobq_unschedulable_total{{queue=~"{Q}"}}[5m]))': lambda e: (RATE, _one(e.unstarted_attempts)),

@@ -15,7 +15,10 @@ const REASON_COLORS = ["#ef4444", "#f59e0b", "#3b82f6", "#8b5cf6", "#10b981", "#
 const SVGNS = "http://www.w3.org/2000/svg";
 const $ = (id) => document.getElementById(id);
 const reasonColor = {};
-const view = { jobId: null, refreshing: false, again: false, timer: null, logAttempt: null, stream: null };
+const view = { jobId: null, refreshing: false, again: false, timer: null, logAttempt: null, stream: null,
+               // Job pages: the cursor of the page shown (null: the newest), those of the pages
+               // before it, and the next page's (GET /api/jobs pages by cursor, newest first).
+               jobCursor: null, jobCursors: [], nextCursor: null, jobOffset: 0 };
 const TOKEN_KEY = "jobq-token";
 const PROGRESS_POLL_MS = 2000;  // pods store progress at most every 2 s (docs/design/progress.md)
 
@@ -263,7 +266,11 @@ function progressOf(p) {
 }
 
 function renderJobs(data) {
-  $("jobs-total").textContent = `${data.jobs.length} of ${data.total}`;
+  const first = data.jobs.length ? view.jobOffset + 1 : 0;
+  $("jobs-total").textContent = `${first}-${view.jobOffset + data.jobs.length} of ${data.total}`;
+  view.nextCursor = data.next_cursor;
+  $("jobs-older").disabled = !data.next_cursor;
+  $("jobs-newer").disabled = view.jobCursors.length === 0;
   const rows = data.jobs.map((j) => el("tr", { "data-job": j.id, class: "clickable",
                                                onclick: () => { location.hash = `#/jobs/${j.id}`; } },
     el("td", {}, j.id), el("td", {}, j.queue), el("td", {}, j.task),
@@ -415,6 +422,7 @@ async function refresh() {
     const params = new URLSearchParams({ limit: "50" });
     if (state) params.set("state", state);
     if (queue) params.set("queue", queue);
+    if (view.jobCursor) params.set("cursor", view.jobCursor);
     const [ready, queues, nodes, dead, jobs] = await Promise.all([
       fetch("/readyz").then((r) => r.json()), api("/api/queues"), api("/api/nodes"),
       api("/api/dead-letters?limit=20"), api(`/api/jobs?${params}`)]);
@@ -433,6 +441,10 @@ async function refresh() {
     view.refreshing = false;
     if (view.again) { view.again = false; schedule(); }
   }
+}
+
+function firstJobPage() {
+  view.jobCursor = null; view.jobCursors = []; view.nextCursor = null; view.jobOffset = 0;
 }
 
 function schedule(delay = 250) {
@@ -495,8 +507,20 @@ takeTokenFromFragment();  // before anything reads location.hash
 
 document.addEventListener("DOMContentLoaded", () => {
   $("token-form").addEventListener("submit", useToken);
-  $("filter-state").addEventListener("change", () => schedule(0));
-  $("filter-queue").addEventListener("change", () => schedule(0));
+  $("filter-state").addEventListener("change", () => { firstJobPage(); schedule(0); });
+  $("filter-queue").addEventListener("change", () => { firstJobPage(); schedule(0); });
+  $("jobs-older").addEventListener("click", () => {
+    if (!view.nextCursor) return;
+    view.jobCursors.push([view.jobCursor, view.jobOffset]);
+    view.jobOffset += $("jobs").tBodies[0].querySelectorAll("tr[data-job]").length;
+    view.jobCursor = view.nextCursor;
+    schedule(0);
+  });
+  $("jobs-newer").addEventListener("click", () => {
+    const back = view.jobCursors.pop();
+    if (back) [view.jobCursor, view.jobOffset] = back;
+    schedule(0);
+  });
   $("detail-close").addEventListener("click", (e) => { e.preventDefault(); location.hash = ""; });
   $("detail-cancel").addEventListener("click", async () => {
     if (!view.jobId) return;

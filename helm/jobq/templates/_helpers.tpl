@@ -93,6 +93,15 @@ app.kubernetes.io/component: nats
 {{- join "," $parts -}}
 {{- end -}}
 
+{{/* "scratch=3600,default=86400" from a map, in key order. */}}
+{{- define "jobq.queueRetention" -}}
+{{- $parts := list -}}
+{{- range $queue, $seconds := .Values.dispatcher.queueRetention -}}
+{{- $parts = append $parts (printf "%s=%v" $queue $seconds) -}}
+{{- end -}}
+{{- join "," $parts -}}
+{{- end -}}
+
 {{- define "jobq.gpuNodeSelector" -}}
 {{- $parts := list -}}
 {{- range $label, $value := .Values.backend.gpuNodeSelector -}}
