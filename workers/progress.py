@@ -10,8 +10,8 @@ change, at most once every ``interval_s`` seconds, and once more when the attemp
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
-import nats.errors
 import nats.js.errors
 import structlog
 from nats.js.client import JetStreamContext
@@ -30,7 +30,12 @@ FINAL_TIMEOUT_S = 2.0
 
 
 class ProgressWriter:
-    """Writes one attempt's progress; ``run()`` until cancelled, then ``flush()`` for the last."""
+    """Writes one attempt's progress; ``run()`` until ``close()``, then ``flush()`` for the last.
+
+    ``run`` is stopped by ``close``, not by cancelling its task: a cancel that arrives as a write
+    completes can be swallowed on its way through nats-py and ``asyncio.wait_for`` (Python 3.11),
+    and a runner awaiting the cancelled task would then wait for ever, its result written and its
+    pod never exiting."""
 
     def __init__(
         self,
@@ -51,15 +56,24 @@ class ProgressWriter:
         self._key = contract.progress_key(job_id, attempt)
         self._kv: KeyValue | None = None
         self._written: tuple[float, str] | None = None
+        self._closing = asyncio.Event()
         self._failing = False
         self.writes = 0
         """Progress values stored."""
 
     async def run(self) -> None:
-        """Store the latest progress every ``interval_s`` seconds when it changed."""
-        while True:
-            await asyncio.sleep(self._interval_s)
-            await self.flush()
+        """Store the latest progress every ``interval_s`` seconds when it changed; return soon
+        after ``close()`` (at most one write's timeout later)."""
+        while not self._closing.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval_s):
+                    await self._closing.wait()
+            if not self._closing.is_set():
+                await self.flush()
+
+    def close(self) -> None:
+        """Make ``run`` return."""
+        self._closing.set()
 
     async def flush(self, *, timeout_s: float = WRITE_TIMEOUT_S) -> None:
         """Store the latest progress now if it changed since the last write, giving up after
@@ -72,8 +86,9 @@ class ProgressWriter:
             job_id=self._job_id, attempt=self._attempt, fraction=fraction, message=message, at=at
         )
         try:
-            await asyncio.wait_for(self._put(value.model_dump_json().encode()), timeout_s)
-        except (nats.errors.Error, TimeoutError) as exc:  # progress is best effort
+            async with asyncio.timeout(timeout_s):
+                await self._put(value.model_dump_json().encode())
+        except Exception as exc:  # progress is best effort: nothing here may fail the attempt
             if not self._failing:
                 log.warning("progress_not_written", key=self._key, error=repr(exc))
             self._failing = True

@@ -25,7 +25,7 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import nats.errors
@@ -167,21 +167,28 @@ async def _run_connected(nc: NATS, settings: runner_settings.RunnerSettings) -> 
                                    progress=reporter)
     keeping = asyncio.create_task(kept.run(), name="progress")
     stop = _Stop(loop)
+
+    async def progress_done() -> None:
+        """The last progress, stored before the result: once the result is there the dispatcher
+        ends the attempt and deletes the pod, so a runner still writing then would be killed."""
+        reporter.report(1.0, "done")
+        kept.close()
+        await keeping
+        await kept.flush(timeout_s=progress.FINAL_TIMEOUT_S)
+
     try:
         ctx = runner_context.RunnerContext(
             job_id=settings.job_id, attempt=settings.attempt, node=settings.node,
             writer=settings.writer(boot_id=runner_settings.read_boot_id()), progress=reporter,
             artifacts=results.ArtifactStore(nc.jetstream()), loop=loop)
-        outcome = await _execute(nc, settings, ctx=ctx, stop=stop)
-        if outcome.code == EXIT_OK:
-            reporter.report(1.0, "done")
-        return outcome
+        return await _execute(nc, settings, ctx=ctx, stop=stop, before_result=progress_done)
     finally:
         stop.remove()
-        for task in (beating, keeping):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        beating.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beating
+        kept.close()  # not cancel: see progress.ProgressWriter
+        await keeping
         await beat.beat()
         await kept.flush(timeout_s=progress.FINAL_TIMEOUT_S)
         with contextlib.suppress(Exception):
@@ -189,7 +196,8 @@ async def _run_connected(nc: NATS, settings: runner_settings.RunnerSettings) -> 
 
 
 async def _execute(nc: NATS, settings: runner_settings.RunnerSettings, *,
-                   ctx: runner_context.RunnerContext, stop: _Stop) -> _Outcome:
+                   ctx: runner_context.RunnerContext, stop: _Stop,
+                   before_result: Callable[[], Awaitable[None]]) -> _Outcome:
     started_at = contract.utcnow()
     thread = _Thread()
     resolving = asyncio.ensure_future(asyncio.to_thread(registry.resolve, settings.task))
@@ -224,6 +232,7 @@ async def _execute(nc: NATS, settings: runner_settings.RunnerSettings, *,
     result = contract.TaskResult(job_id=settings.job_id, attempt=settings.attempt, node=settings.node,
                                  writer=ctx.writer, output=output, started_at=started_at,
                                  finished_at=contract.utcnow(), artifacts=dict(ctx.saved))
+    await before_result()
     try:
         revision = await results.write_result(nc.jetstream(), result)
     except results.ResultExists as exc:
