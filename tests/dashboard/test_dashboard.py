@@ -11,19 +11,11 @@ import pytest
 from broker import contract
 from broker.embedded.stack import Stack
 from submitter.client import JobqClient
+from tests.dashboard.browser import launch
 from tests.http.helpers import kill_busiest_node
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 JOBS = 8
 
 
@@ -36,14 +28,7 @@ async def test_dashboard_shows_jobs_and_node_loss(
     requests: list[str] = []
     problems: list[str] = []
     async with async_playwright() as pw:
-        context = await pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"),
-            executable_path=chromium,
-            headless=True,
-            args=FLAGS,
-            viewport={"width": 1400, "height": 1300},
-            bypass_csp=True,
-        )  # the page's CSP forbids eval, which wait_for_function needs
+        context = await launch(pw, chromium, tmp_path)
         try:
             page = context.pages[0] if context.pages else await context.new_page()
             page.on("request", lambda r: requests.append(r.url))

@@ -11,7 +11,7 @@ import pytest
 
 from broker import contract, store
 from broker.embedded.stack import Stack
-from tests.dashboard.test_dashboard import FLAGS
+from tests.dashboard.browser import launch
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -40,14 +40,7 @@ async def test_the_dashboard_pages_through_every_kept_job(
     newest_first = [f"kept-{n:03}" for n in reversed(range(KEPT))]
 
     async with async_playwright() as pw:
-        context = await pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"),
-            executable_path=chromium,
-            headless=True,
-            args=FLAGS,
-            viewport={"width": 1400, "height": 1300},
-            bypass_csp=True,
-        )  # wait_for_function needs eval
+        context = await launch(pw, chromium, tmp_path)
         try:
             page = context.pages[0] if context.pages else await context.new_page()
             await page.goto(stack.dashboard_url)

@@ -11,7 +11,7 @@ import pytest
 from broker import contract
 from broker.embedded.stack import Stack
 from submitter.client import JobqClient
-from tests.dashboard.test_dashboard import FLAGS
+from tests.dashboard.browser import launch
 from tests.integration.helpers import wait_running
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -29,14 +29,8 @@ async def test_dashboard_shows_progress_and_artifacts(
     await trained.result(timeout=120)
     await wait_running(client, [sleeper.id], count=1)
     async with async_playwright() as pw:
-        context = await pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"),
-            executable_path=chromium,
-            headless=True,
-            args=FLAGS,
-            viewport={"width": 1400, "height": 1300},
-            accept_downloads=True,
-        )  # no bypass_csp: the progress bar must work under the page's own policy
+        # no bypass_csp: the progress bar must work under the page's own policy
+        context = await launch(pw, chromium, tmp_path, bypass_csp=False, accept_downloads=True)
         try:
             page = context.pages[0] if context.pages else await context.new_page()
             page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)

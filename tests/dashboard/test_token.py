@@ -9,7 +9,7 @@ import pytest
 
 from broker.embedded.stack import Stack
 from tests.conftest import running_stack, submitter_client
-from tests.dashboard.test_dashboard import FLAGS
+from tests.dashboard.browser import launch
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 TOKEN = "dash-token-93b2f0"
@@ -26,14 +26,7 @@ async def test_dashboard_asks_for_the_token(chromium: str, output_dir: Path, tmp
         submitter_client(stack) as client,
         async_playwright() as pw,
     ):
-        context = await pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"),
-            executable_path=chromium,
-            headless=True,
-            args=FLAGS,
-            viewport={"width": 1400, "height": 900},
-            bypass_csp=True,  # wait_for_function needs eval, which the page's CSP forbids
-        )
+        context = await launch(pw, chromium, tmp_path, height=900)
         try:
             page = context.pages[0] if context.pages else await context.new_page()
             page.on("request", lambda r: api_calls.append(r) if "/api/" in r.url else None)
