@@ -18,6 +18,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -31,6 +32,8 @@ ROOT = Path(__file__).resolve().parents[2]
 BOARD = ROOT / "helm/jobq/dashboards/jobq-grafana.json"
 RULES = ROOT / "helm/jobq/rules/jobq-rules.yaml"
 RECORDED = Path(__file__).resolve().parent / "recorded"
+OUTPUT = Path(__file__).resolve().parents[2] / "test-output" / "metrics"
+"""Where each run's promtool files are left to read (not committed)."""
 TEST_RULES = RECORDED / "rules-test-thresholds.yaml"
 """The chart's rules rendered with ``TEST_VALUES`` (tests/metrics/test_rules_files.py keeps it
 equal to a fresh render)."""
@@ -142,6 +145,17 @@ def run_promtool_test(promtool: Path, test_file: Path) -> None:
         timeout=120,
     )
     assert out.returncode == 0, f"promtool test rules {test_file} failed:\n{out.stdout}{out.stderr}"
+
+
+def check_recording(promtool: Path, test_file: Path) -> None:
+    """Run the promtool test written from a live recording; keep a copy in test-output/metrics/,
+    and, with ``JOBQ_RECORD_METRICS=1``, make it the committed recording that
+    test_rules_files.py replays."""
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    shutil.copy(test_file, OUTPUT / test_file.name)
+    run_promtool_test(promtool, test_file)
+    if os.environ.get("JOBQ_RECORD_METRICS") == "1":
+        shutil.copy(test_file, RECORDED / test_file.name)
 
 
 def sample(labels: Mapping[str, str], value: float) -> dict[str, Any]:

@@ -13,8 +13,6 @@ the takeover comes a few seconds after the pause.
 from __future__ import annotations
 
 import functools
-import os
-import shutil
 import signal
 from pathlib import Path
 
@@ -24,7 +22,6 @@ import pytest
 from tests.conftest import running_stack, submitter_client
 from tests.http.helpers import eventually
 from tests.metrics import live, promql
-from tests.metrics.test_recorded_rules import OUTPUT
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 """600 s: a cold run builds promtool (about 5 minutes on 2 cores); the run itself is ~30 s."""
@@ -126,11 +123,7 @@ async def test_series_follow_the_leader(tmp_path: Path, helm: Path, promtool: Pa
             "Recorded by tests/metrics/test_failover_metrics.py."
         ),
     )
-    OUTPUT.mkdir(parents=True, exist_ok=True)
-    shutil.copy(test_file, OUTPUT / test_file.name)
-    promql.run_promtool_test(promtool, test_file)
-    if os.environ.get("JOBQ_RECORD_METRICS") == "1":
-        shutil.copy(test_file, promql.RECORDED / test_file.name)
+    promql.check_recording(promtool, test_file)
 
 
 def _expr(expr: str, minute: int, samples: list[tuple[dict[str, str], float]]) -> dict[str, object]:

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import os
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -42,7 +40,6 @@ DYING = 2
 app_error retries each, then dead."""
 QUEUE = "default"
 Scrape = dict[str, Samples | None]
-OUTPUT = Path(__file__).resolve().parents[2] / "test-output" / "metrics"
 
 
 def workload() -> list[dict[str, object]]:
@@ -196,11 +193,7 @@ async def test_two_dispatchers_count_each_job_once(tmp_path: Path, helm: Path, p
             "tests/metrics/test_recorded_rules.py (expected values: tests/metrics/expectations.py)."
         ),
     )
-    OUTPUT.mkdir(parents=True, exist_ok=True)
-    shutil.copy(test_file, OUTPUT / test_file.name)
-    promql.run_promtool_test(promtool, test_file)
-    if os.environ.get("JOBQ_RECORD_METRICS") == "1":
-        shutil.copy(test_file, promql.RECORDED / test_file.name)
+    promql.check_recording(promtool, test_file)
 
 
 def _delta(first: Scrape, last: Scrape, inst: str, name: str) -> float:
