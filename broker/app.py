@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
+import nats.js.errors
 import structlog
 from nats.aio.client import Client as NATS
 
@@ -36,9 +38,13 @@ async def run_dispatcher(config: settings.Settings, stop: asyncio.Event, *,
     async with contextlib.AsyncExitStack() as stack:
         nc = await natsutil.connect(config.nats.url, name="jobq-dispatcher")
         stack.push_async_callback(_drain, nc)
-        st = await store.Store.open(nc, replicas=config.nats.replicas,
-                                    lease_ttl_s=config.dispatcher.lease_ttl_s,
-                                    idempotency_window_s=config.dispatcher.idempotency_window_s)
+        # On a NATS cluster a stream or bucket just created may be "not found" for a moment on the
+        # server we ask (its Raft group is still forming); opening again is safe (create-or-keep).
+        st = await natsutil.retry(
+            functools.partial(store.Store.open, nc, replicas=config.nats.replicas,
+                              lease_ttl_s=config.dispatcher.lease_ttl_s,
+                              idempotency_window_s=config.dispatcher.idempotency_window_s),
+            transient=(*natsutil.TRANSIENT, nats.js.errors.NotFoundError), what="store_open")
         backend = await stack.enter_async_context(make_backend(config, nc))
         observer = http_server.metrics_observer()
         dispatcher = service.Dispatcher(st=st, backend=backend, config=config, observer=observer)
