@@ -29,6 +29,7 @@ JOBQ_STREAMS = (
     f"KV_{contract.BUCKET_RESULTS}",
     f"KV_{contract.BUCKET_LEADER}",
     f"KV_{contract.BUCKET_IDEMPOTENCY}",
+    f"KV_{contract.BUCKET_PROGRESS}",
 )
 
 
