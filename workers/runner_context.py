@@ -72,6 +72,19 @@ class RunnerContext:
             raise tasks.ArtifactNotFound(f"artifact {key} holds bytes {whose} did not save")
         return data
 
+    # Checkpoints: stubs until workers/checkpoints.py lands (issue 17).
+    def checkpoint(self, state: bytes, *, step: int) -> None:
+        raise NotImplementedError
+
+    def restore(self) -> tasks.Restored | None:
+        raise NotImplementedError
+
+    async def acheckpoint(self, state: bytes, *, step: int) -> None:
+        raise NotImplementedError
+
+    async def arestore(self) -> tasks.Restored | None:
+        raise NotImplementedError
+
     def _blocking(self, coroutine: Coroutine[Any, Any, _T]) -> _T:
         try:
             running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()

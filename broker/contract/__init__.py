@@ -18,6 +18,8 @@ Subjects (``<x>`` is a placeholder)::
     jobq.node.<node>.pods.delete        request/reply: kill and forget a pod
     jobq.node.<node>.pods.log           request/reply: bytes of a pod's log (NodeLogRequest)
     $KV.jobq_progress.<job_id>.<n>      an attempt's latest progress (AttemptProgress; KV, written by its pod)
+    $KV.jobq_checkpoints.<job_id>       the job's newest checkpoint and its owner attempt (CheckpointPointer;
+                                        compare-and-set by the job's pods)
     jobq.logs                           request/reply: a job attempt's output (LogRequest)
     jobq.stack.control                  request/reply: the embedded stack's supervisor (CONTROL_SUBJECT)
 
@@ -41,7 +43,8 @@ Modules (import the package and qualify, ``contract.JobSpec``; the modules are w
     states          JobPhase, AttemptState, FailureReason, PodPhase, EventType
     resources       Resources, PROFILES
     tasks           BUILTIN_TASKS, the task catalogue
-    jobs            JobSpec, RetryPolicy, JobRecord, Attempt, Writer
+    jobs            JobSpec, RetryPolicy, JobRecord, Attempt, AttemptCheckpoints, Writer
+    checkpoints     CheckpointPointer, the checkpoint bucket and object names
     messages        JobEvent, TaskResult, AttemptHeartbeat, AttemptProgress, LogRequest, LogChunk
     node_protocol   the node subjects, PodSpec, PodStatus, NodeStatus, node replies
     dead_letters    DeadLetter
@@ -53,6 +56,15 @@ from __future__ import annotations
 from broker.contract.base import (
     clip,
     utcnow,
+)
+from broker.contract.checkpoints import (
+    BUCKET_CHECKPOINTS,
+    CHECKPOINT_SEGMENT,
+    MAX_CHECKPOINT_BYTES,
+    CheckpointPointer,
+    attempt_checkpoints,
+    checkpoint_object_key,
+    checkpoint_pointer_key,
 )
 from broker.contract.credentials import (
     POD_NATS_CREDS_PATH,
@@ -70,6 +82,7 @@ from broker.contract.jobs import (
     QUEUE_PATTERN,
     TASK_PATTERN,
     Attempt,
+    AttemptCheckpoints,
     JobRecord,
     JobSpec,
     RetryPolicy,
@@ -143,6 +156,7 @@ from broker.contract.names import (
     EXIT_NATS_UNREACHABLE,
     EXIT_RESULT_EXISTS,
     EXIT_START_ERROR,
+    EXIT_SUPERSEDED,
     EXIT_TASK_FAILED,
     EXIT_TASK_NOT_FOUND,
     HEADER_CONTRACT,
@@ -227,12 +241,14 @@ __all__ = [
     "ARGS_FROM_RECORD",
     "ARTIFACT_NAME_PATTERN",
     "ARTIFACT_WRITER_HEADER",
+    "BUCKET_CHECKPOINTS",
     "BUCKET_IDEMPOTENCY",
     "BUCKET_JOBS",
     "BUCKET_LEADER",
     "BUCKET_PROGRESS",
     "BUCKET_RESULTS",
     "BUILTIN_TASKS",
+    "CHECKPOINT_SEGMENT",
     "CONSUMER_DISPATCHER",
     "CONTRACT_VERSION",
     "CONTROL_SUBJECT",
@@ -268,6 +284,7 @@ __all__ = [
     "EXIT_NATS_UNREACHABLE",
     "EXIT_RESULT_EXISTS",
     "EXIT_START_ERROR",
+    "EXIT_SUPERSEDED",
     "EXIT_TASK_FAILED",
     "EXIT_TASK_NOT_FOUND",
     "HEADER_CONTRACT",
@@ -281,6 +298,7 @@ __all__ = [
     "LOG_TAIL_BYTES",
     "LOG_TAIL_LINES",
     "MAX_ARTIFACT_NAME_CHARS",
+    "MAX_CHECKPOINT_BYTES",
     "MAX_INLINE_ARGS_BYTES",
     "MAX_PROGRESS_MESSAGE_CHARS",
     "MAX_RECORD_BYTES",
@@ -308,10 +326,12 @@ __all__ = [
     "SUBMIT_WILDCARD",
     "TASK_PATTERN",
     "Attempt",
+    "AttemptCheckpoints",
     "AttemptHeartbeat",
     "AttemptProgress",
     "AttemptState",
     "BuiltinTask",
+    "CheckpointPointer",
     "CredentialsError",
     "DeadLetter",
     "EventType",
@@ -340,6 +360,9 @@ __all__ = [
     "accepted_attempt",
     "artifact_digest",
     "artifact_key",
+    "attempt_checkpoints",
+    "checkpoint_object_key",
+    "checkpoint_pointer_key",
     "client_tls_context",
     "clip",
     "dead_original_key",

@@ -132,6 +132,16 @@ class Writer(Model):
             return None
 
 
+class AttemptCheckpoints(Model):
+    """What one attempt did with checkpoints, kept on its record by the dispatcher when it ends."""
+
+    written: int = Field(default=0, ge=0, description="Checkpoints this attempt wrote")
+    step: int | None = Field(default=None, description="The step of its newest checkpoint")
+    at: dt.datetime | None = Field(default=None, description="When that checkpoint was written")
+    resumed_step: int | None = Field(default=None, description="The step it resumed from, if it restored one")
+    resumed_from_attempt: int | None = Field(default=None, description="Whose checkpoint it resumed from")
+
+
 class Attempt(Model):
     number: int
     pod: str
@@ -151,6 +161,11 @@ class Attempt(Model):
     writer: Writer | None = None
     """Who wrote the result the dispatcher accepted from this attempt (succeeded attempts only):
     readers hand out the result and artifacts of the accepted attempt only when they carry it."""
+    checkpoints: AttemptCheckpoints | None = None
+    """What the attempt did with checkpoints (set when it ends, if it restored or wrote any)."""
+    work_lost_s: float | None = None
+    """Disrupted attempts: the seconds of work thrown away, from its newest checkpoint (or the
+    start of its work) to its last sign of life (docs/design/checkpoints.md)."""
 
 
 def accepted_attempt(record: JobRecord) -> Attempt | None:

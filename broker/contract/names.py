@@ -79,6 +79,10 @@ EXIT_RESULT_EXISTS = 5
 """Another writer's result is already stored under this attempt's key: the worker never
 overwrites it, and its own result is lost (retried like a task failure)."""
 
+EXIT_SUPERSEDED = 6
+"""A newer attempt owns the job's checkpoints (``CheckpointPointer.owner``): this attempt was
+superseded and stops rather than compete with it (the dispatcher has already replaced it)."""
+
 POD_REASON_START_ERROR = "StartError"
 """PodStatus.reason of a pod whose command could not be started (no such program, permission
 denied), as Kubernetes reports it; jobq's node agent and simulated kubelet report it the same way:

@@ -117,7 +117,8 @@ def node(name: str) -> Permissions:
 
 
 def pod(job_id: str, attempt: int) -> Permissions:
-    """A task pod: writes only its attempt's heartbeat, progress and result, and artifacts (object
+    """A task pod: writes only its attempt's heartbeat, progress and result, its job's checkpoint
+    pointer (compare-and-set, fenced by attempt: docs/design/checkpoints.md), and artifacts (object
     names cannot be scoped by subject: its result lists the digest of each artifact it saved, and
     readers check it); reads what a submitter reads (a task may load another job's model); gets
     replies only on its own inbox, so it never sees what others are sent."""
@@ -126,6 +127,7 @@ def pod(job_id: str, attempt: int) -> Permissions:
         publish=(
             contract.heartbeat_subject(job_id, attempt),
             f"$KV.{contract.BUCKET_PROGRESS}.{contract.progress_key(job_id, attempt)}",
+            f"$KV.{contract.BUCKET_CHECKPOINTS}.{contract.checkpoint_pointer_key(job_id)}",
             f"$KV.{results}.{contract.result_key(job_id, attempt)}",
             f"$O.{artifacts}.C.>", f"$O.{artifacts}.M.*",
             *_JS_READ, *_JS_WATCH,

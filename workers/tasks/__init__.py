@@ -9,7 +9,8 @@ JSON-serialisable.
 Exceptions and the runner's exit code::
 
     TaskExit(code)        exit with exactly ``code`` (0 counts as success with empty output)
-    └── BadArgs           exit 2: the arguments can never work, retrying is pointless
+    ├── BadArgs           exit 2: the arguments can never work, retrying is pointless
+    └── Superseded        exit 6: a newer attempt owns the job's checkpoints; stop
     any other exception   exit 1: traceback on stderr, retried by the dispatcher's policy
 
 This module imports nothing heavy: task modules import scikit-learn inside the task functions
@@ -18,11 +19,15 @@ so that the runner connects and starts heart-beating before that cost is paid.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
+from broker.contract.names import EXIT_SUPERSEDED
+
 __all__ = [
-    "ArtifactNotFound", "AsyncTask", "BadArgs", "SyncTask", "Task", "TaskContext", "TaskExit",
+    "ArtifactNotFound", "AsyncTask", "BadArgs", "Restored", "Superseded", "SyncTask", "Task",
+    "TaskContext", "TaskExit",
     "check_keys", "choice_arg", "dict_arg", "float_arg", "int_arg",
 ]
 
@@ -60,6 +65,24 @@ class TaskContext(Protocol):
     async def aload_artifact(self, name: str, *, job_id: str | None = None) -> bytes:
         """load_artifact for async tasks."""
 
+    def checkpoint(self, state: bytes, *, step: int) -> None:
+        """Save ``state`` as the job's newest checkpoint, reached at ``step`` (the task's own
+        count: an epoch, a batch). A replacement attempt gets it from ``restore``. Raise Superseded
+        when a newer attempt of the job owns its checkpoints; this attempt must then stop
+        (docs/design/checkpoints.md)."""
+
+    def restore(self) -> Restored | None:
+        """The job's newest checkpoint, written by this or an earlier attempt, or None to start
+        from scratch. Call it before the first ``checkpoint``: it makes this attempt the owner of
+        the job's checkpoints, so an older attempt that is still running can no longer write
+        any. Raise Superseded when a newer attempt already owns them."""
+
+    async def acheckpoint(self, state: bytes, *, step: int) -> None:
+        """checkpoint for async tasks."""
+
+    async def arestore(self) -> Restored | None:
+        """restore for async tasks."""
+
 
 SyncTask = Callable[[dict[str, Any], TaskContext], dict[str, Any]]
 AsyncTask = Callable[[dict[str, Any], TaskContext], Awaitable[dict[str, Any]]]
@@ -81,6 +104,26 @@ class BadArgs(TaskExit):
     """The task's arguments are invalid; the runner exits 2 (``runner.EXIT_BAD_ARGS``)."""
 
     CODE = 2
+
+    def __init__(self, message: str) -> None:
+        super().__init__(self.CODE, message)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Restored:
+    """A checkpoint handed back by ``restore``."""
+
+    state: bytes
+    step: int
+    attempt: int
+    """The attempt whose work the state is (this one's, or an earlier attempt's)."""
+
+
+class Superseded(TaskExit):
+    """A newer attempt of the job owns its checkpoints: this attempt was replaced (its node was
+    thought lost, say) and must stop; the runner exits ``EXIT_SUPERSEDED`` without a result."""
+
+    CODE = EXIT_SUPERSEDED
 
     def __init__(self, message: str) -> None:
         super().__init__(self.CODE, message)
