@@ -26,6 +26,7 @@ from pydantic import ValidationError
 
 from broker import contract, fit
 from broker.backends import base
+from broker.backends.listening_clock import ListeningClock
 
 log = structlog.get_logger("jobq.backend.local")
 
@@ -34,7 +35,7 @@ log = structlog.get_logger("jobq.backend.local")
 class _Node:
     status: contract.NodeStatus
     seen: float
-    """time.monotonic() of the last status."""
+    """``ListeningClock`` time of the last status."""
     ready: bool = True
     not_ready_since: dt.datetime | None = None
     placed: dict[str, contract.PodSpec] = dataclasses.field(default_factory=dict)
@@ -62,6 +63,10 @@ class LocalBackend:
         self._monitor: asyncio.Task[None] | None = None
         self._started = 0.0
         self._place_lock = asyncio.Lock()
+        self._tick_s = min(0.25, node_timeout_s / 4)
+        self._listening = ListeningClock(expected_gap_s=2 * self._tick_s)
+        """Silence is judged over time this process was listening: a dispatcher that was paused
+        must not take the statuses still queued in its socket for dead nodes."""
 
     async def __aenter__(self) -> Self:
         self._started = time.monotonic()
@@ -91,7 +96,7 @@ class LocalBackend:
             return
         node = self._nodes.get(status.name)
         if node is None:
-            node = self._nodes[status.name] = _Node(status=status, seen=time.monotonic())
+            node = self._nodes[status.name] = _Node(status=status, seen=self._listening.tick())
             log.info("node_joined", node=status.name, boot_id=status.boot_id)
             self._wake_pods(status.pods)
         else:
@@ -100,7 +105,7 @@ class LocalBackend:
             gone = [p for name, p in previous.items() if name not in {q.name for q in status.pods}]
             if status.boot_id != node.status.boot_id:
                 log.info("node_rebooted", node=status.name, boot_id=status.boot_id)
-            node.status, node.seen = status, time.monotonic()
+            node.status, node.seen = status, self._listening.tick()
             self._wake_pods([*changed, *gone])
             if not node.ready:
                 node.ready, node.not_ready_since = True, None
@@ -128,8 +133,8 @@ class LocalBackend:
 
     async def _watch_liveness(self) -> None:
         while True:
-            await asyncio.sleep(min(0.25, self._node_timeout_s / 4))
-            now = time.monotonic()
+            await asyncio.sleep(self._tick_s)
+            now = self._listening.tick()
             for node in self._nodes.values():
                 if node.ready and now - node.seen > self._node_timeout_s:
                     node.ready, node.not_ready_since = False, contract.utcnow()

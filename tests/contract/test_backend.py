@@ -4,6 +4,7 @@ real NATS, and Kubernetes on the real control plane with simulated kubelets."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -300,3 +301,31 @@ async def test_every_pod_has_its_own_uid_and_its_process_sees_it(harness: Harnes
 
 async def _has_uid(h: Harness, job_id: str) -> bool:
     return any(p.uid for p in await pods_of(h, job_id))
+
+
+async def test_local_backend_paused_takes_no_live_node_for_dead(tmp_path: Path) -> None:
+    """The process running the backend is paused longer than the node timeout (a dispatcher
+    SIGSTOPped, or starved of CPU) while its nodes keep reporting. On waking, their statuses
+    still sit unread in its socket: no live node may be reported NotReady meanwhile (CI once
+    saw a recovery shorter than detection itself: attempts lost on a node that never died).
+    Evidence: every answer of ``list_nodes`` after the pause, polled as fast as the loop turns."""
+    async with contextlib.aclosing(_local(tmp_path)) as harnesses:
+        h = await anext(harnesses)
+        timeout_s = settings.DispatcherSettings().node_timeout_s
+        await eventually(lambda: _count_nodes(h.backend, 3), what="3 local nodes ready")
+        for _ in range(2):
+            time.sleep(timeout_s + 1.5)  # noqa: ASYNC251 - the point: the whole loop stops, no callback runs
+            not_ready: set[str] = set()
+            deadline = time.monotonic() + 2 * timeout_s
+            while time.monotonic() < deadline:
+                not_ready |= {n.name for n in await h.backend.list_nodes() if not n.ready}
+                await asyncio.sleep(0)
+            assert not not_ready, f"live nodes reported NotReady after a pause: {sorted(not_ready)}"
+        # A node that really dies is still seen, within the timeout of listening.
+        h.kill_node(h.nodes[0])
+        await eventually(lambda: _not_ready(h.backend, h.nodes[0]), what="the killed node NotReady",
+                         timeout=h.node_loss_bound_s)
+
+
+async def _not_ready(backend: base.ClusterBackend, name: str) -> bool:
+    return any(n.name == name and not n.ready for n in await backend.list_nodes())
