@@ -78,6 +78,7 @@ from broker.contract.dead_letters import (
 )
 from broker.contract.jobs import (
     JOB_ID_PATTERN,
+    MAX_CHECKPOINT_STEP,
     MAX_RETENTION_S,
     QUEUE_PATTERN,
     TASK_PATTERN,
@@ -299,6 +300,7 @@ __all__ = [
     "LOG_TAIL_LINES",
     "MAX_ARTIFACT_NAME_CHARS",
     "MAX_CHECKPOINT_BYTES",
+    "MAX_CHECKPOINT_STEP",
     "MAX_INLINE_ARGS_BYTES",
     "MAX_PROGRESS_MESSAGE_CHARS",
     "MAX_RECORD_BYTES",

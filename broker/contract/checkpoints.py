@@ -21,7 +21,7 @@ import datetime as dt
 from pydantic import Field
 
 from broker.contract.base import Model
-from broker.contract.jobs import AttemptCheckpoints, Writer
+from broker.contract.jobs import MAX_CHECKPOINT_STEP, AttemptCheckpoints, Writer
 
 BUCKET_CHECKPOINTS = "jobq_checkpoints"
 """Key ``<job_id>``: the job's ``CheckpointPointer``; only that job's pods may write it."""
@@ -49,7 +49,8 @@ class CheckpointPointer(Model):
     owner: int = Field(ge=1, description="The attempt that may change this pointer (the fencing token)")
     seq: int = Field(default=0, ge=0,
                      description="Checkpoints the owner has written; its next object is seq + 1")
-    step: int | None = Field(default=None, description="The task's step of the newest checkpoint; "
+    step: int | None = Field(default=None, ge=0, le=MAX_CHECKPOINT_STEP,
+                             description="The task's step of the newest checkpoint; "
                              "None: there is none yet")
     object: str = Field(default="", description="Its object in jobq_artifacts (checkpoint_object_key)")
     digest: str = Field(default="", description="sha256:<hex> of the state (contract.artifact_digest)")
@@ -57,7 +58,8 @@ class CheckpointPointer(Model):
     writer: Writer | None = Field(default=None, description="The pod that wrote the object")
     made_by: int | None = Field(default=None, ge=1, description="The attempt whose work the state is")
     at: dt.datetime | None = Field(default=None, description="When the newest checkpoint was written")
-    resumed_step: int | None = Field(default=None, description="The step the owner resumed from "
+    resumed_step: int | None = Field(default=None, ge=0, le=MAX_CHECKPOINT_STEP,
+                                     description="The step the owner resumed from "
                                      "(None: it started from scratch)")
     resumed_from: int | None = Field(default=None, ge=1, description="The attempt whose state the owner "
                                      "resumed from")

@@ -132,13 +132,19 @@ class Writer(Model):
             return None
 
 
+MAX_CHECKPOINT_STEP = 2**53 - 1
+"""The largest step a checkpoint may name (every JSON reader, JavaScript's included, holds it exactly)."""
+
+
 class AttemptCheckpoints(Model):
     """What one attempt did with checkpoints, kept on its record by the dispatcher when it ends."""
 
     written: int = Field(default=0, ge=0, description="Checkpoints this attempt wrote")
-    step: int | None = Field(default=None, description="The step of its newest checkpoint")
+    step: int | None = Field(default=None, ge=0, le=MAX_CHECKPOINT_STEP,
+                             description="The step of its newest checkpoint")
     at: dt.datetime | None = Field(default=None, description="When that checkpoint was written")
-    resumed_step: int | None = Field(default=None, description="The step it resumed from, if it restored one")
+    resumed_step: int | None = Field(default=None, ge=0, le=MAX_CHECKPOINT_STEP,
+                                     description="The step it resumed from, if it restored one")
     resumed_from_attempt: int | None = Field(default=None, description="Whose checkpoint it resumed from")
 
 
