@@ -26,7 +26,7 @@ from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
-from broker import contract, natsutil
+from broker import contract, natsutil, store_buckets
 
 log = structlog.get_logger("jobq.store")
 
@@ -155,46 +155,27 @@ class Store:
                 num_replicas=replicas,
             ),
         )
-        jobs = await _ensure_kv(
+        jobs = await store_buckets.ensure_kv(
             js, api.KeyValueConfig(bucket=contract.BUCKET_JOBS, history=1, replicas=replicas, storage=storage)
         )
-        results = await _ensure_kv(
+        results = await store_buckets.ensure_kv(
             js,
             api.KeyValueConfig(bucket=contract.BUCKET_RESULTS, history=1, replicas=replicas, storage=storage),
         )
-        idempotency = await _ensure_kv(
+        idempotency = await store_buckets.ensure_kv(
             js,
             api.KeyValueConfig(
                 bucket=contract.BUCKET_IDEMPOTENCY, history=1, replicas=replicas, storage=storage,
                 ttl=idempotency_window_s,  # docs/design/retention.md; an older bucket is updated at start
             ),
         )
-        leader = await _ensure_kv(
+        leader = await store_buckets.ensure_kv(
             js,
             api.KeyValueConfig(
                 bucket=contract.BUCKET_LEADER, history=1, ttl=lease_ttl_s, replicas=replicas, storage=storage
             ),
         )
-        age = contract.PROGRESS_MAX_AGE_S  # task pods' progress, history 1 (docs/design/progress.md)
-        await _ensure_kv(
-            js,
-            api.KeyValueConfig(bucket=contract.BUCKET_PROGRESS, ttl=age, replicas=replicas, storage=storage,
-                               max_value_size=contract.PROGRESS_MAX_VALUE_BYTES),
-        )
-        with contextlib.suppress(nats.js.errors.BadRequestError):
-            await js.create_object_store(
-                contract.OBJECT_STORE_ARTIFACTS,
-                config=api.ObjectStoreConfig(
-                    bucket=contract.OBJECT_STORE_ARTIFACTS, replicas=replicas, storage=storage
-                ),
-            )
-        with contextlib.suppress(nats.js.errors.BadRequestError):
-            await js.create_object_store(
-                contract.OBJECT_STORE_DEAD,
-                config=api.ObjectStoreConfig(
-                    bucket=contract.OBJECT_STORE_DEAD, replicas=replicas, storage=storage, ttl=30 * 86400
-                ),
-            )
+        await store_buckets.ensure_output_buckets(js, replicas=replicas, storage=storage)
         for stream in (
             contract.STREAM_EVENTS,
             *(f"KV_{b}" for b in (contract.BUCKET_JOBS, contract.BUCKET_IDEMPOTENCY)),
@@ -392,13 +373,6 @@ async def allow_stream_option(nc: NATS, stream: str, option: str) -> bool:
         log.warning("stream_option_unavailable", stream=stream, option=option, error=repr(exc))
         return False
     return config.get(option) is True
-
-
-async def _ensure_kv(js: JetStreamContext, config: api.KeyValueConfig) -> KeyValue:
-    try:
-        return await js.create_key_value(config)
-    except nats.js.errors.BadRequestError:
-        return await js.key_value(config.bucket)
 
 
 def parse_headers(msg: Msg) -> dict[str, Any]:

@@ -30,6 +30,7 @@ JOBQ_STREAMS = (
     f"KV_{contract.BUCKET_LEADER}",
     f"KV_{contract.BUCKET_IDEMPOTENCY}",
     f"KV_{contract.BUCKET_PROGRESS}",
+    f"KV_{contract.BUCKET_CHECKPOINTS}",
 )
 
 

@@ -10,6 +10,7 @@ pydantic and jobq's contract, nothing of the server side (``tests/unit/test_ligh
 
 from broker.contract import (
     Attempt,
+    AttemptCheckpoints,
     AttemptState,
     DeadLetter,
     EventType,
@@ -34,7 +35,7 @@ from submitter.errors import (
     WaitTimeout,
 )
 from submitter.handles import JobHandle
-from submitter.reading import ArtifactInfo, JobStatus, Progress
+from submitter.reading import ArtifactInfo, Checkpoint, JobStatus, Progress
 from submitter.specs import new_job_id
 from submitter.sync_client import ClientClosed, SyncJobHandle, SyncJobqClient
 
@@ -56,7 +57,9 @@ __all__ = [
     "ArtifactInfo",
     "ArtifactNotFound",
     "Attempt",
+    "AttemptCheckpoints",
     "AttemptState",
+    "Checkpoint",
     "ClientClosed",
     "DeadLetter",
     "DispatcherUnavailable",

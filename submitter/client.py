@@ -11,7 +11,8 @@ id), retried through leader elections; the dispatcher runs a key once however of
 A job's outputs are read from its accepted attempt only (the record's ``result_attempt``): its
 result (``result``, ``result_of``) and its artifacts (``artifacts``, ``artifact``), each checked
 against the writer the dispatcher accepted, so what a superseded attempt stored is never handed
-out; its progress (``progress``, ``status``) is its current attempt's only. Those reads are in
+out; its progress (``progress``, ``status``) is its current attempt's only, and so is its live
+checkpoint (``checkpoint``, ``status``). Those reads are in
 ``submitter/reading.py``.
 """
 
@@ -44,12 +45,13 @@ from submitter.errors import (
 )
 from submitter.handles import JobHandle
 from submitter.logtail import unseen_tail
-from submitter.reading import ArtifactInfo, JobStatus, Progress
+from submitter.reading import ArtifactInfo, Checkpoint, JobStatus, Progress
 from submitter.specs import new_job_id
 
 __all__ = [
     "ArtifactInfo",
     "ArtifactNotFound",
+    "Checkpoint",
     "DispatcherUnavailable",
     "InvalidJob",
     "JobFailed",

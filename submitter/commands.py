@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from broker import contract
 from submitter import clibase, jobspec_input, output
+from submitter.checkpoint_text import attempt_checkpoint_lines, checkpoint_text, clock
 from submitter.client import JobNotFound, JobqClient, LogUnavailable
 
 STATUS_TAIL_LINES = 10
@@ -46,13 +47,19 @@ async def _unknown(client: JobqClient, job_id: str, message: str) -> Exception:
     return await client.refusal(job_id) or JobNotFound(message)
 
 
-def status_lines(record: contract.JobRecord, progress: contract.AttemptProgress | None = None) -> list[str]:
-    """`jobq status`'s view: the job's phase (and why), its current attempt's progress, why it
-    waits, then its attempts."""
+def status_lines(
+    record: contract.JobRecord,
+    progress: contract.AttemptProgress | None = None,
+    checkpoint: contract.AttemptCheckpoints | None = None,
+) -> list[str]:
+    """`jobq status`'s view: the job's phase (and why), its current attempt's progress and live
+    checkpoint, why it waits, then its attempts (with their checkpoints and work lost)."""
     lines = [f"{record.spec.id}: {record.phase}"
              + (f" ({record.reason}: {record.message})" if record.reason else "")]
     if progress is not None:
         lines.append(progress_line(progress))
+    if checkpoint is not None:
+        lines.append(f"  checkpoint: {checkpoint_text(checkpoint)}")
     if record.phase == contract.JobPhase.QUEUED and record.waiting_reason:
         lines.append(f"  waiting: {record.waiting_reason}")
     return lines + attempt_lines(record)
@@ -60,13 +67,14 @@ def status_lines(record: contract.JobRecord, progress: contract.AttemptProgress 
 
 def progress_line(progress: contract.AttemptProgress) -> str:
     """`jobq status`'s line for what the current attempt last reported."""
-    at = progress.at.astimezone().strftime("%H:%M:%S")
+    at = clock(progress.at)
     message = f" {progress.message}" if progress.message else ""
     return f"  progress: {progress.fraction:.0%}{message} (attempt {progress.attempt}, at {at})"
 
 
 def attempt_lines(record: contract.JobRecord) -> list[str]:
-    """`jobq status` lines of each attempt: outcome, a failed one's last output, why one waits."""
+    """`jobq status` lines of each attempt: outcome, its checkpoints and work lost, a failed one's
+    last output, why one waits."""
     lines = []
     for a in record.attempts:
         lines.append(
@@ -74,6 +82,7 @@ def attempt_lines(record: contract.JobRecord) -> list[str]:
             f"reason={a.reason or '-'} exit={a.exit_code if a.exit_code is not None else '-'}"
             f" {a.message}".rstrip()
         )
+        lines.extend(attempt_checkpoint_lines(a))
         if a.state == contract.AttemptState.FAILED and a.log_tail:
             kept = a.log_tail.splitlines()
             more = len(kept) - STATUS_TAIL_LINES
@@ -179,8 +188,9 @@ def register(cli: click.Group) -> None:
     @output.output_option(json_alias=True)
     @clibase.nats_option
     def status(job_id: str, output_format: str, nats_url: str | None) -> None:
-        """Show a job: phase, its current attempt's progress, attempts with node, state and
-        failure reason (-o json or yaml: the whole record, with the progress as ``progress``).
+        """Show a job: phase, its current attempt's progress and checkpoint, attempts with node,
+        state, failure reason, checkpoints and work lost (-o json or yaml: the whole record, with
+        the progress as ``progress`` and the running attempt's checkpoint as ``checkpoint``).
 
         Exits 3 if there is no such job, 6 if the dispatcher refused it (it has no record; the
         error names its dead letter)."""
@@ -193,8 +203,10 @@ def register(cli: click.Group) -> None:
                     raise await _unknown(client, job_id, why)
             record = status.record
             whole = {**record.model_dump(mode="json"),
-                     "progress": status.progress.model_dump(mode="json") if status.progress else None}
-            output.emit(whole, output_format, text=lambda: status_lines(record, status.progress))
+                     "progress": status.progress.model_dump(mode="json") if status.progress else None,
+                     "checkpoint": status.checkpoint.model_dump(mode="json") if status.checkpoint else None}
+            output.emit(whole, output_format,
+                        text=lambda: status_lines(record, status.progress, status.checkpoint))
 
         clibase.run(go())
 

@@ -3,7 +3,8 @@
 ``pip install jobq`` is the light client: the SDK (``from jobq import JobqClient``) and the
 client commands, on nats-py, pydantic and click alone. Running jobq takes extras
 (``pyproject.toml``): ``server`` (the embedded stack, dispatcher, node agents, task runner and its
-ML tasks), ``watch`` (``jobq watch``), ``kubernetes`` and ``chaos`` (each with ``server``), ``all``.
+ML tasks), ``watch`` (``jobq watch``), ``kubernetes``, ``chaos`` and ``tf`` (TensorFlow for the
+``tf.train`` task; each with ``server``), ``all``.
 
 Every subcommand is listed in ``jobq --help`` either way. One whose extra is missing stops before
 it runs with one line naming the extra to install, exit 2 (``ExtraMissing``, mapped by
@@ -23,6 +24,7 @@ EXTRAS: Mapping[str, tuple[str, ...]] = {
     "watch": ("aiohttp", "rich"),
     "kubernetes": ("kubernetes_asyncio",),
     "chaos": ("chaoslib",),
+    "tf": ("tensorflow",),
 }
 """Each extra's import packages that jobq uses (the nats-server binary of ``server`` is looked up
 on PATH when a stack starts: broker/embedded/natsserver.py)."""

@@ -1,4 +1,4 @@
-"""A submitted job's handle: its status and progress, waiting for it, its accepted result."""
+"""A submitted job's handle: its status, progress and checkpoint, waiting for it, its accepted result."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from broker import contract
 
 if TYPE_CHECKING:
     from submitter.client import JobqClient
+    from submitter.reading import Checkpoint
 
 
 class JobHandle:
@@ -24,6 +25,10 @@ class JobHandle:
     async def progress(self) -> contract.AttemptProgress | None:
         """What the job's current attempt last reported (``JobqClient.progress``)."""
         return await self.client.progress(self.id)
+
+    async def checkpoint(self) -> Checkpoint | None:
+        """The newest checkpoint of the job's running attempt (``JobqClient.checkpoint``)."""
+        return await self.client.checkpoint(self.id)
 
     async def wait(self, *, timeout: float | None = None) -> contract.JobRecord:
         records = await self.client.wait([self.id], timeout=timeout)

@@ -1,9 +1,10 @@
-"""The SDK's reads: job records and their progress, accepted results and artifacts, events and
-dead letters (``JobqClient`` inherits them; submitting, waiting and asking live in ``client``).
+"""The SDK's reads: job records with their progress and checkpoints, accepted results and
+artifacts, events and dead letters (``JobqClient`` inherits them; submitting, waiting and asking
+live in ``client``).
 
 A job's outputs are read from its accepted attempt only, through ``broker.readmodel.outputs``,
 the same checks the HTTP API makes; its progress is its current attempt's only
-(``broker.readmodel.progress``).
+(``broker.readmodel.progress``), and so is its live checkpoint (``broker.readmodel.checkpoints``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import nats.js.errors
 from nats.js import JetStreamContext
 
 from broker import contract
+from broker.readmodel import checkpoints as checkpoints_read
 from broker.readmodel import deadletters, outputs
 from broker.readmodel import events as event_log
 from broker.readmodel import progress as progress_read
@@ -25,6 +27,10 @@ from submitter.errors import ArtifactNotFound, JobFailed, JobNotFound, OutputRej
 
 Progress = contract.AttemptProgress
 """An attempt's latest progress: ``job_id``, ``attempt``, ``fraction`` (0..1), ``message``, ``at``."""
+Checkpoint = checkpoints_read.LiveCheckpoint
+"""The running attempt's checkpoints so far: ``job_id``, ``attempt``, ``written``, ``step``, ``at``
+(of the newest), ``resumed_step``, ``resumed_from_attempt``. An ended attempt's are on its record
+(``Attempt.checkpoints``, with ``Attempt.work_lost_s`` when it was disrupted)."""
 ArtifactInfo = outputs.ArtifactInfo
 """One artifact of a job's accepted attempt: ``name``, ``attempt``, ``sha256``, ``size``, ``problem``."""
 
@@ -35,10 +41,12 @@ _FINAL_EVENTS = frozenset(
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class JobStatus:
-    """A job's record and its current attempt's latest progress (None before any report)."""
+    """A job's record, its current attempt's latest progress (None before any report) and, while
+    that attempt runs, its live checkpoint (None until it restores or writes one)."""
 
     record: contract.JobRecord
     progress: Progress | None
+    checkpoint: Checkpoint | None = None
 
     @property
     def phase(self) -> contract.JobPhase:
@@ -70,11 +78,15 @@ class Reading:
             return []
 
     async def status(self, job_id: str) -> JobStatus | None:
-        """The job's record with its current attempt's progress; None when there is no record."""
+        """The job's record with its current attempt's progress and live checkpoint; None when
+        there is no record."""
         record = await self.get(job_id)
         if record is None:
             return None
-        return JobStatus(record=record, progress=await progress_read.current(self.js, record))
+        progress, checkpoint = await asyncio.gather(
+            progress_read.current(self.js, record), checkpoints_read.current(self.js, record)
+        )
+        return JobStatus(record=record, progress=progress, checkpoint=checkpoint)
 
     async def progress(self, job_id: str) -> Progress | None:
         """What the job's current attempt last reported (``ctx.progress``), stored by its pod at
@@ -84,6 +96,13 @@ class Reading:
         if record is None:
             raise JobNotFound(f"no job {job_id}")
         return await progress_read.current(self.js, record)
+
+    async def checkpoint(self, job_id: str) -> Checkpoint | None:
+        """The newest checkpoint of the job's running attempt, from the job's live pointer: None
+        until that attempt restores or writes one, and once it ended (its record's
+        ``Attempt.checkpoints`` then says what it did). A superseded attempt's is never shown.
+        Raises JobNotFound."""
+        return await checkpoints_read.current(self.js, await self._record(job_id))
 
     async def result_of(self, record: contract.JobRecord) -> contract.TaskResult:
         """The accepted result of a finished job: the one its record's ``result_attempt`` names,

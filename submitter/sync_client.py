@@ -27,7 +27,7 @@ from broker import contract
 from submitter.client import JobqClient
 from submitter.errors import JobRefused
 from submitter.loop_thread import ClientClosed, LoopThread
-from submitter.reading import ArtifactInfo, JobStatus
+from submitter.reading import ArtifactInfo, Checkpoint, JobStatus
 
 __all__ = ["ClientClosed", "SyncJobHandle", "SyncJobqClient"]
 
@@ -108,6 +108,9 @@ class SyncJobqClient:
     def progress(self, job_id: str) -> contract.AttemptProgress | None:
         return self._loop.run(self._client.progress(job_id))
 
+    def checkpoint(self, job_id: str) -> Checkpoint | None:
+        return self._loop.run(self._client.checkpoint(job_id))
+
     def artifacts(self, job_id: str) -> builtins.list[ArtifactInfo]:
         return self._loop.run(self._client.artifacts(job_id))
 
@@ -168,6 +171,9 @@ class SyncJobHandle:
 
     def progress(self) -> contract.AttemptProgress | None:
         return self.client.progress(self.id)
+
+    def checkpoint(self) -> Checkpoint | None:
+        return self.client.checkpoint(self.id)
 
     def wait(self, *, timeout: float | None = None) -> contract.JobRecord:
         return self.client.wait([self.id], timeout=timeout)[self.id]

@@ -12,6 +12,8 @@ it is created here with the same essentials (results: history 1).
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import re
 from typing import Any
@@ -110,10 +112,12 @@ class ArtifactStore:
         self._store: ObjectStore | None = None
         self._lock = asyncio.Lock()
 
-    async def put(self, key: str, data: bytes, *, writer: contract.Writer) -> None:
+    async def put(self, key: str, data: bytes, *, writer: contract.Writer, create_only: bool = False) -> None:
         """Store ``data`` under ``key`` stamped with ``writer``. The same writer may replace its
-        own object; one written by anyone else raises ArtifactExists and is kept."""
-        check_artifact_name(key)
+        own object; one written by anyone else raises ArtifactExists and is kept. ``create_only``:
+        never replace an object (a pod may not purge the old one's chunks); the same writer's
+        object with these very bytes counts as written (our own put, retried after a lost reply)."""
+        check_object_key(key)
 
         async def put() -> None:
             store = await self._open()
@@ -126,6 +130,10 @@ class ArtifactStore:
                 if existing != writer:
                     by = existing.model_dump() if existing is not None else "no stamped writer"
                     raise ArtifactExists(f"artifact {key} was already written by {by}; not replacing it")
+                if create_only:
+                    if info.digest == object_digest(data):
+                        return
+                    raise ArtifactExists(f"artifact {key} already holds other bytes; not replacing it")
             meta = api.ObjectMeta(name=key, description=f"written by pod {writer.pod}",
                                   headers=writer.object_headers())
             await store.put(key, data, meta=meta)
@@ -134,7 +142,7 @@ class ArtifactStore:
 
     async def get(self, key: str) -> tuple[bytes, contract.Writer | None]:
         """The object under ``key`` and its stamped writer; ArtifactNotFound if there is none."""
-        check_artifact_name(key)
+        check_object_key(key)
 
         async def get() -> tuple[bytes, contract.Writer | None]:
             store = await self._open()
@@ -204,9 +212,23 @@ async def accepted_result(js: JetStreamContext, job_id: str) -> tuple[int, contr
     return attempt.number, result
 
 
+def check_object_key(key: str) -> None:
+    """An object name in the artifact store: path segments of letters, digits, -_=. (no ``..``)."""
+    if not _ARTIFACT_NAME.match(key) or ".." in key.split("/"):
+        raise ValueError(f"artifact name {key!r} must be path segments of letters, digits, -_=.")
+
+
 def check_artifact_name(name: str) -> None:
-    if not _ARTIFACT_NAME.match(name) or ".." in name.split("/"):
-        raise ValueError(f"artifact name {name!r} must be path segments of letters, digits, -_=.")
+    """A task's own artifact name: ``check_object_key``, and no segment reserved for checkpoints."""
+    check_object_key(name)
+    if contract.CHECKPOINT_SEGMENT in name.split("/"):
+        raise ValueError(f"artifact name {name!r} uses the segment {contract.CHECKPOINT_SEGMENT!r}, "
+                         "reserved for the job's checkpoints (ctx.checkpoint)")
+
+
+def object_digest(data: bytes) -> str:
+    """The digest the object store keeps for ``data`` (``SHA-256=<url-safe base64>``)."""
+    return "SHA-256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode()
 
 
 async def _results_bucket(js: JetStreamContext) -> KeyValue:

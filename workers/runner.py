@@ -8,7 +8,9 @@ resolves and runs the task, creates ``contract.TaskResult`` in ``jobq_results`` 
 Every result and artifact is stamped with its writer (``contract.Writer``: pod, pod uid, node and
 the machine's boot id, from /proc/sys/kernel/random/boot_id); a result key that holds another
 writer's result is never overwritten (exit EXIT_RESULT_EXISTS). The exit code is the interface to
-the dispatcher: see the EXIT_* constants; a task can choose its own with TaskExit.
+the dispatcher: see the EXIT_* constants; a task can choose its own with TaskExit. A task whose
+checkpoints a newer attempt took (tasks.Superseded, docs/design/checkpoints.md) exits
+EXIT_SUPERSEDED without a result.
 SIGTERM/SIGINT stop the attempt (an async task is cancelled; a thread cannot be, so the process
 exits without waiting for it) with exit code 128 + signal; a second signal exits at once.
 """
@@ -34,7 +36,7 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from broker import contract, logsetup, natsutil
-from workers import heartbeat, progress, results, runner_context, runner_settings, tasks
+from workers import checkpoints, heartbeat, progress, results, runner_context, runner_settings, tasks
 from workers.tasks import registry
 
 EXIT_OK = 0
@@ -48,6 +50,8 @@ EXIT_NATS_UNREACHABLE = contract.EXIT_NATS_UNREACHABLE
 """NATS could not be reached within JOBQ_NATS_WAIT_S, or the result could not be written."""
 EXIT_RESULT_EXISTS = contract.EXIT_RESULT_EXISTS
 """Another writer's result is already stored under this attempt's key: it was left alone."""
+EXIT_SUPERSEDED = contract.EXIT_SUPERSEDED
+"""The task raised tasks.Superseded: a newer attempt owns the job's checkpoints. No result."""
 
 log = structlog.get_logger("workers.runner")
 
@@ -177,10 +181,14 @@ async def _run_connected(nc: NATS, settings: runner_settings.RunnerSettings) -> 
         await kept.flush(timeout_s=progress.FINAL_TIMEOUT_S)
 
     try:
+        writer = settings.writer(boot_id=runner_settings.read_boot_id())
+        artifacts = results.ArtifactStore(nc.jetstream())
+        checkpointer = checkpoints.Checkpointer(
+            nc.jetstream(), job_id=settings.job_id, attempt=settings.attempt, writer=writer,
+            artifacts=artifacts)
         ctx = runner_context.RunnerContext(
-            job_id=settings.job_id, attempt=settings.attempt, node=settings.node,
-            writer=settings.writer(boot_id=runner_settings.read_boot_id()), progress=reporter,
-            artifacts=results.ArtifactStore(nc.jetstream()), loop=loop)
+            job_id=settings.job_id, attempt=settings.attempt, node=settings.node, writer=writer,
+            progress=reporter, artifacts=artifacts, checkpointer=checkpointer, loop=loop)
         return await _execute(nc, settings, ctx=ctx, stop=stop, before_result=progress_done)
     finally:
         stop.remove()
@@ -219,6 +227,10 @@ async def _execute(nc: NATS, settings: runner_settings.RunnerSettings, *,
         return await _stopped(work, stop, thread_running=thread.running)
     try:
         output = results.jsonable(work.result())
+    except tasks.Superseded as exc:
+        _stderr(f"jobq-runner: {exc}")
+        log.warning("task_superseded", task=settings.task, exit_code=exc.code, reason="superseded")
+        return _Outcome(exc.code)
     except tasks.TaskExit as exc:
         if exc.code != EXIT_OK:
             _stderr(f"jobq-runner: {exc}")

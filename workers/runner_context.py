@@ -1,4 +1,5 @@
-"""The TaskContext the runner gives a task: progress, and artifacts stamped with the pod's writer."""
+"""The TaskContext the runner gives a task: progress, artifacts stamped with the pod's writer, and
+the job's checkpoints (``workers.checkpoints``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any, TypeVar
 import structlog
 
 from broker import contract
-from workers import heartbeat, results, tasks
+from workers import checkpoints, heartbeat, results, tasks
 
 log = structlog.get_logger("workers.runner")
 _T = TypeVar("_T")
@@ -23,13 +24,14 @@ class RunnerContext:
 
     def __init__(self, *, job_id: str, attempt: int, node: str | None, writer: contract.Writer,
                  progress: heartbeat.ProgressReporter, artifacts: results.ArtifactStore,
-                 loop: asyncio.AbstractEventLoop) -> None:
+                 checkpointer: checkpoints.Checkpointer, loop: asyncio.AbstractEventLoop) -> None:
         self.job_id = job_id
         self.attempt = attempt
         self.node = node
         self.writer = writer
         self._progress = progress
         self._artifacts = artifacts
+        self._checkpointer = checkpointer
         self._loop = loop
         self.saved: dict[str, str] = {}
         """Artifacts this attempt saved: name -> digest (listed in its result)."""
@@ -72,18 +74,17 @@ class RunnerContext:
             raise tasks.ArtifactNotFound(f"artifact {key} holds bytes {whose} did not save")
         return data
 
-    # Checkpoints: stubs until workers/checkpoints.py lands (issue 17).
     def checkpoint(self, state: bytes, *, step: int) -> None:
-        raise NotImplementedError
+        self._blocking(self.acheckpoint(state, step=step))
 
     def restore(self) -> tasks.Restored | None:
-        raise NotImplementedError
+        return self._blocking(self.arestore())
 
     async def acheckpoint(self, state: bytes, *, step: int) -> None:
-        raise NotImplementedError
+        await self._checkpointer.checkpoint(state, step=step)
 
     async def arestore(self) -> tasks.Restored | None:
-        raise NotImplementedError
+        return await self._checkpointer.restore()
 
     def _blocking(self, coroutine: Coroutine[Any, Any, _T]) -> _T:
         try:
@@ -92,5 +93,6 @@ class RunnerContext:
             running = None
         if running is self._loop:  # blocking here would deadlock the loop
             coroutine.close()
-            raise RuntimeError("an async task must use 'await ctx.asave_artifact/aload_artifact'")
+            raise RuntimeError("an async task must use 'await ctx.asave_artifact/aload_artifact/"
+                               "acheckpoint/arestore'")
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()

@@ -47,7 +47,7 @@ class CheckpointPointer(Model):
 
     job_id: str
     owner: int = Field(ge=1, description="The attempt that may change this pointer (the fencing token)")
-    seq: int = Field(default=0, ge=0,
+    seq: int = Field(default=0, ge=0, le=MAX_CHECKPOINT_STEP,
                      description="Checkpoints the owner has written; its next object is seq + 1")
     step: int | None = Field(default=None, ge=0, le=MAX_CHECKPOINT_STEP,
                              description="The task's step of the newest checkpoint; "

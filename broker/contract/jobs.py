@@ -93,10 +93,19 @@ class JobSpec(Model):
         return self
 
     @property
+    def profile_name(self) -> str:
+        """The profile the job runs with unless it gives ``resources``: its own, else its built-in
+        task's (``BUILTIN_TASKS[task].profile``: ``medium`` for ``tf.train``), else ``small``."""
+        if self.profile is not None:
+            return self.profile
+        builtin = BUILTIN_TASKS.get(self.task) if self.task is not None else None
+        return builtin.profile if builtin is not None else "small"
+
+    @property
     def requests(self) -> Resources:
         if self.resources is not None:
             return self.resources
-        return PROFILES[self.profile or "small"]
+        return PROFILES[self.profile_name]
 
     @property
     def dedupe_key(self) -> str:
@@ -139,7 +148,8 @@ MAX_CHECKPOINT_STEP = 2**53 - 1
 class AttemptCheckpoints(Model):
     """What one attempt did with checkpoints, kept on its record by the dispatcher when it ends."""
 
-    written: int = Field(default=0, ge=0, description="Checkpoints this attempt wrote")
+    written: int = Field(default=0, ge=0, le=MAX_CHECKPOINT_STEP,
+                         description="Checkpoints this attempt wrote")
     step: int | None = Field(default=None, ge=0, le=MAX_CHECKPOINT_STEP,
                              description="The step of its newest checkpoint")
     at: dt.datetime | None = Field(default=None, description="When that checkpoint was written")

@@ -21,10 +21,11 @@ def effective_avoid(
 
 
 def requests(spec: contract.JobSpec, limits: Limits) -> contract.Resources:
-    """The job's resources, or its profile's (``small`` if none) as the operator overrides it."""
+    """The job's resources, or its profile's (``spec.profile_name``: its own, else its built-in
+    task's, else ``small``) as the operator overrides it."""
     if spec.resources is not None:
         return spec.resources
-    return limits.profiles.get(spec.profile or "small") or spec.requests
+    return limits.profiles.get(spec.profile_name) or spec.requests
 
 
 def env(job: contract.JobRecord, attempt: contract.Attempt, limits: Limits) -> dict[str, str]:

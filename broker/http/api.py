@@ -1,5 +1,5 @@
-"""The JSON API: jobs (with their progress), nodes, queues, dead letters, live events, and two
-guarded mutations; a job's artifacts are served by ``artifacts.py``.
+"""The JSON API: jobs (with their progress and checkpoints), nodes, queues, dead letters, live
+events, and two guarded mutations; a job's artifacts are served by ``artifacts.py``.
 
 Reads come from the dispatcher's in-memory job index (every dispatcher, leader or standby, keeps
 one), the backend's node list and JetStream, through the read model (``broker.readmodel``);
@@ -26,7 +26,7 @@ from broker.dispatcher import logs
 from broker.http import access, responses, streams
 from broker.http.keys import DISPATCHER, HUB, METRICS
 from broker.http.params import JOB_ID, QUEUE, bad_param, error, int_param, job_id_of, query
-from broker.readmodel import deadletters, progress, recovery, retries
+from broker.readmodel import checkpoints, deadletters, progress, recovery, retries
 from broker.readmodel import events as event_log
 
 # --- answers ----------------------------------------------------------------------------------
@@ -96,10 +96,12 @@ async def list_jobs(request: web.Request) -> web.Response:
         records = records[offset:]
     page = records[:limit]
     more = len(records) > limit
-    running = await progress.of_running(request.app[DISPATCHER].store.js, page)
+    js = request.app[DISPATCHER].store.js
+    running, live = await asyncio.gather(progress.of_running(js, page), checkpoints.of_running(js, page))
     return answer(
         responses.JobPage(
-            jobs=[responses.JobSummary.of(r, progress=running.get(r.spec.id)) for r in page],
+            jobs=[responses.JobSummary.of(r, progress=running.get(r.spec.id), checkpoint=live.get(r.spec.id))
+                  for r in page],
             total=total,
             limit=limit,
             offset=None if "cursor" in params else offset,
@@ -116,9 +118,10 @@ async def get_job(request: web.Request) -> web.Response:
         raise error(404, "not_found", f"no job {job_id}")
     js = request.app[DISPATCHER].store.js
     found = await event_log.job_events(js, job_id)
+    reported, live = await asyncio.gather(progress.current(js, record), checkpoints.current(js, record))
     return answer(
         responses.JobDetail(
-            job=responses.JobSummary.of(record, progress=await progress.current(js, record)),
+            job=responses.JobSummary.of(record, progress=reported, checkpoint=live),
             record=record,
             attempts=[responses.AttemptView.of(a) for a in record.attempts],
             events=found,

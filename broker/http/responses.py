@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from broker import contract
-from broker.readmodel import outputs, recovery, retries
+from broker.readmodel import checkpoints, outputs, recovery, retries
 from broker.readmodel.times import OptionalTime
 
 Counts = dict[str, int]
@@ -47,10 +47,23 @@ class JobSummary(_Response):
     progress: contract.AttemptProgress | None = Field(
         default=None, description="What the current attempt last reported (lists: running jobs only)"
     )
+    checkpoint: checkpoints.LiveCheckpoint | None = Field(
+        default=None,
+        description="The running attempt's newest checkpoint and what it resumed from, from the job's "
+        "live pointer (None once the attempt ended: see its `checkpoints`)",
+    )
+    work_lost_s: float | None = Field(
+        default=None, description="Seconds of work the job's disrupted attempts threw away, summed "
+        "(each attempt's `work_lost_s`; None: none recorded)"
+    )
 
     @classmethod
     def of(
-        cls, record: contract.JobRecord, *, progress: contract.AttemptProgress | None = None
+        cls,
+        record: contract.JobRecord,
+        *,
+        progress: contract.AttemptProgress | None = None,
+        checkpoint: checkpoints.LiveCheckpoint | None = None,
     ) -> JobSummary:
         current = record.current
         return cls(
@@ -70,6 +83,8 @@ class JobSummary(_Response):
             updated_at=record.updated_at,
             finished_at=record.finished_at,
             progress=progress,
+            checkpoint=checkpoint,
+            work_lost_s=checkpoints.work_lost(record),
         )
 
 

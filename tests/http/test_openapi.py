@@ -81,3 +81,14 @@ def test_bearer_security_is_declared_where_the_token_is_checked() -> None:
     assert not access.needs_token("/metrics", settings.HttpSettings(token="t", metrics_open=True))
     assert access.needs_token("", configured)  # a path no route matches
     assert {path for _, path in _documented()} >= access.OPEN_ROUTES
+
+
+def test_jobs_carry_checkpoints_and_work_lost() -> None:
+    schemas = openapi.document()["components"]["schemas"]
+    summary = schemas["JobSummary"]["properties"]
+    assert "LiveCheckpoint" in json.dumps(summary["checkpoint"]) and "work_lost_s" in summary
+    assert {"job_id", "attempt", "written", "step", "at", "resumed_step", "resumed_from_attempt"} == set(
+        schemas["LiveCheckpoint"]["properties"]
+    )
+    attempt = schemas["AttemptView"]["properties"]
+    assert "AttemptCheckpoints" in json.dumps(attempt["checkpoints"]) and "work_lost_s" in attempt

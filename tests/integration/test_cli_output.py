@@ -80,6 +80,7 @@ async def test_every_format_says_what_nats_holds(stack: Stack, client: JobqClien
     assert record == {
         **(await client.get("from-file")).model_dump(mode="json"),  # type: ignore[union-attr]
         "progress": progress.model_dump(mode="json"),
+        "checkpoint": None,  # it ended (and never checkpointed): its attempts carry their checkpoints
     }
     assert json.loads(await ok("status", "from-file", "--json", env=env)) == record
     assert yaml.safe_load(await ok("status", "from-file", "-o", "yaml", env=env)) == record

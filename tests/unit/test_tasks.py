@@ -321,7 +321,27 @@ def test_artifact_names_accepted(name: str) -> None:
     results.check_artifact_name(name)
 
 
-@pytest.mark.parametrize("name", ["", "/abs", "a//b", "a/../b", "sp ace", "a/"])
+@pytest.mark.parametrize(
+    "name", ["", "/abs", "a//b", "a/../b", "sp ace", "a/", ".checkpoint/1", "a/.checkpoint"]
+)
 def test_artifact_names_rejected(name: str) -> None:
     with pytest.raises(ValueError):
         results.check_artifact_name(name)
+
+
+def test_checkpoint_objects_are_object_keys_but_no_artifact_names() -> None:
+    key = contract.checkpoint_object_key("job-1", 2, 3)
+    results.check_object_key(key)
+    with pytest.raises(ValueError, match="reserved for the job's checkpoints"):
+        results.check_artifact_name(key.split("/", 2)[2])
+    results.check_artifact_name("a/.checkpoints/b")  # only the segment itself is reserved
+
+
+def test_object_digest_is_the_object_stores_form() -> None:
+    # sha256(b"abc"), url-safe base64, as nats-py's object store records it in ObjectInfo.digest.
+    assert results.object_digest(b"abc") == "SHA-256=ungWv48Bz-pBQUDeXa4iI7ADYaOWF3qctBD_YfIAFa0="
+
+
+def test_superseded_exits_6() -> None:
+    exit_ = tasks.Superseded("attempt 3 owns the checkpoints")
+    assert isinstance(exit_, tasks.TaskExit) and exit_.code == contract.EXIT_SUPERSEDED == 6

@@ -28,7 +28,7 @@ from broker.contract.names import EXIT_SUPERSEDED
 __all__ = [
     "ArtifactNotFound", "AsyncTask", "BadArgs", "Restored", "Superseded", "SyncTask", "Task",
     "TaskContext", "TaskExit",
-    "check_keys", "choice_arg", "dict_arg", "float_arg", "int_arg",
+    "bool_arg", "check_keys", "choice_arg", "dict_arg", "float_arg", "int_arg",
 ]
 
 
@@ -162,6 +162,13 @@ def float_arg(args: Mapping[str, Any], key: str, *, default: float,
         raise BadArgs(f"argument {key!r} must be a number, not {value!r}")
     _check_range(key, value, low, high)
     return float(value)
+
+
+def bool_arg(args: Mapping[str, Any], key: str, *, default: bool) -> bool:
+    value = args.get(key, default)
+    if not isinstance(value, bool):
+        raise BadArgs(f"argument {key!r} must be true or false, not {value!r}")
+    return value
 
 
 def choice_arg(args: Mapping[str, Any], key: str, *, default: _T, choices: Sequence[_T]) -> _T:

@@ -265,6 +265,20 @@ function progressOf(p) {
     p.message ? el("span", { class: "pmsg" }, p.message) : null);
 }
 
+// An attempt's checkpoints (Attempt.checkpoints, or the running attempt's live `checkpoint`):
+// its newest step and when, and the step (and attempt) it resumed from.
+function checkpointText(c) {
+  if (!c) return "-";
+  let text = c.written && c.step !== null ? `step ${c.step}${c.at ? ` at ${time(c.at)}` : ""}` : "none written";
+  if (c.resumed_step !== null && c.resumed_step !== undefined) {
+    text += ` (resumed from step ${c.resumed_step}` +
+      (c.resumed_from_attempt ? ` of attempt ${c.resumed_from_attempt})` : ")");
+  }
+  return text;
+}
+
+function lost(v) { return v === null || v === undefined ? "-" : `${Number(v).toFixed(1)} s`; }
+
 function renderJobs(data) {
   const first = data.jobs.length ? view.jobOffset + 1 : 0;
   $("jobs-total").textContent = `${first}-${view.jobOffset + data.jobs.length} of ${data.total}`;
@@ -355,8 +369,11 @@ async function showDetail(jobId) {
   if (view.jobId !== jobId) return;
   const j = detail.job;
   const summary = clear($("detail-summary"));
-  const fields = [["state", j.phase], ["progress", progressOf(j.progress)], ["queue", j.queue], ["task", j.task],
-    ["attempts", j.attempts],
+  const fields = [["state", j.phase], ["progress", progressOf(j.progress)],
+    ["checkpoint", el("span", { "data-live-checkpoint": j.checkpoint ? j.checkpoint.attempt : "" },
+      checkpointText(j.checkpoint))],
+    ["work lost", el("span", { "data-work-lost-total": "" }, lost(j.work_lost_s))],
+    ["queue", j.queue], ["task", j.task], ["attempts", j.attempts],
     ["node", j.node || "-"], ["reason", j.reason || "-"], ["submitted", time(j.submitted_at)],
     ["finished", time(j.finished_at)], ["retries", Object.entries(j.retries).map(([k, v]) => `${k}=${v}`).join(", ") || "-"]];
   for (const [k, v] of fields) summary.append(el("div", {}, el("span", {}, k), v));
@@ -369,20 +386,22 @@ async function showDetail(jobId) {
     rows.push(el("tr", { "data-attempt": a.number },
       el("td", {}, a.number), el("td", { class: `state ${a.state}` }, a.state), el("td", {}, a.node || "-"),
       el("td", {}, a.reason || "-"), el("td", {}, a.exit_code ?? "-"), el("td", {}, secs(a.start_seconds)),
-      el("td", {}, secs(a.run_seconds)), el("td", { class: "msg" }, a.message),
+      el("td", {}, secs(a.run_seconds)),
+      el("td", { "data-checkpoint": a.number }, checkpointText(a.checkpoints)),
+      el("td", { "data-work-lost": a.number }, lost(a.work_lost_s)), el("td", { class: "msg" }, a.message),
       el("td", {}, el("button", { type: "button", "data-log": a.number,
                                   onclick: () => showLog(jobId, a.number) }, "output"))));
     if (a.state === "failed" && a.log_tail) {
       rows.push(el("tr", { class: "tail", "data-tail": a.number }, el("td", {}),
-        el("td", { colspan: 8 }, el("div", { class: "muted" }, "last output"), el("pre", {}, a.log_tail))));
+        el("td", { colspan: 10 }, el("div", { class: "muted" }, "last output"), el("pre", {}, a.log_tail))));
     }
     const current = i === detail.attempts.length - 1;
     if (current && ["creating", "pending"].includes(a.state) && a.waiting_reason) {
       rows.push(el("tr", { class: "waiting", "data-waiting": a.number }, el("td", {}),
-        el("td", { colspan: 8, class: "msg" }, `waiting: ${a.waiting_reason}`)));
+        el("td", { colspan: 10, class: "msg" }, `waiting: ${a.waiting_reason}`)));
     }
   });
-  fill($("attempts").tBodies[0], rows, 9, "no attempt yet");
+  fill($("attempts").tBodies[0], rows, 11, "no attempt yet");
   await renderArtifacts(jobId, j.phase);
   const events = clear($("events"));
   for (const e of detail.events) {
