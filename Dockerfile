@@ -6,9 +6,14 @@
 #   docker build -t jobq:0.1.0 .
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# The extras installed: `server` runs the dispatcher and every built-in task but tf.train; nodes
+# that run tf.train need an image built with TensorFlow (CPU, ~1.3 GB more):
+#   docker build --build-arg EXTRAS=server,tf -t jobq-tf:0.1.0 .
+ARG EXTRAS=server
 
 # --- build: install jobq and its dependencies into a virtualenv --------------------------------
 FROM ${PYTHON_IMAGE} AS build
+ARG EXTRAS
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/jobq
 WORKDIR /src
@@ -18,7 +23,7 @@ COPY pyproject.toml README.md ./
 # extra only its client: the dev cluster's binaries stay out.
 RUN mkdir -p jobq broker workers submitter chaos \
  && touch jobq/__init__.py broker/__init__.py workers/__init__.py submitter/__init__.py chaos/__init__.py \
- && /opt/jobq/bin/pip install '.[server]' 'kubernetes_asyncio>=33' \
+ && /opt/jobq/bin/pip install ".[${EXTRAS}]" 'kubernetes_asyncio>=33' \
  && /opt/jobq/bin/pip uninstall -y jobq
 # Not copied: devcluster/ (the dev cluster's Go-build and PKI tooling; `jobq dev-cluster` is then
 # absent) and _chaosjobq/ (Chaos Toolkit's name for the extension; chaostoolkit is not installed).
