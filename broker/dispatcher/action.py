@@ -1,7 +1,8 @@
 """Action: the one step decide() returns, and builders of the events and dead letter it carries.
 
 ``reconcile`` carries an Action out in a fixed order (the fence): dead letter, record
-(compare-and-set), events, pod deletes, pod create.
+(compare-and-set), events, checkpoint objects no pointer will reference again, pod deletes, pod
+create.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ class Action:
     dead_letter: contract.DeadLetter | None = None
     requeue_after: float | None = None
     summary: str = "noop"
+    drop_checkpoints: tuple[str, ...] = ()
+    """Checkpoint objects no pointer will reference again, deleted once the record is written
+    (``broker.dispatcher.checkpoints``)."""
 
     def __post_init__(self) -> None:
         if self.record is not None:

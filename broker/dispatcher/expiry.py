@@ -4,7 +4,8 @@ One job's deletion, each step fenced by the lease and each safe to repeat:
 
 1. mark the record ``expired_at`` (compare-and-set, with our epoch): from here on every reader
    treats the job as gone, and a re-drive or a cancel finds nothing to change;
-2. purge the artifacts its attempts' results name, then the results (``<job>.<attempt>``);
+2. purge the artifacts its attempts' results name, its checkpoint objects, then its checkpoint
+   pointer and the results (``<job>.<attempt>``);
 3. purge the record (compare-and-set on the marked revision).
 
 A crash or a lost lease anywhere leaves a marked record (due at once, whoever leads next finishes
@@ -21,7 +22,7 @@ from collections.abc import Callable
 
 import structlog
 
-from broker import contract, store, store_expiry
+from broker import checkpoint_gc, checkpoint_store, contract, store, store_expiry
 from broker.dispatcher.index import JobIndex
 from broker.dispatcher.lease import LeaseLost
 from broker.dispatcher.retention import ExpiryHeap, RetentionPolicy
@@ -129,6 +130,11 @@ class Sweeper:
         for name in await self._artifact_keys(record):
             self._fence(0)
             await store_expiry.purge_artifact(self._store, name)
+        self._fence(0)
+        pointer = await checkpoint_store.read_pointer(self._store, job_id)
+        await checkpoint_store.purge_objects(self._store, checkpoint_gc.every_object(record, pointer))
+        self._fence(0)
+        await checkpoint_store.purge_pointer(self._store, job_id)
         self._fence(0)
         await store_expiry.purge_results(self._store, job_id)
         self._fence(0)

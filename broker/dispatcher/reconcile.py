@@ -1,7 +1,8 @@
 """One reconcile pass for one job: read desired and observed state, decide, apply.
 
 Apply order is the fence: the dead-letter record (idempotent by msg id) first, then the job
-record by compare-and-set, then events, then pod side effects. A crash anywhere leaves a state
+record by compare-and-set (an attempt it ends stamped with its checkpoints: ``checkpoints``), then
+events, then garbage checkpoint objects, then pod side effects. A crash anywhere leaves a state
 the next pass heals: a record that names an attempt whose pod does not exist yet gets the pod
 created (idempotently, same name); a pod that no record names any more is deleted.
 
@@ -28,6 +29,7 @@ from broker.backends import base
 from broker.dispatcher import decide as decisions
 from broker.dispatcher import node_health, placement, pod_spec
 from broker.dispatcher.action import Action
+from broker.dispatcher.checkpoints import Checkpoints
 from broker.dispatcher.index import JobIndex
 from broker.dispatcher.limits import Limits
 from broker.dispatcher.observation import CreateFailure, CreateOutcome, Observed
@@ -91,6 +93,9 @@ class Observer:
     def expired(self, record: contract.JobRecord) -> None:
         """The retention sweeper deleted this finished job (its outputs, then its record)."""
 
+    def checkpointed(self, record: contract.JobRecord, count: int) -> None:
+        """The leader saw the job's pointer move on by ``count`` new checkpoints."""
+
 
 class Fence(Protocol):
     """What lets a pass act: the leader's lease (``broker.dispatcher.lease.Lease``)."""
@@ -128,6 +133,8 @@ class Reconciler:
         self.waiting = WaitingRoom(wake=self._wake)
         """Queued jobs that cannot start now, each woken by the change that can release it."""
         index.subscribe(self.waiting.changed)
+        self.checkpoints = Checkpoints(st=store, backend=backend, heartbeats=heartbeats, index=index,
+                                       counter=self._observer)
         self._create_outcomes: dict[str, tuple[int, CreateOutcome]] = {}
         """Job -> the backend's refusal of its pod, with the record revision the create was made
         at: an observation for the next pass while the record stays at that revision."""
@@ -144,6 +151,7 @@ class Reconciler:
         pods = tuple(await self._backend.list_pods(job_id=job_id))
         seen = await self._observe(record, pods, create_outcome=self._create_outcome(job_id, revision))
         action = decisions.decide(record, seen, now=self._clock(), rng=self._rng, limits=self._limits)
+        action = await self.checkpoints.stamp(record, action)  # an attempt ends: what it checkpointed
         if action.record is not None:  # the record moves on: the outcome was acted on, or is moot
             self._create_outcomes.pop(job_id, None)
         lost = frozenset(p.name for p in seen.pods if not p.node_ready)
@@ -301,6 +309,9 @@ class Reconciler:
         # back by the next pass and was never an attempt anyone saw.
         created = contract.EventType.ATTEMPT_CREATED
         await self._publish([e for e in action.events if action.create is None or e.type != created])
+        if action.drop_checkpoints:
+            self._fence.check()
+            await self.checkpoints.collect(job_id, action.drop_checkpoints)
         if action.delete and not await self._delete(record, revision, action.delete, force_delete):
             return 0.0
         if action.create is not None:

@@ -14,6 +14,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 RUN_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
 RECOVERY_BUCKETS = (1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 120, 300, 600)
+WORK_LOST_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 21600, 86400)
 
 OUTCOMES = (contract.JobPhase.SUCCEEDED, contract.JobPhase.DEAD, contract.JobPhase.CANCELLED)
 _NOT_RETRIED = {
@@ -21,6 +22,8 @@ _NOT_RETRIED = {
     for r in ("cancelled", "invalid", "undeliverable", "non_retryable", "start_error", "refused")
 }
 RETRY_REASONS = tuple(r for r in contract.FailureReason if r not in _NOT_RETRIED)
+DISRUPTIONS = tuple(r for r in contract.FailureReason if r.is_disruption)
+"""The reasons of attempts that can lose work (``jobq_work_lost_seconds``)."""
 
 DEFAULT_QUEUE: str = contract.JobSpec.model_fields["queue"].default
 """Always exported (at zero before its first job), so rate() over it starts from a sample."""
@@ -39,6 +42,8 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "jobq_dispatch_latency_seconds": ("histogram", ("queue",)),
     "jobq_run_seconds": ("histogram", ("queue", "outcome")),
     "jobq_recovery_seconds": ("histogram", ()),
+    "jobq_checkpoints_total": ("counter", ("queue",)),
+    "jobq_work_lost_seconds": ("histogram", ("reason",)),
     "jobq_jobs": ("gauge", ("queue", "state")),
     "jobq_queue_depth": ("gauge", ("queue",)),
     "jobq_oldest_waiting_seconds": ("gauge", ("queue",)),

@@ -27,7 +27,15 @@ from broker.backends import base
 from broker.dispatcher import reconcile
 from broker.dispatcher.action import Action
 from broker.metrics import catalogue, scrape
-from broker.metrics.catalogue import LATENCY_BUCKETS, OUTCOMES, RECOVERY_BUCKETS, RETRY_REASONS, RUN_BUCKETS
+from broker.metrics.catalogue import (
+    DISRUPTIONS,
+    LATENCY_BUCKETS,
+    OUTCOMES,
+    RECOVERY_BUCKETS,
+    RETRY_REASONS,
+    RUN_BUCKETS,
+    WORK_LOST_BUCKETS,
+)
 from broker.metrics.waiting import OldestWaiting
 from broker.readmodel import backlog, recovery
 
@@ -128,6 +136,21 @@ class Metrics(reconcile.Observer):
             buckets=RECOVERY_BUCKETS,
             registry=r,
         )
+        self.checkpoints = Counter(
+            "jobq_checkpoints",
+            "Checkpoints written by task attempts (new ones seen on the jobs' pointers).",
+            ["queue"],
+            registry=r,
+        )
+        self.work_lost = Histogram(
+            "jobq_work_lost_seconds",
+            "Work a disrupted attempt threw away: its newest checkpoint (or start) -> its last sign of life.",
+            ["reason"],
+            buckets=WORK_LOST_BUCKETS,
+            registry=r,
+        )
+        for reason in DISRUPTIONS:
+            self.work_lost.labels(reason=reason.value)
         self.failures: collections.deque[recovery.NodeFailure] = collections.deque(maxlen=failures_kept)
         self._nodes: dict[str, base.NodeState] = {}
         self._node_listeners: list[NodeListener] = []
@@ -188,6 +211,7 @@ class Metrics(reconcile.Observer):
         self.attempts.labels(queue=queue)
         self.unschedulable_total.labels(queue=queue)
         self.expired_total.labels(queue=queue)
+        self.checkpoints.labels(queue=queue)
         self.wait.labels(queue=queue)
         self.dispatch.labels(queue=queue)
         for state in (contract.AttemptState.SUCCEEDED, contract.AttemptState.FAILED):
@@ -228,6 +252,8 @@ class Metrics(reconcile.Observer):
                 ran = recovery.seconds(attempt.started_at, attempt.finished_at)
                 if ran is not None:
                     self.run.labels(queue=queue, outcome=attempt.state.value).observe(ran)
+                if attempt.work_lost_s is not None and attempt.reason is not None:
+                    self.work_lost.labels(reason=attempt.reason.value).observe(attempt.work_lost_s)
 
     def _started(self, record: contract.JobRecord, attempt: contract.Attempt) -> None:
         earlier = record.attempts[: attempt.number - 1]
@@ -246,6 +272,10 @@ class Metrics(reconcile.Observer):
 
     def expired(self, record: contract.JobRecord) -> None:
         self.expired_total.labels(queue=record.spec.queue).inc()
+
+    def checkpointed(self, record: contract.JobRecord, count: int) -> None:
+        self._queue(record.spec.queue)
+        self.checkpoints.labels(queue=record.spec.queue).inc(count)
 
     def unschedulable(self, job_id: str) -> None:
         record = self._sources.index.get(job_id) if self._sources else None

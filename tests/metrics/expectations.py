@@ -56,6 +56,10 @@ class Evidence:
     oldest_waiting: float
     """The leader's ``jobq_oldest_waiting_seconds`` at the last instant: checked against the stuck
     job's submitted_at and the scrape's wall time in Python, only its aggregation here."""
+    checkpoints: int
+    """Checkpoints the attempts wrote, as their records' stamped summaries say."""
+    work_lost: dict[str, list[float]]
+    """Per reason: the ``work_lost_s`` stamped on the records' disrupted attempts."""
     reconciles: float
     reconcile_errors: float
     """The leader's own counter deltas (no evidence outside the dispatcher counts passes; the
@@ -97,6 +101,16 @@ def _run_quantile(q: float) -> Check:
         return QUANTILE, [
             ({"outcome": k}, _quantile(q, v, catalogue.RUN_BUCKETS)) for k, v in sorted(e.runs.items())
         ]
+
+    return check
+
+
+def _work_lost_quantile(q: float) -> Check:
+    def check(e: Evidence) -> tuple[str, Samples]:
+        if not e.work_lost:  # no disrupted attempt: an empty histogram, NaN
+            return ABSENT, _one(1)
+        buckets = catalogue.WORK_LOST_BUCKETS
+        return QUANTILE, [({"reason": k}, _quantile(q, v, buckets)) for k, v in sorted(e.work_lost.items())]
 
     return check
 
@@ -188,6 +202,14 @@ CHECKS: dict[str, Check] = {
         [({"node": n}, 0 if n == e.killed_node else 1) for n in e.nodes],
     ),
     "max by (node) (jobq_node_pods)": lambda e: (SAME, [({"node": n}, 0) for n in e.nodes]),
+    # --- checkpoints ----------------------------------------------------------------------
+    f'sum(rate(jobq_checkpoints_total{{queue=~"{Q}"}}[5m]))': lambda e: (RATE, _one(e.checkpoints)),
+    "histogram_quantile(0.5, sum by (le, reason) (rate(jobq_work_lost_seconds_bucket[15m])))": (
+        _work_lost_quantile(0.5)
+    ),
+    "histogram_quantile(0.95, sum by (le, reason) (rate(jobq_work_lost_seconds_bucket[15m])))": (
+        _work_lost_quantile(0.95)
+    ),
     # --- dispatcher -----------------------------------------------------------------------
     "sum(rate(jobq_reconciles_total[5m]))": lambda e: (RATE, _one(round(e.reconciles))),
     "sum(rate(jobq_reconcile_errors_total[5m]))": lambda e: (RATE, _one(round(e.reconcile_errors))),

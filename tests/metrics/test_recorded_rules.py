@@ -19,6 +19,7 @@ import collections
 import functools
 import signal
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import aiohttp
@@ -160,6 +161,8 @@ async def test_two_dispatchers_count_each_job_once(tmp_path: Path, helm: Path, p
         instances=list(recording.instances),
         unstarted_attempts=sum(1 for r in records.values() for a in r.attempts if not a.started_at),
         oldest_waiting=oldest,
+        checkpoints=sum(a.checkpoints.written for r in records.values() for a in r.attempts if a.checkpoints),
+        work_lost=_work_lost(records.values()),
         reconciles=_delta(first, final, live.instance(leader), "jobq_reconciles_total"),
         reconcile_errors=_delta(first, final, live.instance(leader), "jobq_reconcile_errors_total"),
         rss={i: live.value(final[i], "process_resident_memory_bytes") or 0 for i in recording.instances},
@@ -194,6 +197,15 @@ async def test_two_dispatchers_count_each_job_once(tmp_path: Path, helm: Path, p
         ),
     )
     promql.check_recording(promtool, test_file)
+
+
+def _work_lost(records: Iterable[contract.JobRecord]) -> dict[str, list[float]]:
+    lost: dict[str, list[float]] = collections.defaultdict(list)
+    for record in records:
+        for a in record.attempts:
+            if a.work_lost_s is not None and a.reason is not None:
+                lost[a.reason.value].append(a.work_lost_s)
+    return dict(lost)
 
 
 def _delta(first: Scrape, last: Scrape, inst: str, name: str) -> float:
