@@ -6,8 +6,9 @@ supervisor. Every disruption is written to the run's state file (see chaos.targe
 the report can say what was hit and when.
 
 This module is the extension's public face, the ``chaos.actions`` that experiments name; the
-actions live by what they act on: ``burst`` (the work), ``node_actions``, ``broker_actions``
-(dispatchers and nats-servers).
+actions live by what they act on: ``burst`` (the work), ``training`` (a long job that
+checkpoints, and the node it runs on), ``node_actions``, ``broker_actions`` (dispatchers and
+nats-servers).
 """
 
 from __future__ import annotations
@@ -20,16 +21,20 @@ from chaos.broker_actions import (
 )
 from chaos.burst import submit_burst, wait_for_drain
 from chaos.node_actions import kill_nodes, partition_node, restart_nodes, rolling_node_kill
+from chaos.training import kill_training_node, submit_training, wait_for_training
 
 __all__ = [
     "kill_dispatcher_leader",
     "kill_nats_server",
     "kill_nodes",
+    "kill_training_node",
     "partition_node",
     "restart_dispatchers",
     "restart_nats_servers",
     "restart_nodes",
     "rolling_node_kill",
     "submit_burst",
+    "submit_training",
     "wait_for_drain",
+    "wait_for_training",
 ]

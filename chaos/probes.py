@@ -25,6 +25,12 @@ from broker import contract
 from broker.readmodel import recovery
 from chaos import target
 from chaos.target import Configuration, RunState
+from chaos.training import (
+    resumed_from_newest_checkpoint,
+    training_succeeded,
+    training_work_lost,
+    work_lost_within_bound,
+)
 from submitter.client import JobqClient
 
 __all__ = [
@@ -35,9 +41,13 @@ __all__ = [
     "new_run_id",
     "nodes_ready",
     "recovery_seconds",
+    "resumed_from_newest_checkpoint",
     "retries_by_reason",
     "stale_pods_left",
+    "training_succeeded",
+    "training_work_lost",
     "within_slo",
+    "work_lost_within_bound",
 ]
 
 UNRECOVERED_S = 9999.0

@@ -222,7 +222,7 @@ def render(
             rec = recoveries.get((d["kind"], d["target"], d["at"]), {})
             extra = [
                 f"{k.replace('_', ' ')} {d[k]}"
-                for k in ("healed_at", "recovered_at", "restarted_at", "new_holder")
+                for k in ("healed_at", "recovered_at", "restarted_at", "new_holder", "work_lost_s")
                 if d.get(k)
             ]
             rows.append(

@@ -144,13 +144,14 @@ class BackgroundStack:
 
 
 async def snapshot(configuration: Mapping[str, Any]) -> dict[str, Any]:
-    """What the system recorded about the run's burst: records and events, and the exactly-once
-    checker's last judgement (made by the steady-state probe), for the report."""
+    """What the system recorded about the run's jobs (the burst and any training job): records and
+    events, and the exactly-once checker's last judgement (made by the steady-state probe), for
+    the report."""
     cfg = dict(configuration)
     state = RunState.load(cfg)
     jobs: dict[str, Any] = {}
     async with target.client(cfg, name="jobq-chaos-snapshot") as client:
-        for job_id in state.burst:
+        for job_id in [*state.burst, *state.training]:
             record = await client.get(job_id)
             events = await client.events(job_id)
             jobs[job_id] = {

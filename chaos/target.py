@@ -136,6 +136,9 @@ class RunState:
     """The burst's execution ledger (absolute path; written by the demo.witness attempts)."""
     checks: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     """Every judgement of the exactly-once checker in this run: its summary and flagged jobs."""
+    training: list[str] = dataclasses.field(default_factory=list)
+    """Long training jobs the run submitted (``chaos.training``), judged on work lost, not by the
+    checker (they write no ledger)."""
 
     @classmethod
     def path_for(cls, configuration: Configuration) -> Path:
@@ -157,6 +160,7 @@ class RunState:
             acked={str(k): int(v) for k, v in (raw.get("acked") or {}).items()},
             ledger=raw.get("ledger"),
             checks=list(raw.get("checks", [])),
+            training=list(raw.get("training", [])),
         )
 
     def save(self, configuration: Configuration) -> None:

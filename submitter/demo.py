@@ -32,6 +32,7 @@ from broker import contract
 from broker.embedded.stack import Stack, StackConfig, StackError
 from broker.readmodel import events as event_log
 from broker.readmodel import recovery
+from submitter import demo_training
 from submitter.client import JobqClient, WaitTimeout
 
 DATASETS = ("digits", "iris", "wine", "breast_cancer")
@@ -106,8 +107,10 @@ async def run_demo(*, jobs: int, nodes: int, node_cpu: float = 6.0, node_memory:
 
 async def _drive(stack: Stack, *, jobs: int, kill_node: bool, timeout_s: float,
                  run_id: str) -> dict[str, Any]:
-    specs, n_predict = workload(jobs, run_id=run_id)
+    specs, n_predict = workload(jobs - 1, run_id=run_id)  # and the long training job
     first, second = specs[:-n_predict], specs[-n_predict:]
+    train = demo_training.spec(run_id)
+    specs.append(train)
     counts: Counter[str] = Counter()
     phases: dict[str, str] = {}
     accepted: dict[str, set[int]] = {}
@@ -146,17 +149,21 @@ async def _drive(stack: Stack, *, jobs: int, kill_node: bool, timeout_s: float,
                     f"(running {tally['running']}, queued {tally['queued']}, dead {tally['dead']}) "
                     f"after {time.monotonic() - t0:.0f}s")
 
+        train_ids = await submit([train])
+        say(f"submitted {train['id']}: {demo_training.EPOCHS} epochs of incremental training, "
+            "a checkpoint after each")
         first_ids = await submit(first)
         say(f"submitted {len(first)} training/evaluation/sweep jobs")
         reporter = asyncio.create_task(report())
         try:
             waiter = asyncio.create_task(wait(first_ids))
             if kill_node:
-                killed = await _kill_busiest_node(stack, phases, client)
+                killed = await _kill_training_node(stack, client, train["id"])
             await waiter
             second_ids = await submit(second)
             say(f"submitted {len(second)} batch-prediction jobs using the trained models")
             await wait(second_ids)
+            await wait(train_ids)
         finally:
             reporter.cancel()
         work_seconds = time.monotonic() - work_started
@@ -168,13 +175,16 @@ async def _drive(stack: Stack, *, jobs: int, kill_node: bool, timeout_s: float,
     summary = summarize(records, events, killed=killed, work_seconds=work_seconds, counts=counts,
                         accepted=accepted)
     summary["timed_out"] = len(timed_out)
+    summary["training"] = demo_training.summarize(records.get(train["id"]),
+                                                  killed_node=killed[0] if killed else None)
     return summary
 
 
-async def _kill_busiest_node(stack: Stack, phases: dict[str, str],
-                             client: JobqClient) -> tuple[str, dt.datetime] | None:
-    """Wait until jobs run and their runners heartbeat (as a long ML job's do), then SIGKILL the
-    node running the most of them. (A node that dies before its attempts' first heartbeat is only
+async def _kill_training_node(stack: Stack, client: JobqClient,
+                              train_id: str) -> tuple[str, dt.datetime] | None:
+    """Wait until jobs run and their runners heartbeat (as a long ML job's do) and the long
+    training job has saved a few checkpoints (its live checkpoint), then SIGKILL the node it runs
+    on, part-way through an epoch. (A node that dies before its attempts' first heartbeat is only
     told by its Lease, 40 s on Kubernetes: docs/design/node-loss.md.)"""
     beats: dict[str, float] = {}
 
@@ -190,18 +200,24 @@ async def _kill_busiest_node(stack: Stack, phases: dict[str, str],
             running = [r for r in await client.list() if r.phase == contract.JobPhase.RUNNING
                        and r.current and r.current.state == contract.AttemptState.RUNNING and r.current.node
                        and now - beats.get(r.spec.id, -1e9) < 2]
-            if len(running) >= 3:
+            train = next((r for r in running if r.spec.id == train_id), None)
+            status = await client.status(train_id) if train is not None else None
+            wait_s = demo_training.kill_in(status.checkpoint if status else None, contract.utcnow())
+            if train is not None and train.current and wait_s is not None:
+                await asyncio.sleep(wait_s)
                 by_node = Counter(r.current.node for r in running if r.current)
-                node = by_node.most_common(1)[0][0]
+                node = train.current.node
+                epochs = status.checkpoint.step if status and status.checkpoint else None
                 assert node is not None
                 at = contract.utcnow()
                 stack.signal_node(node, signal.SIGKILL)
-                say(f"SIGKILLed node {node} with {by_node[node]} running attempt(s)")
+                say(f"SIGKILLed node {node} with {by_node[node]} running attempt(s), among them "
+                    f"{train_id} after {epochs} epoch(s)")
                 return node, at
             await asyncio.sleep(0.2)
     finally:
         await sub.unsubscribe()
-    say("no running jobs to disrupt; the node kill was skipped")
+    say(f"{train_id} did not run {demo_training.KILL_AFTER_EPOCHS} epochs; the node kill was skipped")
     return None
 
 
@@ -268,6 +284,9 @@ def _print_summary(summary: dict[str, Any], *, as_json: bool, logs: Path) -> Non
         rec = summary["recovery_seconds"]
         lines.append(f"node kill   {summary['killed_node']}: {summary['affected_jobs']} job(s) moved, "
                      f"recovery p50 {rec['p50']}s max {rec['max']}s (kill -> replacement running)")
+    train_line = demo_training.line(summary.get("training") or {})
+    if train_line:
+        lines.append(f"checkpoint  {train_line}")
     multi = {k: v for k, v in summary["attempts"].items() if v > 1}
     lines.append(f"attempts    {len(summary['attempts']) - len(multi)} job(s) in one attempt"
                  + (f"; more: {', '.join(f'{k}={v}' for k, v in sorted(multi.items()))}" if multi else ""))

@@ -16,13 +16,14 @@ def register(group: click.Group) -> None:
 
 
 @click.command()
-@click.option("--jobs", default=24, show_default=True, help="Jobs in the workload (at least 4).")
+@click.option("--jobs", default=24, show_default=True,
+              help="Jobs in the workload (at least 4), one of them a long training job that checkpoints.")
 @click.option("--nodes", default=3, show_default=True, help="Node agents.")
 @click.option("--node-cpu", default=6.0, show_default=True,
               help="CPU cores each node offers (sized so that the others can absorb a killed node's work).")
 @click.option("--node-memory", default="8Gi", show_default=True, help="Memory each node offers.")
 @click.option("--kill-node/--no-kill-node", default=False, show_default=True,
-              help="SIGKILL one node agent while jobs run, and report the recovery.")
+              help="SIGKILL the long training job's node mid-run, and report the recovery.")
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON summary line on stdout.")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
               help="Where the demo keeps its stack (default: a fresh .jobq/demo-<time>).")
@@ -39,7 +40,9 @@ def demo(jobs: int, nodes: int, node_cpu: float, node_memory: str, kill_node: bo
     """Start the embedded stack, run a workload of real ML jobs, print a summary, stop.
 
     The workload trains, evaluates and sweeps scikit-learn classifiers on bundled data sets, then
-    batch-predicts with the trained models. Exits non-zero if any job was lost or failed.
+    batch-predicts with the trained models; one long job trains incrementally over paced epochs,
+    saving a checkpoint after each (with --kill-node its node is killed and the summary says from
+    which epoch it resumed and how much work was lost). Exits non-zero if any job was lost or failed.
     """
     from broker import settings
     from submitter import demo as demo_mod

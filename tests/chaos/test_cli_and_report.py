@@ -28,6 +28,7 @@ def test_every_bundled_experiment_is_valid() -> None:
         "dispatcher-kill",
         "broker-kill",
         "rolling-node-kill",
+        "node-kill-training",
     }
     for name in names:
         ensure_experiment_is_valid(load_experiment(str(runner.experiment_path(name))))

@@ -73,3 +73,12 @@ async def test_demo_with_a_node_kill_reports_every_job(tmp_path: Path) -> None:
     assert summary["lost"] == summary["duplicate_results"] == summary["dead"] == 0
     assert {"failed", "retries", "wall_seconds", "attempts"} <= set(summary)
     assert "node kill" in out.stderr or summary.get("killed_node") is None
+    # The long training job ran on the killed node: its record says from which epoch the
+    # replacement resumed (the one its lost attempt had saved) and how much work was lost.
+    train = summary["training"]
+    assert summary["killed_node"] == train["lost_node"] == train["nodes"][0] != train["resumed_on"], train
+    assert train["phase"] == "succeeded" and train["saved_epoch"] is not None
+    assert train["resumed_epoch"] == train["saved_epoch"] >= 5, train
+    detection_s = 3.0  # the demo's stack runs the default JOBQ_NODE_TIMEOUT_S
+    assert train["work_lost_s"] is not None and 0 <= train["work_lost_s"] <= train["interval_s"] + detection_s
+    assert f"resumed from epoch {train['resumed_epoch']} on {train['resumed_on']}" in out.stdout + out.stderr
