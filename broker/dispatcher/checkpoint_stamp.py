@@ -21,11 +21,14 @@ def newly_ended(before: contract.JobRecord, after: contract.JobRecord) -> tuple[
     return tuple(a.number for a in after.attempts if a.state.is_final and a.number not in was_final)
 
 
-def last_sign(attempt: contract.Attempt, *, pod_beat: dt.datetime | None,
-              node_beat: dt.datetime | None) -> dt.datetime | None:
-    """The last time the attempt is known to have been working: its pod's last heartbeat, else
-    its node's, else when it was ended."""
-    return pod_beat or node_beat or attempt.finished_at
+def last_sign(attempt: contract.Attempt, *, pod_beat: dt.datetime | None, node_beat: dt.datetime | None,
+              checkpoint_at: dt.datetime | None = None) -> dt.datetime | None:
+    """The last time the attempt is known to have been working: the later of its newest
+    checkpoint and its pod's last heartbeat (both by the pod's own clock) or, without one, its
+    node's; with no evidence at all, when it was ended. The pod may have worked on after it for
+    up to one heartbeat interval (about 1 s), which the figure leaves out: a lower bound."""
+    signs = [t for t in (pod_beat or node_beat, checkpoint_at) if t is not None]
+    return max(signs) if signs else attempt.finished_at
 
 
 def work_lost_s(attempt: contract.Attempt, pointer: contract.CheckpointPointer | None, *,
@@ -42,7 +45,8 @@ def work_lost_s(attempt: contract.Attempt, pointer: contract.CheckpointPointer |
         since = pointer.resumed_at
     else:
         since = attempt.started_at
-    sign = last_sign(attempt, pod_beat=pod_beat, node_beat=node_beat)
+    sign = last_sign(attempt, pod_beat=pod_beat, node_beat=node_beat,
+                     checkpoint_at=done.at if done is not None and done.written else None)
     if since is None or sign is None:
         return None
     return max(0.0, round((sign - since).total_seconds(), 3))

@@ -71,7 +71,8 @@ class Checkpoints:
             return action
         job_id = after.spec.id
         pointer = await checkpoint_store.read_pointer(self._store, job_id)
-        pod_beats = {n: self._heartbeats.last(job_id, n) for n in ended}
+        # The pod's own time of its last beat: the same clock as its checkpoints' ``at``.
+        pod_beats = {n: beat.at if (beat := self._heartbeats.seen.get((job_id, n))) else None for n in ended}
         node_beats: dict[str, dt.datetime | None] = {}
         if any(a.number in ended and a.reason is not None and a.reason.is_disruption
                and pod_beats.get(a.number) is None and a.node for a in after.attempts):

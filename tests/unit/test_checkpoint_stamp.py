@@ -51,9 +51,13 @@ def test_node_lost_attempt_loses_the_work_since_its_newest_checkpoint() -> None:
     assert lost.reason == Reason.NODE_LOST
     assert lost.checkpoints == contract.AttemptCheckpoints(written=3, step=30, at=T)
     assert lost.work_lost_s == 2.0
-    # No heartbeat of its own: its node's last one counts, then the end itself.
+    # No heartbeat of its own: its node's last one counts; with none, the checkpoint is the last
+    # sign of life (the end itself counts only when there is no evidence at all).
     assert ended(action.record, before, pointer(), node_beat=NOW - dt.timedelta(seconds=2)).work_lost_s == 1.0
-    assert ended(action.record, before, pointer()).work_lost_s == 3.0
+    assert ended(action.record, before, pointer()).work_lost_s == 0.0
+    # A heartbeat older than the checkpoint (beats come every second, checkpoints in between).
+    early = T - dt.timedelta(seconds=0.5)
+    assert ended(action.record, before, pointer(), pod_beat=early, node_beat=NOW).work_lost_s == 0.0
 
 
 def test_succeeded_attempt_gets_its_checkpoints_and_no_work_lost() -> None:
