@@ -175,8 +175,7 @@ async def _drive(stack: Stack, *, jobs: int, kill_node: bool, timeout_s: float,
     summary = summarize(records, events, killed=killed, work_seconds=work_seconds, counts=counts,
                         accepted=accepted)
     summary["timed_out"] = len(timed_out)
-    summary["training"] = demo_training.summarize(records.get(train["id"]),
-                                                  killed_node=killed[0] if killed else None)
+    summary["training"] = demo_training.summarize(records.get(train["id"]), killed=killed)
     return summary
 
 

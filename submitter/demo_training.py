@@ -35,11 +35,15 @@ def kill_in(live: contract.AttemptCheckpoints | None, now: dt.datetime) -> float
     return wait if wait >= 0 else None
 
 
-def summarize(record: contract.JobRecord | None, *, killed_node: str | None) -> dict[str, Any]:
+def summarize(record: contract.JobRecord | None, *,
+              killed: tuple[str, dt.datetime] | None) -> dict[str, Any]:
     """What the record says about the training job: its attempts' nodes, and for the attempt lost
-    with the killed node the epoch it had saved, the replacement's resumed epoch, the work lost."""
+    with the killed node the epoch it had saved, the replacement's resumed epoch, the work lost:
+    ``lost_s`` from the demo's own kill time to the newest checkpoint, ``work_lost_s`` as the
+    dispatcher recorded it (from the attempt's last sign of life: a lower bound)."""
     if record is None:
         return {"job_id": None}
+    killed_node, killed_at = killed if killed is not None else (None, None)
     out: dict[str, Any] = {"job_id": record.spec.id, "phase": record.phase.value,
                            "nodes": [a.node for a in record.attempts],
                            "interval_s": float(record.spec.args.get("epoch_seconds", EPOCH_SECONDS))}
@@ -53,6 +57,8 @@ def summarize(record: contract.JobRecord | None, *, killed_node: str | None) -> 
             resumed_epoch=replacement.checkpoints.resumed_step if replacement.checkpoints else None,
             resumed_on=replacement.node,
             work_lost_s=lost.work_lost_s,
+            lost_s=(round((killed_at - lost.checkpoints.at).total_seconds(), 2)
+                    if killed_at is not None and lost.checkpoints and lost.checkpoints.at else None),
         )
         break
     return out
@@ -71,7 +77,9 @@ def line(train: dict[str, Any]) -> str | None:
     during = f"during epoch {saved + 1} (last checkpoint: epoch {saved})" if saved is not None \
         else "before its first checkpoint"
     start = f"resumed from epoch {resumed}" if resumed is not None else "restarted from scratch"
-    lost = train.get("work_lost_s")
-    lost_text = f"{lost:.1f} s" if lost is not None else "unknown"
+    lost, recorded = train.get("lost_s"), train.get("work_lost_s")
+    lost_text = f"{lost:.1f} s since that checkpoint at the kill" if lost is not None else "unknown"
+    if recorded is not None:
+        lost_text += f", dispatcher recorded {recorded:.1f} s"
     return (f"{name}: node {train['lost_node']} lost {during}; {start} on {train['resumed_on']}; "
             f"work lost {lost_text} (checkpoint every {train['interval_s']:.1f} s); {train['phase']}")
