@@ -79,14 +79,7 @@ def jobs_by_state(configuration: Configuration = None) -> dict[str, int]:
 def burst_succeeded(timeout_s: float = 120.0, configuration: Configuration = None) -> bool:
     """True when every job of the burst ended ``succeeded`` (waits up to ``timeout_s`` for the end).
     Before a burst is submitted there is nothing to fail, so it is true."""
-    ids = _ids(configuration)
-
-    async def go(client: JobqClient) -> bool:
-        await target.wait_terminal(client, ids, timeout_s=timeout_s, configuration=configuration)
-        records = await target.burst_records(client, ids)
-        return all(r is not None and r.phase == contract.JobPhase.SUCCEEDED for r in records.values())
-
-    return target.run_async(lambda: target.with_client(configuration, go))
+    return target.all_succeeded(_ids(configuration), timeout_s=timeout_s, configuration=configuration)
 
 
 def exactly_once_defects(timeout_s: float = 120.0, configuration: Configuration = None) -> int:

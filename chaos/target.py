@@ -293,6 +293,18 @@ async def wait_terminal(
     return True
 
 
+def all_succeeded(ids: list[str], *, timeout_s: float, configuration: Configuration) -> bool:
+    """True when every one of ``ids`` ended ``succeeded`` (waits up to ``timeout_s`` for the end;
+    true for no ids)."""
+
+    async def go(client: JobqClient) -> bool:
+        await wait_terminal(client, ids, timeout_s=timeout_s, configuration=configuration)
+        records = await burst_records(client, ids)
+        return all(r is not None and r.phase == contract.JobPhase.SUCCEEDED for r in records.values())
+
+    return run_async(lambda: with_client(configuration, go))
+
+
 async def poll(check: Callable[[], Awaitable[bool]], *, timeout_s: float, interval_s: float = 0.2) -> bool:
     """Poll ``check`` until it is true or ``timeout_s`` passes (activities bring their own deadline,
     because Chaos Toolkit does not enforce timeouts of Python activities)."""

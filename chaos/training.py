@@ -73,14 +73,8 @@ def wait_for_training(timeout_s: float = 120.0, configuration: Configuration = N
 def training_succeeded(timeout_s: float = 120.0, configuration: Configuration = None) -> bool:
     """True when every training job of the run succeeded (waits up to ``timeout_s`` for the end;
     true before any was submitted)."""
-    ids = _training_ids(configuration)
-
-    async def go(client: JobqClient) -> bool:
-        await target.wait_terminal(client, ids, timeout_s=timeout_s, configuration=configuration)
-        records = await target.burst_records(client, ids)
-        return all(r is not None and r.phase == contract.JobPhase.SUCCEEDED for r in records.values())
-
-    return target.run_async(lambda: target.with_client(configuration, go))
+    return target.all_succeeded(_training_ids(configuration), timeout_s=timeout_s,
+                                configuration=configuration)
 
 
 async def _wait_progress(client: JobqClient, job_id: str, *, checkpoints: int,
