@@ -29,6 +29,18 @@ def submit_burst(
     """Submit ``count`` demo.witness jobs of ``min_seconds``..``max_seconds``, labelled with the run
     id. Each attempt logs its start and end (with the token it wrote) to the run's ledger; the
     publish acks are kept in the run state: the exactly-once checker's evidence."""
+
+    async def go(client: JobqClient) -> dict[str, Any]:
+        return await add_to_burst(client, configuration, count=count, min_seconds=min_seconds,
+                                  max_seconds=max_seconds, queue=queue)
+
+    return target.run_async(lambda: target.with_client(configuration, go))
+
+
+async def add_to_burst(client: JobqClient, configuration: Configuration, *, count: int, min_seconds: float,
+                       max_seconds: float, queue: str = "default") -> dict[str, Any]:
+    """``submit_burst`` from inside an activity that already holds a client: the jobs join the
+    run's burst (its ids, acks and ledger), so the checker judges them like the rest."""
     run_id = target.run_id(configuration)
     checker = target.load_checker()
     state = RunState.load(configuration)
@@ -39,12 +51,7 @@ def submit_burst(
         count, ledger, seconds=durations, prefix=run_id, start=len(state.burst), queue=queue,
         labels={target.BURST_LABEL: run_id},
     )
-
-    async def go(client: JobqClient) -> dict[str, int]:
-        acked: dict[str, int] = await checker.submit_witnessed(client, specs)
-        return acked
-
-    acked = target.run_async(lambda: target.with_client(configuration, go))
+    acked: dict[str, int] = await checker.submit_witnessed(client, specs)
     state.burst.extend(s.id for s in specs)
     state.acked.update(acked)
     state.ledger = str(ledger)
@@ -53,6 +60,12 @@ def submit_burst(
     target.log.info("chaos_burst_submitted", run_id=run_id, jobs=count, ledger=str(ledger))
     return {"run_id": run_id, "submitted": count, "acked": len(acked), "first": specs[0].id,
             "last": specs[-1].id}
+
+
+async def unfinished(client: JobqClient, ids: list[str]) -> int:
+    """How many of the burst's jobs have not ended yet."""
+    records = await target.burst_records(client, ids)
+    return sum(1 for r in records.values() if r is None or not r.phase.is_terminal)
 
 
 def wait_for_drain(timeout_s: float = 120.0, configuration: Configuration = None) -> dict[str, int]:

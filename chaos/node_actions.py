@@ -164,16 +164,23 @@ def rolling_node_kill(
     restart: bool = True,
     min_running: int = 2,
     timeout_s: float = 60.0,
+    top_up: int = 12,
     configuration: Configuration = None,
 ) -> dict[str, Any]:
     """SIGKILL the busiest node every ``interval_s`` while work continues; with ``restart``, each
-    killed node is started again just before the next kill, so capacity remains."""
-    ids, ledger = burst.of_run(configuration)
+    killed node is started again just before the next kill, so capacity remains. Work does
+    continue: when fewer than ``min_running`` jobs of the burst are left before a kill, another
+    ``top_up`` jobs join the burst (the kills and restarts take as long as the machine makes them,
+    a fixed burst may have drained by then)."""
 
     async def go(client: JobqClient) -> dict[str, Any]:
         rounds = []
         killed_count: Counter[str] = Counter()
         for _ in range(kills):
+            ids, ledger = burst.of_run(configuration)
+            if await burst.unfinished(client, ids) < min_running:
+                await burst.add_to_burst(client, configuration, count=top_up, min_seconds=2, max_seconds=4)
+                ids, ledger = burst.of_run(configuration)
             by_node = await burst.running_on_nodes(
                 client, ids, at_least=min_running, timeout_s=timeout_s, ledger=ledger
             )
