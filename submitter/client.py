@@ -69,6 +69,10 @@ __all__ = [
     "unseen_tail",
 ]
 
+RECORD_GRACE_S = 15.0
+"""How long ``logs(follow=True)`` waits for the record of a job it cannot find yet (the
+dispatcher records a published job when it takes it in) before it says JobNotFound."""
+
 
 class JobqClient(reading.Reading):
     def __init__(self, url: str = contract.DEFAULT_NATS_URL, *, name: str = "jobq-client",
@@ -226,15 +230,26 @@ class JobqClient(reading.Reading):
 
         Without ``follow``: what there is now. With ``follow``: polls every ``poll_s`` seconds
         until the attempt is over and all its output is read (an attempt not started yet is
-        waited for). Raises JobNotFound, DispatcherUnavailable, or LogUnavailable when the
+        waited for, and so is the record of a job published a moment ago, for up to
+        RECORD_GRACE_S). Raises JobNotFound, DispatcherUnavailable, or LogUnavailable when the
         output cannot be read (its ``tail`` has the lines jobq kept of a failed attempt).
         """
         offset, shown = 0, ""
+        unrecorded_since: float | None = None
+        asked_again = 0
         while True:
             chunk = await self.read_log(job_id, attempt=attempt, offset=offset)
             if chunk.error and chunk.finished and chunk.attempt is None:
                 if await self.get(job_id) is None:
-                    raise JobNotFound(f"no job {job_id}")
+                    now = asyncio.get_running_loop().time()
+                    unrecorded_since = now if unrecorded_since is None else unrecorded_since
+                    if not follow or now - unrecorded_since >= RECORD_GRACE_S:
+                        raise JobNotFound(f"no job {job_id}")
+                    await asyncio.sleep(poll_s)  # not taken in yet: a follower waits for it
+                    continue
+                if chunk.not_found and asked_again < 3:
+                    asked_again += 1  # recorded after the dispatcher looked: ask again
+                    continue
                 raise JobqError(chunk.error)
             if chunk.attempt is not None:
                 attempt = chunk.attempt  # follow this attempt, even if the job moves on to another

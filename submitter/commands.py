@@ -215,7 +215,8 @@ def register(cli: click.Group) -> None:
     @click.option("--attempt", type=click.IntRange(min=1), default=None,
                   help="Which attempt (1 is the first). Default: the current one.")
     @click.option("--follow", "-f", is_flag=True,
-                  help="Keep printing as the attempt writes, until it ends (waits for it to start).")
+                  help="Keep printing as the attempt writes, until it ends (waits for it to start, and "
+                       "up to 15 s for a job published a moment ago to be recorded).")
     @clibase.nats_option
     def logs(job_id: str, attempt: int | None, follow: bool, nats_url: str | None) -> None:
         """Print the output (stdout and stderr) of a job's attempt.

@@ -110,7 +110,8 @@ class LogChunk(Model):
     """Reply on ``LOGS_SUBJECT``. ``data`` is the bytes from ``offset`` decoded leniently;
     ``next_offset`` counts bytes. ``finished``: the attempt is over and no more output will come.
     ``error`` is set (and ``data`` empty) when the log cannot be read; ``tail`` then carries the
-    lines the record kept."""
+    lines the record kept. ``not_found``: the dispatcher has no record of the job (yet: a job
+    published a moment ago is recorded when the dispatcher takes it in)."""
 
     job_id: str
     attempt: int | None = None
@@ -122,6 +123,7 @@ class LogChunk(Model):
     finished: bool = False
     error: str = ""
     tail: str = ""
+    not_found: bool = False
 
 
 

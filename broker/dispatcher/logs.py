@@ -118,7 +118,8 @@ async def answer(request: contract.LogRequest, *, lookup: Lookup,
     """The reply to one request (never raises for a bad request or an unreadable log)."""
     record = await lookup(request.job_id)
     if record is None:
-        return contract.LogChunk(job_id=request.job_id, finished=True, error=f"no job {request.job_id}")
+        return contract.LogChunk(job_id=request.job_id, finished=True, error=f"no job {request.job_id}",
+                                 not_found=True)
     attempt = pick_attempt(record, request.attempt)
     if isinstance(attempt, str):
         return contract.LogChunk(job_id=request.job_id, finished=True, error=attempt)

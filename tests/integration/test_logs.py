@@ -14,11 +14,13 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from broker import contract
 from broker.embedded.natsserver import NatsServer
 from broker.embedded.stack import Stack
-from submitter.client import JobqClient
+from submitter import client as client_module
+from submitter.client import JobNotFound, JobqClient, new_job_id
 from tests.conftest import cli_env
 
 JOBQ = [sys.executable, "-m", "submitter.cli"]
@@ -139,3 +141,29 @@ async def test_logs_without_a_dispatcher_is_one_line_and_exit_4(tmp_path: Path) 
     assert result.returncode == 4, result  # cli.EXIT_UNREACHABLE
     assert result.stderr.strip().startswith("Error: no dispatcher answers on jobq.logs"), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+async def test_follow_waits_for_a_job_published_a_moment_ago(
+        stack: Stack, client: JobqClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A follower started before the dispatcher has recorded the job (here: before it is even
+    published) waits for the record instead of saying "no job"; an id that never gets a record
+    is JobNotFound once the grace is over. The grace is shortened to 3 s: its length is not
+    what is tested."""
+    monkeypatch.setattr(client_module, "RECORD_GRACE_S", 3.0)
+    job_id = new_job_id()
+
+    async def follow() -> str:
+        return "".join([data async for data in client.logs(job_id, follow=True, poll_s=0.2)])
+
+    follower = asyncio.create_task(follow())
+    await asyncio.sleep(1.0)
+    assert not follower.done()
+    await client.submit(id=job_id, command=["sh", "-c", "echo one; echo two"])
+    assert await asyncio.wait_for(follower, 60) == "one\ntwo\n"
+
+    started = time.monotonic()
+    with pytest.raises(JobNotFound):
+        await client.logs(new_job_id(), follow=True, poll_s=0.2).__anext__()
+    assert time.monotonic() - started >= 3.0
+    with pytest.raises(JobNotFound):  # without --follow, at once
+        await client.logs(new_job_id()).__anext__()
