@@ -34,6 +34,28 @@ class _TlsCloseNoise(logging.Filter):
 
 logging.getLogger("asyncio").addFilter(_TlsCloseNoise())
 
+class _Client(NATS):
+    """nats-py's client, except that a refusal of its credentials read *after* it had connected
+    is a lost connection to reconnect from, not the end of the client.
+
+    nats-py closes a client for good on an ``Authorization Violation`` that arrives while it is
+    connected. With the auth callout, a reconnecting client can get exactly that for a reason
+    that passes: a broker is killed, the client and the callout's responders reconnect at the
+    same time, the surviving server asks the callout before any responder has resubscribed, and
+    it refuses the client when the callout times out. A node agent whose client was closed
+    evicted its pods and exited (the chaos broker-kill run in CI lost two of three nodes so).
+    Reconnecting keeps trying every server, as after any other outage, each refusal reported to
+    the error callback; a one-shot client still gives up after its few reconnects."""
+
+    async def _process_err(self, err_msg: str) -> None:
+        if "authorization violation" in err_msg.lower() and not self.is_connecting:
+            self._err = nats.errors.AuthorizationError()
+            await self._error_cb(self._err)
+            await self._process_op_err(self._err)
+            return
+        await super()._process_err(err_msg)
+
+
 T = TypeVar("T")
 _TLS_CUT = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
 """TLS errors of a connection cut mid-handshake (a server restarting): retried like any outage."""
@@ -126,7 +148,7 @@ async def connect(
     if inbox_prefix:
         options["inbox_prefix"] = inbox_prefix
     servers = [s.strip() for s in url.split(",") if s.strip()]
-    nc = NATS()
+    nc = _Client()
     try:
         await asyncio.wait_for(
             _unless_tls_fails(tls_failed, failing, nc.connect(

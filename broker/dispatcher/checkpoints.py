@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 import pydantic
 import structlog
 
-from broker import checkpoint_gc, checkpoint_store, contract, store
+from broker import checkpoint_gc, checkpoint_store, contract, natsutil, store
 from broker.backends import base
 from broker.dispatcher import checkpoint_stamp
 from broker.dispatcher.action import Action
@@ -98,8 +98,11 @@ class Checkpoints:
 
     async def watch(self, stop: asyncio.Event) -> None:
         """Follow every pointer change until ``stop`` (leader only)."""
-        kv = await self._store.js.key_value(contract.BUCKET_CHECKPOINTS)
-        watcher = await kv.watchall()
+        js = self._store.js  # a broker failover times these out until a leader is elected
+        kv = await natsutil.retry(lambda: js.key_value(contract.BUCKET_CHECKPOINTS),
+                                  transient=natsutil.TRANSIENT_OR_RECONNECTING, what="checkpoints_watch")
+        watcher = await natsutil.retry(kv.watchall, transient=natsutil.TRANSIENT_OR_RECONNECTING,
+                                       what="checkpoints_watch")
         self._seen.clear()
         live = False
         try:
