@@ -59,6 +59,17 @@ class _Client(NATS):
 T = TypeVar("T")
 _TLS_CUT = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
 """TLS errors of a connection cut mid-handshake (a server restarting): retried like any outage."""
+_TLS_CUT_REASONS = frozenset({"APPLICATION_DATA_AFTER_CLOSE_NOTIFY"})
+"""SSLError reasons of a connection the server ended after the handshake: retried too. A server
+that refuses a client after the auth callout timed out (its responder was killed holding the
+request) closes TLS and then writes its -ERR; a task pod took that for a TLS misconfiguration,
+gave up at once and exited 4 during a dispatcher failover."""
+
+
+def _tls_misconfigured(exc: Exception) -> bool:
+    """A TLS error that retrying will not mend (a certificate, a protocol): not a cut connection."""
+    return (isinstance(exc, ssl.SSLError) and not isinstance(exc, _TLS_CUT)
+            and exc.reason not in _TLS_CUT_REASONS)
 
 TRANSIENT: tuple[type[Exception], ...] = (
     nats.errors.NoRespondersError,
@@ -119,7 +130,7 @@ async def connect(
         failing[:] = [exc]
         if "authorization violation" in str(exc).lower() or "authentication" in str(exc).lower():
             refused[:] = [str(exc)]
-        if isinstance(exc, ssl.SSLError) and not isinstance(exc, _TLS_CUT) and not connected:
+        if _tls_misconfigured(exc) and not connected:
             tls_failed.set()
         if not (connected or reconnect_forever):
             log.debug("nats_connect_failed", error=repr(exc))
@@ -170,7 +181,9 @@ async def connect(
             raise
         with contextlib.suppress(Exception):
             await asyncio.wait_for(nc.close(), 2)  # it would go on reconnecting forever
-        tls_problem = contract.describe_tls_failure(failing[-1] if failing else exc, url)
+        last = failing[-1] if failing else exc
+        tls_problem = (contract.describe_tls_failure(last, url)
+                       if not isinstance(last, ssl.SSLError) or _tls_misconfigured(last) else None)
         if tls_problem is not None:
             raise ConnectionError(tls_problem) from exc
         if refused:

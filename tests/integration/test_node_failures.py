@@ -139,7 +139,9 @@ async def test_two_dispatchers_standby_takes_over(tmp_path: Path) -> None:
             records = await assert_exactly_once(client, ids)
             new_holder = ((await kv.get(LEASE_KEY)).value or b"").decode()
             assert new_holder != holder
-            assert all(len(r.attempts) == 1 for r in records.values())
+            assert all(len(r.attempts) == 1 for r in records.values()), {
+                i: [(a.node, a.reason, a.message) for a in r.attempts] for i, r in records.items()
+                if len(r.attempts) > 1}
     finally:
         await stack.stop()
 
