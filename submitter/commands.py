@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from broker import contract
 from submitter import clibase, jobspec_input, output
 from submitter.checkpoint_text import attempt_checkpoint_lines, checkpoint_text, clock
-from submitter.client import JobNotFound, JobqClient, LogUnavailable
+from submitter.client import RECORD_GRACE_S, JobNotFound, JobqClient, LogUnavailable
 
 STATUS_TAIL_LINES = 10
 """`jobq status` shows this many of a failed attempt's kept lines (`-o json` and `jobq logs` all)."""
@@ -216,7 +216,7 @@ def register(cli: click.Group) -> None:
                   help="Which attempt (1 is the first). Default: the current one.")
     @click.option("--follow", "-f", is_flag=True,
                   help="Keep printing as the attempt writes, until it ends (waits for it to start, and "
-                       "up to 15 s for a job published a moment ago to be recorded).")
+                       f"up to {RECORD_GRACE_S:g} s for a job published a moment ago to be recorded).")
     @clibase.nats_option
     def logs(job_id: str, attempt: int | None, follow: bool, nats_url: str | None) -> None:
         """Print the output (stdout and stderr) of a job's attempt.
